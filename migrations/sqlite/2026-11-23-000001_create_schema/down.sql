@@ -1,0 +1,11 @@
+DROP TABLE audit_events;
+DROP TABLE auth_failures;
+DROP TABLE signing_keys;
+DROP TABLE access_tokens;
+DROP TABLE refresh_tokens;
+DROP TABLE authorization_codes;
+DROP TABLE token_families;
+DROP TABLE consents;
+DROP TABLE browser_sessions;
+DROP TABLE users;
+DROP TABLE clients;

@@ -1,0 +1,210 @@
+use std::io::BufRead;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::{Cli, ClientsCommand, Command, KeysCommand};
+use crate::config::{ConfigError, Settings};
+use crate::startup::{self, Application};
+use crate::storage::clients::ClientRow;
+use crate::storage::{self, now_unix, DbConnection};
+use crate::telemetry::{self, LogTarget};
+
+const EXIT_FAILURE: u8 = 1;
+const EXIT_BAD_CONFIG: u8 = 2;
+
+pub fn dispatch(cli: Cli) -> ExitCode {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::HashSecret { stdin } = command {
+        return finish(hash_secret(stdin));
+    }
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => return config_failure(&e),
+    };
+    if let Command::CheckConfig = command {
+        return check_config(&settings);
+    }
+    let log_target = match command {
+        Command::Serve => LogTarget::Stdout,
+        _ => LogTarget::Stderr,
+    };
+    telemetry::init(&settings.log, log_target);
+    finish(match command {
+        Command::Serve => serve(settings),
+        Command::Migrate => migrate(&settings),
+        Command::Clients(ClientsCommand::List) => list_clients(&settings),
+        Command::Keys(KeysCommand::List) => list_keys(&settings),
+        Command::Keys(KeysCommand::Rotate) => rotate_key(&settings),
+        Command::CheckConfig | Command::HashSecret { .. } => Ok(()),
+    })
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.downcast_ref::<ConfigError>().is_some() {
+                eprintln!("gatehouse: invalid configuration:\n{e:#}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn config_failure(e: &ConfigError) -> ExitCode {
+    eprintln!("gatehouse: invalid configuration:");
+    for line in e.to_string().lines() {
+        eprintln!("  {line}");
+    }
+    ExitCode::from(EXIT_BAD_CONFIG)
+}
+
+fn check_config(settings: &Settings) -> ExitCode {
+    println!("configuration OK");
+    println!("  issuer: {}", settings.issuer);
+    println!("  database: {}", redact_url(&settings.database.url));
+    println!("  clients: {}", settings.clients.len());
+    if settings.secrets.system.is_none() {
+        println!("  warning: secrets.system is not set; a development secret will be generated in ./data/");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Hides a password in a database URL before printing it.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("****"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    let (pool, keys) = startup::prepare(&settings)?;
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings, pool, keys)?;
+        app.run_until_stopped().await?;
+        Ok(())
+    })
+}
+
+fn connect(settings: &Settings) -> anyhow::Result<DbConnection> {
+    let manager = storage::ConnectionManager::new(&settings.database.url)?;
+    let mut conn = manager
+        .connect()
+        .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+    storage::ensure_migrated(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let manager = storage::ConnectionManager::new(&settings.database.url)?;
+    let mut conn = manager
+        .connect()
+        .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+    let applied = storage::run_migrations(&mut conn)?;
+    crate::oauth::client_sync::sync_clients(&mut conn, settings)?;
+    println!("{applied} migrations applied; schema is up to date");
+    Ok(())
+}
+
+fn list_clients(settings: &Settings) -> anyhow::Result<()> {
+    let mut conn = connect(settings)?;
+    let clients = storage::clients::list(&mut conn)?;
+    println!(
+        "{:<24} {:<12} {:<9} {:<44} NAME",
+        "ID", "TYPE", "STATE", "GRANT TYPES"
+    );
+    for c in clients {
+        let kind = if c.secret_hash.is_some() {
+            "confidential"
+        } else {
+            "public"
+        };
+        let state = if c.enabled { "enabled" } else { "disabled" };
+        let grants = ClientRow::list(&c.grant_types)?.join(",");
+        println!(
+            "{:<24} {:<12} {:<9} {:<44} {}",
+            c.id, kind, state, grants, c.name
+        );
+    }
+    Ok(())
+}
+
+fn hash_secret(from_stdin: bool) -> anyhow::Result<()> {
+    let secret = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        let first = rpassword::prompt_password("Client secret: ")?;
+        let again = rpassword::prompt_password("Repeat: ")?;
+        if first != again {
+            anyhow::bail!("the two secrets differ");
+        }
+        first
+    };
+    if secret.len() < 16 {
+        anyhow::bail!("a client secret must be at least 16 characters");
+    }
+    println!("{}", crate::crypto::password::hash(&secret));
+    Ok(())
+}
+
+fn list_keys(settings: &Settings) -> anyhow::Result<()> {
+    let mut conn = connect(settings)?;
+    let now = now_unix();
+    let keys = storage::keys::list_public(&mut conn)?;
+    let active = keys
+        .iter()
+        .find(|k| k.retired_at.is_none())
+        .map(|k| k.kid.clone());
+    println!(
+        "{:<45} {:<10} {:<5} {:<22} PUBLISHED UNTIL",
+        "KID", "STATE", "BITS", "CREATED"
+    );
+    for k in keys {
+        let state = if Some(&k.kid) == active.as_ref() {
+            "active"
+        } else if k.is_published(now) {
+            "retired"
+        } else {
+            "expired"
+        };
+        let until = match (k.retired_at, k.publish_until) {
+            (None, _) => "-".to_owned(),
+            (Some(_), Some(t)) => timestamp(t),
+            (Some(_), None) => "-".to_owned(),
+        };
+        println!(
+            "{:<45} {:<10} {:<5} {:<22} {}",
+            k.kid,
+            state,
+            k.key_bits,
+            timestamp(k.created_at),
+            until
+        );
+    }
+    Ok(())
+}
+
+fn rotate_key(settings: &Settings) -> anyhow::Result<()> {
+    let secret = settings.resolve_system_secret()?;
+    let mut conn = connect(settings)?;
+    // Tokens signed by the old key live at most access_ttl; other instances may sign with it
+    // for one more refresh interval before they notice; a minute of clock skew on top.
+    let window =
+        settings.tokens.access_ttl + settings.keys.refresh_interval + Duration::from_secs(60);
+    let kid = crate::keys::rotate(&mut conn, &secret, settings.keys.rsa_bits, window)?;
+    println!("{kid}");
+    Ok(())
+}
+
+fn timestamp(unix: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}

@@ -1,0 +1,65 @@
+//! The `gatehouse` command line: one binary for the server and its administration.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "An OAuth 2.0 authorization server"
+)]
+pub struct Cli {
+    /// A TOML file layered over the built-in defaults.
+    #[arg(long, global = true, env = "GATEHOUSE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply pending database migrations and sync clients from the configuration.
+    Migrate,
+    /// Validate the configuration and print every problem found.
+    CheckConfig,
+    /// Registered clients.
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// Print an argon2id PHC string for a client secret, for `secret_hash`.
+    HashSecret {
+        /// Read the secret from the first line of standard input instead of prompting.
+        #[arg(long)]
+        stdin: bool,
+    },
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// List clients as synced from the configuration into the database.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List signing keys and whether each is active, published or expired.
+    List,
+    /// Make a new key active; old keys stay published until their tokens have expired.
+    Rotate,
+}
+
+/// Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    commands::dispatch(cli)
+}

@@ -1,0 +1,7 @@
+//! Cryptographic building blocks with no I/O of their own beyond the development secret
+//! file: randomness, password hashing, and the AEAD that keeps private keys sealed at rest.
+
+pub mod dev_secret;
+pub mod password;
+pub mod random;
+pub mod secret_box;

@@ -1,0 +1,20 @@
+use crate::storage::{DbConnection, Pool, StorageError};
+
+use super::HttpError;
+
+/// Runs `work` with a pooled connection on actix's blocking thread pool: diesel is
+/// synchronous and must never run on an async worker thread.
+pub async fn run_blocking<T, E, F>(pool: &Pool, work: F) -> Result<T, HttpError>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Into<HttpError> + Send + 'static,
+{
+    let pool = pool.clone();
+    actix_web::web::block(move || -> Result<T, HttpError> {
+        let mut conn = pool.get().map_err(StorageError::from)?;
+        work(&mut conn).map_err(Into::into)
+    })
+    .await
+    .map_err(|e| HttpError::internal(format!("blocking task failed: {e}")))?
+}

@@ -1,0 +1,13 @@
+//! Signing keys: generation, sealing at rest, the in-memory key ring every request reads,
+//! and the prepared JWK Set.
+
+mod jwks;
+mod keyring;
+mod signing;
+
+pub use jwks::PreparedJwks;
+pub use keyring::{rotate, KeyError, KeyRing, KeyState};
+pub use signing::SigningKey;
+
+/// Separates the AEAD key for signing keys from anything else derived from secrets.system.
+pub const SEAL_PURPOSE: &str = "signing-key";

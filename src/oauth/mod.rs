@@ -1,0 +1,3 @@
+//! OAuth flows and the glue between configuration, storage and the protocol.
+
+pub mod client_sync;

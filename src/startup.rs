@@ -1,0 +1,104 @@
+//! Builds the running server: storage ready, clients synced, keys loaded, socket bound.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{middleware, web, App, HttpServer};
+use tracing_actix_web::TracingLogger;
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::keys::KeyRing;
+use crate::oauth::client_sync::sync_clients;
+use crate::storage::{self, Pool};
+use crate::telemetry::RequestSpan;
+
+pub struct Application {
+    server: Server,
+    port: u16,
+}
+
+/// Opens the pool and brings the schema, the clients and the signing key up to date. Runs
+/// before the async runtime starts, so its blocking database work blocks nothing else.
+pub fn prepare(settings: &Settings) -> anyhow::Result<(Pool, KeyRing)> {
+    let system_secret = settings.resolve_system_secret()?;
+    let pool = storage::open_pool(&settings.database.url, settings.database.pool_size)
+        .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+    let mut conn = pool.get()?;
+    if settings.database.migrate_on_start {
+        let applied = storage::run_migrations(&mut conn)?;
+        if applied > 0 {
+            tracing::info!(applied, "database migrations applied");
+        }
+    } else {
+        storage::ensure_migrated(&mut conn)?;
+    }
+    sync_clients(&mut conn, settings)?;
+    let keys = KeyRing::open(&mut conn, &system_secret, settings.keys.rsa_bits)?;
+    Ok((pool, keys))
+}
+
+impl Application {
+    /// Binds `server.bind` (port 0 picks a free port, which `port()` reports).
+    pub fn build(settings: Settings, pool: Pool, keys: KeyRing) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(settings.server.bind).map_err(|e| {
+            anyhow::anyhow!(
+                "server.bind: cannot listen on {}: {e}",
+                settings.server.bind
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let state = AppState {
+            metadata: http::build_metadata(&settings),
+            settings: Arc::new(settings),
+            pool,
+            keys: Arc::new(keys),
+        };
+        spawn_key_refresh(state.clone());
+        let workers = state.settings.server.workers;
+        let data = web::Data::new(state);
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .wrap(middleware::from_fn(http::echo_request_id))
+                .wrap(TracingLogger::<RequestSpan>::new())
+                .configure(http::routes)
+        })
+        .listen(listener)?;
+        if let Some(workers) = workers {
+            server = server.workers(workers);
+        }
+        tracing::info!(addr = %addr, "listening");
+        Ok(Application {
+            server: server.run(),
+            port: addr.port(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// Picks up keys rotated by another instance or by `gatehouse keys rotate`, and drops
+/// retired keys from the JWK Set once their window has passed.
+fn spawn_key_refresh(state: AppState) {
+    let period = state.settings.keys.refresh_interval;
+    actix_web::rt::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let keys = Arc::clone(&state.keys);
+            let refreshed = http::run_blocking(&state.pool, move |conn| keys.refresh(conn)).await;
+            if let Err(e) = refreshed {
+                tracing::warn!(error = %e, "could not refresh signing keys; keeping the current ones");
+            }
+        }
+    });
+}
