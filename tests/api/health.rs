@@ -1,0 +1,76 @@
+use std::time::Duration;
+
+use crate::on_both_backends;
+use crate::support::*;
+
+on_both_backends!(
+    health_and_readiness_answer,
+    every_request_has_an_id_in_header_and_log
+);
+
+fn health_and_readiness_answer(db: TestDb) {
+    let config = write_config(&db, "gatehouse.toml", "");
+    let server = TestServer::start(&db, &config);
+    let health = get(&server.url("/healthz"), &[]);
+    assert_eq!(health.status, 200);
+    let ready = get(&server.url("/readyz"), &[]);
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["database"], "ok");
+    assert!(ready.json()["signing_key"]
+        .as_str()
+        .is_some_and(|k| !k.is_empty()));
+}
+
+fn every_request_has_an_id_in_header_and_log(db: TestDb) {
+    let config = write_config(&db, "gatehouse.toml", "");
+    let server = TestServer::start(&db, &config);
+    let response = get(&server.url("/healthz"), &[]);
+    let id = response
+        .header("x-request-id")
+        .expect("X-Request-Id")
+        .to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let logged = eventually(Duration::from_secs(10), || {
+        server.logs().into_iter().find(|line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|event| {
+                event["span"]["request_id"] == id.as_str() && event["span"]["path"] == "/healthz"
+            })
+        })
+    });
+    assert!(
+        logged.is_some(),
+        "no log line carries request_id {id}:\n{}",
+        server.logs().join("\n")
+    );
+    assert!(
+        server
+            .logs()
+            .iter()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "log.format = json gives JSON lines"
+    );
+}
+
+/// PostgreSQL only: a SQLite file held open by the pool cannot be taken away from it.
+#[test]
+fn readiness_turns_503_when_the_database_is_gone() {
+    let Some(mut db) = TestDb::create(Backend::Postgres) else {
+        return;
+    };
+    let config = write_config(&db, "gatehouse.toml", "");
+    let server = TestServer::start(&db, &config);
+    assert_eq!(get(&server.url("/readyz"), &[]).status, 200);
+
+    db.destroy();
+    let unready = eventually(Duration::from_secs(20), || {
+        let response = get(&server.url("/readyz"), &[]);
+        (response.status == 503).then_some(response)
+    })
+    .expect("readiness reports the lost database");
+    assert_eq!(unready.json()["database"], "unreachable");
+    assert_eq!(
+        get(&server.url("/healthz"), &[]).status,
+        200,
+        "liveness does not depend on the database"
+    );
+}

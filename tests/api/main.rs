@@ -1,0 +1,9 @@
+//! The one integration-test binary: every file here drives the real `gatehouse` binary.
+
+mod support;
+
+mod cli;
+mod config;
+mod health;
+mod keys;
+mod well_known;

@@ -1,0 +1,338 @@
+//! Shared test support: a fresh database per test (a SQLite file or a PostgreSQL database
+//! that is dropped afterwards), the real `gatehouse` binary started on a random port, and
+//! small HTTP helpers.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use diesel::{Connection, PgConnection, RunQueryDsl};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+pub const SYSTEM_SECRET: &str = "test-system-secret-0123456789abcdef0123456789";
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates `mod name { sqlite, postgres }` tests calling `name(TestDb)` on each backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    let db = $crate::support::TestDb::create($crate::support::Backend::Sqlite)
+                        .expect("SQLite is always available");
+                    super::$name(db);
+                }
+
+                #[test]
+                fn postgres() {
+                    if let Some(db) = $crate::support::TestDb::create($crate::support::Backend::Postgres) {
+                        super::$name(db);
+                    }
+                }
+            }
+        )*
+    };
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("GATEHOUSE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// CI sets this so that a missing PostgreSQL fails the run instead of skipping.
+pub fn postgres_required() -> bool {
+    std::env::var("GATEHOUSE_REQUIRE_POSTGRES").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Written straight to the process's stderr: libtest captures `eprintln!` of passing tests,
+/// and a skip must be seen.
+fn announce_skip(reason: &str) {
+    let message = format!(
+        "\n*** POSTGRESQL TESTS SKIPPED: {reason}\n*** (start PostgreSQL at 127.0.0.1:5432 or set GATEHOUSE_TEST_POSTGRES_URL; \
+         set GATEHOUSE_REQUIRE_POSTGRES=1 to make this a failure)\n"
+    );
+    let _ = std::io::stderr().lock().write_all(message.as_bytes());
+}
+
+/// One test's database, removed when dropped.
+pub struct TestDb {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pg_database: Option<String>,
+}
+
+impl TestDb {
+    /// `None` when PostgreSQL is unreachable and not required (the skip is announced).
+    pub fn create(backend: Backend) -> Option<TestDb> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        match backend {
+            Backend::Sqlite => Some(TestDb {
+                url: format!(
+                    "sqlite://{}",
+                    dir.path().join("data/gatehouse.db").display()
+                ),
+                dir,
+                pg_database: None,
+            }),
+            Backend::Postgres => {
+                let admin_url = postgres_admin_url();
+                let mut admin = match PgConnection::establish(&admin_url) {
+                    Ok(conn) => conn,
+                    Err(e) if !postgres_required() => {
+                        announce_skip(&format!("cannot connect to {admin_url}: {e}"));
+                        return None;
+                    }
+                    Err(e) => panic!("PostgreSQL is required (GATEHOUSE_REQUIRE_POSTGRES) but {admin_url} is unreachable: {e}"),
+                };
+                let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .expect("create the test database");
+                let mut url = url::Url::parse(&admin_url).expect("admin url");
+                url.set_path(&name);
+                Some(TestDb {
+                    url: url.to_string(),
+                    dir,
+                    pg_database: Some(name),
+                })
+            }
+        }
+    }
+
+    /// Makes the database unreachable: PostgreSQL drops it, closing every connection.
+    pub fn destroy(&mut self) {
+        if let Some(name) = self.pg_database.take() {
+            drop_pg_database(&name);
+        }
+    }
+
+    pub fn connect(&self) -> gatehouse::storage::DbConnection {
+        gatehouse::storage::ConnectionManager::new(&self.url)
+            .expect("database url")
+            .connect()
+            .expect("connect to the test database")
+    }
+}
+
+fn drop_pg_database(name: &str) {
+    if let Ok(mut admin) = PgConnection::establish(&postgres_admin_url()) {
+        let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin);
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}
+
+/// The configuration a test server runs with; `extra` is appended TOML.
+pub fn write_config(db: &TestDb, name: &str, extra: &str) -> PathBuf {
+    let path = db.dir.path().join(name);
+    let text = format!(
+        r#"
+issuer = "http://127.0.0.1:8080"
+
+[server]
+bind = "127.0.0.1:0"
+workers = 1
+
+[database]
+url = "{url}"
+pool_size = 4
+
+[secrets]
+system = "{SYSTEM_SECRET}"
+
+[keys]
+refresh_interval = "1s"
+
+[log]
+format = "json"
+level = "info,gatehouse=debug"
+
+{extra}
+"#,
+        url = db.url,
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A `gatehouse` command in `dir`, with no GATEHOUSE* variables inherited from the caller.
+pub fn gatehouse(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("GATEHOUSE") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+pub fn run_cli(db: &TestDb, config: &Path, args: &[&str]) -> Output {
+    gatehouse(db.dir.path())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run gatehouse")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A running `gatehouse serve`, killed when dropped. Its JSON log lines are kept.
+pub struct TestServer {
+    child: Child,
+    pub base_url: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    pub fn start(db: &TestDb, config: &Path) -> TestServer {
+        TestServer::try_start(db, config).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    /// Starts the server and waits for its `listening` log line; on failure returns what
+    /// the process wrote to stderr.
+    pub fn try_start(db: &TestDb, config: &Path) -> Result<TestServer, String> {
+        let mut child = gatehouse(db.dir.path())
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gatehouse");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if event["message"] == "listening" {
+                        let _ = addr_tx.send(event["addr"].as_str().unwrap_or_default().to_owned());
+                    }
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        match addr_rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => Ok(TestServer {
+                child,
+                base_url: format!("http://{addr}"),
+                logs,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("wait for gatehouse");
+                Err(format!(
+                    "status {:?}, stderr:\n{}",
+                    output.status,
+                    stderr(&output)
+                ))
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().expect("log lock").clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that reports every status instead of turning 4xx/5xx into errors.
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+pub fn get(url: &str, headers: &[(&str, &str)]) -> Response {
+    let mut request = http().get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Polls `check` until it returns `Some`, for at most `limit`.
+pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
