@@ -1,4 +1,7 @@
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 //! gatehouse: a standalone OAuth 2.0 authorization server.
 //!
 //! Dependencies point one way: `http` -> `oauth` -> `keys`/`storage` -> `config`/`crypto`.
