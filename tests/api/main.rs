@@ -6,4 +6,6 @@ mod cli;
 mod config;
 mod health;
 mod keys;
+mod storage;
+mod users;
 mod well_known;

@@ -1,4 +1,4 @@
--- One schema for the whole mission. Portable types only (TEXT, BIGINT, BOOLEAN, BLOB/BYTEA),
+-- One schema for the whole mission. Portable types only (TEXT, BIGINT, BOOLEAN, binary),
 -- timestamps are unix seconds, ids are TEXT, so the same diesel code runs on both backends.
 
 CREATE TABLE clients (
@@ -59,7 +59,10 @@ CREATE TABLE authorization_codes (
     code_hash TEXT PRIMARY KEY NOT NULL,
     client_id TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
     user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    redirect_uri TEXT,
+    -- the registered redirect_uri the code is bound to, and whether the request named it
+    -- (RFC 6749 4.1.3: the token request must repeat it only if it was sent)
+    redirect_uri TEXT NOT NULL,
+    redirect_uri_sent BOOLEAN NOT NULL,
     scope TEXT NOT NULL,
     code_challenge TEXT,
     nonce TEXT,

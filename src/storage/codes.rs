@@ -1,0 +1,84 @@
+//! Authorization codes. Only the digest of a code is stored; a redeemed code stays (marked)
+//! so that a replay can be told from garbage and can revoke what the first redemption issued.
+
+use diesel::prelude::*;
+
+use super::schema::authorization_codes;
+use super::{DbConnection, StorageResult};
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = authorization_codes)]
+pub struct CodeRow {
+    pub code_hash: String,
+    pub client_id: String,
+    pub user_id: String,
+    /// The registered redirect_uri the code is bound to.
+    pub redirect_uri: String,
+    /// Whether the authorization request named it (then the token request must repeat it).
+    pub redirect_uri_sent: bool,
+    pub scope: String,
+    /// The S256 code challenge, if one was sent.
+    pub code_challenge: Option<String>,
+    pub nonce: Option<String>,
+    pub auth_time: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub redeemed_at: Option<i64>,
+    /// The token family the redemption created.
+    pub family_id: Option<String>,
+}
+
+pub fn insert(conn: &mut DbConnection, code: &CodeRow) -> StorageResult<()> {
+    diesel::insert_into(authorization_codes::table)
+        .values(code)
+        .execute(conn)?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redemption {
+    /// This call marked the code redeemed: the only caller that will ever see this.
+    First(CodeRow),
+    /// The code had been redeemed before.
+    Replay(CodeRow),
+    Unknown,
+}
+
+/// Marks the code redeemed with a conditional update, so that of two concurrent redemptions
+/// exactly one sees `First`, on either backend.
+pub fn redeem(conn: &mut DbConnection, code_hash: &str, now: i64) -> StorageResult<Redemption> {
+    conn.transaction(|conn| {
+        let marked = diesel::update(
+            authorization_codes::table
+                .find(code_hash)
+                .filter(authorization_codes::redeemed_at.is_null()),
+        )
+        .set(authorization_codes::redeemed_at.eq(now))
+        .execute(conn)?;
+        let row: Option<CodeRow> = authorization_codes::table
+            .find(code_hash)
+            .select(CodeRow::as_select())
+            .first(conn)
+            .optional()?;
+        Ok(match (marked, row) {
+            (1, Some(row)) => Redemption::First(row),
+            (_, Some(row)) => Redemption::Replay(row),
+            (_, None) => Redemption::Unknown,
+        })
+    })
+}
+
+pub fn link_family(conn: &mut DbConnection, code_hash: &str, family_id: &str) -> StorageResult<()> {
+    diesel::update(authorization_codes::table.find(code_hash))
+        .set(authorization_codes::family_id.eq(family_id))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Codes are useless once expired; keep redeemed ones a while for replay detection.
+pub fn delete_expired_before(conn: &mut DbConnection, cutoff: i64) -> StorageResult<usize> {
+    Ok(diesel::delete(
+        authorization_codes::table.filter(authorization_codes::expires_at.lt(cutoff)),
+    )
+    .execute(conn)?)
+}
