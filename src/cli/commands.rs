@@ -2,7 +2,7 @@ use std::io::BufRead;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{Cli, ClientsCommand, Command, KeysCommand};
+use super::{Cli, ClientsCommand, Command, KeysCommand, UsersCommand};
 use crate::config::{ConfigError, Settings};
 use crate::startup::{self, Application};
 use crate::storage::clients::ClientRow;
@@ -32,6 +32,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
     finish(match command {
         Command::Serve => serve(settings),
         Command::Migrate => migrate(&settings),
+        Command::Users(command) => users(&settings, command),
         Command::Clients(ClientsCommand::List) => list_clients(&settings),
         Command::Keys(KeysCommand::List) => list_keys(&settings),
         Command::Keys(KeysCommand::Rotate) => rotate_key(&settings),
@@ -135,19 +136,62 @@ fn list_clients(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn hash_secret(from_stdin: bool) -> anyhow::Result<()> {
-    let secret = if from_stdin {
+/// A secret from the first line of stdin, or typed twice at a prompt that does not echo.
+fn read_secret(from_stdin: bool, prompt: &str) -> anyhow::Result<String> {
+    if from_stdin {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
-        line.trim_end_matches(['\r', '\n']).to_owned()
-    } else {
-        let first = rpassword::prompt_password("Client secret: ")?;
-        let again = rpassword::prompt_password("Repeat: ")?;
-        if first != again {
-            anyhow::bail!("the two secrets differ");
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    let first = rpassword::prompt_password(format!("{prompt}: "))?;
+    let again = rpassword::prompt_password("Repeat: ")?;
+    if first != again {
+        anyhow::bail!("the two entries differ");
+    }
+    Ok(first)
+}
+
+fn users(settings: &Settings, command: UsersCommand) -> anyhow::Result<()> {
+    use crate::accounts;
+    let mut conn = connect(settings)?;
+    match command {
+        UsersCommand::Add {
+            name,
+            password_stdin,
+        } => {
+            accounts::validate_username(&name)?;
+            let password = read_secret(password_stdin, "Password")?;
+            let user = accounts::add_user(&mut conn, &name, &password)?;
+            println!("{}", user.id);
         }
-        first
-    };
+        UsersCommand::SetPassword {
+            name,
+            password_stdin,
+        } => {
+            let password = read_secret(password_stdin, "New password")?;
+            accounts::set_password(&mut conn, &name, &password)?;
+        }
+        UsersCommand::Disable { name } => accounts::set_disabled(&mut conn, &name, true)?,
+        UsersCommand::Enable { name } => accounts::set_disabled(&mut conn, &name, false)?,
+        UsersCommand::List => {
+            println!("{:<36} {:<9} {:<22} USERNAME", "ID", "STATE", "CREATED");
+            for user in storage::users::list(&mut conn)? {
+                let state = if user.disabled { "disabled" } else { "enabled" };
+                println!(
+                    "{:<36} {:<9} {:<22} {}",
+                    user.id,
+                    state,
+                    timestamp(user.created_at),
+                    user.username
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hash_secret(from_stdin: bool) -> anyhow::Result<()> {
+    let secret = read_secret(from_stdin, "Client secret")?;
     if secret.len() < 16 {
         anyhow::bail!("a client secret must be at least 16 characters");
     }

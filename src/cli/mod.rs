@@ -30,6 +30,9 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and print every problem found.
     CheckConfig,
+    /// User accounts.
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Registered clients.
     #[command(subcommand)]
     Clients(ClientsCommand),
@@ -42,6 +45,30 @@ pub enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user; prompts for the password unless --password-stdin.
+    Add {
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users and whether each is enabled.
+    List,
+    /// Refuse all further logins of a user.
+    Disable { name: String },
+    /// Allow a disabled user to log in again.
+    Enable { name: String },
+    /// Replace a user's password; prompts unless --password-stdin.
+    SetPassword {
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

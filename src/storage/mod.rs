@@ -2,9 +2,14 @@
 //! `MultiConnection`; the backend is chosen from the URL scheme, never guessed.
 
 pub mod clients;
+pub mod codes;
 mod connection;
+pub mod consents;
 pub mod keys;
 pub mod schema;
+pub mod sessions;
+pub mod tokens;
+pub mod users;
 
 pub use connection::{open_pool, Backend, ConnectionManager, DbConnection, Pool, PooledConnection};
 
@@ -33,6 +38,8 @@ pub enum StorageError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Conflict(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }

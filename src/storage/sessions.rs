@@ -1,0 +1,53 @@
+//! Browser sessions, shared by every instance. Only the digest of the cookie value is kept.
+
+use diesel::prelude::*;
+
+use super::schema::{browser_sessions, users};
+use super::users::UserRow;
+use super::{DbConnection, StorageResult};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = browser_sessions)]
+pub struct SessionRow {
+    pub id_hash: String,
+    pub user_id: String,
+    pub authenticated_at: i64,
+    pub expires_at: i64,
+    pub last_seen_at: i64,
+}
+
+pub fn insert(conn: &mut DbConnection, session: &SessionRow) -> StorageResult<()> {
+    diesel::insert_into(browser_sessions::table)
+        .values(session)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The live session and its user, if the session exists, has not expired, and its user is
+/// still enabled.
+pub fn find_live(
+    conn: &mut DbConnection,
+    id_hash: &str,
+    now: i64,
+) -> StorageResult<Option<(SessionRow, UserRow)>> {
+    Ok(browser_sessions::table
+        .inner_join(users::table.on(users::id.eq(browser_sessions::user_id)))
+        .filter(browser_sessions::id_hash.eq(id_hash))
+        .filter(browser_sessions::expires_at.gt(now))
+        .filter(users::disabled.eq(false))
+        .select((SessionRow::as_select(), UserRow::as_select()))
+        .first(conn)
+        .optional()?)
+}
+
+pub fn delete(conn: &mut DbConnection, id_hash: &str) -> StorageResult<()> {
+    diesel::delete(browser_sessions::table.find(id_hash)).execute(conn)?;
+    Ok(())
+}
+
+pub fn delete_expired(conn: &mut DbConnection, now: i64) -> StorageResult<usize> {
+    Ok(
+        diesel::delete(browser_sessions::table.filter(browser_sessions::expires_at.le(now)))
+            .execute(conn)?,
+    )
+}

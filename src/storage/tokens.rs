@@ -1,0 +1,115 @@
+//! Token families, refresh tokens (digests only) and the access tokens that belong to a
+//! family, so that revoking a family reaches every token descended from one grant.
+
+use diesel::prelude::*;
+
+use super::schema::{access_tokens, refresh_tokens, token_families};
+use super::{DbConnection, StorageResult};
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = token_families)]
+pub struct FamilyRow {
+    pub id: String,
+    pub client_id: String,
+    pub user_id: Option<String>,
+    pub grant_type: String,
+    pub scope: String,
+    pub created_at: i64,
+    /// The absolute limit: no refresh token of the family outlives it.
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = refresh_tokens)]
+pub struct RefreshRow {
+    pub token_hash: String,
+    pub family_id: String,
+    pub client_id: String,
+    pub scope: String,
+    pub created_at: i64,
+    pub idle_expires_at: i64,
+    pub rotated_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = access_tokens)]
+pub struct AccessRow {
+    pub jti: String,
+    pub family_id: Option<String>,
+    pub client_id: String,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Records a new family with its first tokens, atomically.
+pub fn create_family(
+    conn: &mut DbConnection,
+    family: &FamilyRow,
+    refresh: Option<&RefreshRow>,
+    access: &AccessRow,
+) -> StorageResult<()> {
+    conn.transaction(|conn| {
+        diesel::insert_into(token_families::table)
+            .values(family)
+            .execute(conn)?;
+        if let Some(refresh) = refresh {
+            diesel::insert_into(refresh_tokens::table)
+                .values(refresh)
+                .execute(conn)?;
+        }
+        diesel::insert_into(access_tokens::table)
+            .values(access)
+            .execute(conn)?;
+        Ok(())
+    })
+}
+
+/// Revokes the family and every access token recorded in it. Returns whether the family was
+/// live before this call.
+pub fn revoke_family(conn: &mut DbConnection, family_id: &str, now: i64) -> StorageResult<bool> {
+    conn.transaction(|conn| {
+        let revoked = diesel::update(
+            token_families::table
+                .find(family_id)
+                .filter(token_families::revoked_at.is_null()),
+        )
+        .set(token_families::revoked_at.eq(now))
+        .execute(conn)?;
+        diesel::update(
+            access_tokens::table
+                .filter(access_tokens::family_id.eq(family_id))
+                .filter(access_tokens::revoked_at.is_null()),
+        )
+        .set(access_tokens::revoked_at.eq(now))
+        .execute(conn)?;
+        Ok(revoked == 1)
+    })
+}
+
+pub fn find_family(conn: &mut DbConnection, family_id: &str) -> StorageResult<Option<FamilyRow>> {
+    Ok(token_families::table
+        .find(family_id)
+        .select(FamilyRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find_access(conn: &mut DbConnection, jti: &str) -> StorageResult<Option<AccessRow>> {
+    Ok(access_tokens::table
+        .find(jti)
+        .select(AccessRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find_refresh(
+    conn: &mut DbConnection,
+    token_hash: &str,
+) -> StorageResult<Option<RefreshRow>> {
+    Ok(refresh_tokens::table
+        .find(token_hash)
+        .select(RefreshRow::as_select())
+        .first(conn)
+        .optional()?)
+}
