@@ -1,6 +1,8 @@
 //! Argon2id for user passwords and client secrets, with parameters no weaker than OWASP's
 //! recommendation (m = 19 MiB, t = 2, p = 1).
 
+use std::sync::{Condvar, Mutex, OnceLock};
+
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 
@@ -15,8 +17,50 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// At most one argon2 computation per core at a time: each takes 19 MiB, so a burst of
+/// logins queues here instead of exhausting memory. Callers are blocking-pool threads.
+struct HashLimiter {
+    running: Mutex<usize>,
+    freed: Condvar,
+    limit: usize,
+}
+
+impl HashLimiter {
+    fn global() -> &'static HashLimiter {
+        static LIMITER: OnceLock<HashLimiter> = OnceLock::new();
+        LIMITER.get_or_init(|| HashLimiter {
+            running: Mutex::new(0),
+            freed: Condvar::new(),
+            limit: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        })
+    }
+
+    fn run<T>(&self, work: impl FnOnce() -> T) -> T {
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            while *running >= self.limit {
+                running = self.freed.wait(running).unwrap_or_else(|p| p.into_inner());
+            }
+            *running += 1;
+        }
+        let result = work();
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.freed.notify_one();
+        result
+    }
+}
+
+/// How many argon2 computations may run at once.
+pub fn concurrency_limit() -> usize {
+    HashLimiter::global().limit
+}
+
 /// A PHC string such as `$argon2id$v=19$m=19456,t=2,p=1$...`.
 pub fn hash(secret: &str) -> String {
+    HashLimiter::global().run(|| hash_unbounded(secret))
+}
+
+fn hash_unbounded(secret: &str) -> String {
     let salt = SaltString::encode_b64(&super::random::bytes::<16>())
         .unwrap_or_else(|_| unreachable!("16 bytes always encode as a salt"));
     match hasher().hash_password(secret.as_bytes(), &salt) {
@@ -29,9 +73,19 @@ pub fn hash(secret: &str) -> String {
 /// are read from the PHC string, so hashes made with older parameters still verify.
 pub fn verify(secret: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
-        Ok(parsed) => hasher().verify_password(secret.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => HashLimiter::global()
+            .run(|| hasher().verify_password(secret.as_bytes(), &parsed).is_ok()),
         Err(_) => false,
     }
+}
+
+/// Spends the same time as verifying against a real hash and always fails: used when there is
+/// no such user or client, so that the answer's timing does not say which.
+pub fn verify_dummy(secret: &str) -> bool {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    let phc = DUMMY.get_or_init(|| hash_unbounded("gatehouse dummy password"));
+    let _ = verify(secret, phc);
+    false
 }
 
 pub fn is_argon2id_phc(phc: &str) -> bool {

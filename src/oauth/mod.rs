@@ -1,3 +1,17 @@
-//! OAuth flows and the glue between configuration, storage and the protocol.
+//! OAuth flows: oxide-auth's primitives backed by the database, the authorization and token
+//! endpoints' logic, and the minting of tokens. No actix here beyond oxide-auth-actix's
+//! request and response types.
 
+pub mod authorize;
+mod authorizer;
+pub mod client;
 pub mod client_sync;
+pub mod context;
+mod endpoint;
+mod issuer;
+pub mod pkce;
+mod registrar;
+pub mod request;
+pub mod scope;
+pub mod token;
+pub mod tokens;

@@ -24,6 +24,7 @@ pub struct CodeRow {
     pub created_at: i64,
     pub expires_at: i64,
     pub redeemed_at: Option<i64>,
+    pub replayed_at: Option<i64>,
     /// The token family the redemption created.
     pub family_id: Option<String>,
 }
@@ -45,7 +46,7 @@ pub enum Redemption {
 }
 
 /// Marks the code redeemed with a conditional update, so that of two concurrent redemptions
-/// exactly one sees `First`, on either backend.
+/// exactly one sees `First`, on either backend. A later presentation is marked as a replay.
 pub fn redeem(conn: &mut DbConnection, code_hash: &str, now: i64) -> StorageResult<Redemption> {
     conn.transaction(|conn| {
         let marked = diesel::update(
@@ -55,6 +56,15 @@ pub fn redeem(conn: &mut DbConnection, code_hash: &str, now: i64) -> StorageResu
         )
         .set(authorization_codes::redeemed_at.eq(now))
         .execute(conn)?;
+        if marked == 0 {
+            diesel::update(
+                authorization_codes::table
+                    .find(code_hash)
+                    .filter(authorization_codes::replayed_at.is_null()),
+            )
+            .set(authorization_codes::replayed_at.eq(now))
+            .execute(conn)?;
+        }
         let row: Option<CodeRow> = authorization_codes::table
             .find(code_hash)
             .select(CodeRow::as_select())
@@ -68,11 +78,30 @@ pub fn redeem(conn: &mut DbConnection, code_hash: &str, now: i64) -> StorageResu
     })
 }
 
-pub fn link_family(conn: &mut DbConnection, code_hash: &str, family_id: &str) -> StorageResult<()> {
-    diesel::update(authorization_codes::table.find(code_hash))
-        .set(authorization_codes::family_id.eq(family_id))
-        .execute(conn)?;
-    Ok(())
+/// Records the family a redemption created. Returns false when a replay was detected first:
+/// the caller must then revoke the family, because the replay could not.
+pub fn link_family(
+    conn: &mut DbConnection,
+    code_hash: &str,
+    family_id: &str,
+) -> StorageResult<bool> {
+    let linked = diesel::update(
+        authorization_codes::table
+            .find(code_hash)
+            .filter(authorization_codes::replayed_at.is_null()),
+    )
+    .set(authorization_codes::family_id.eq(family_id))
+    .execute(conn)?;
+    Ok(linked == 1)
+}
+
+/// Looks a code up without redeeming it.
+pub fn find(conn: &mut DbConnection, code_hash: &str) -> StorageResult<Option<CodeRow>> {
+    Ok(authorization_codes::table
+        .find(code_hash)
+        .select(CodeRow::as_select())
+        .first(conn)
+        .optional()?)
 }
 
 /// Codes are useless once expired; keep redeemed ones a while for replay detection.

@@ -75,6 +75,7 @@ diesel::table! {
         created_at -> BigInt,
         expires_at -> BigInt,
         redeemed_at -> Nullable<BigInt>,
+        replayed_at -> Nullable<BigInt>,
         family_id -> Nullable<Text>,
     }
 }

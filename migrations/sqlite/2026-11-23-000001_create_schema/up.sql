@@ -70,6 +70,9 @@ CREATE TABLE authorization_codes (
     created_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL,
     redeemed_at BIGINT,
+    -- set when a redeemed code is presented again; a redemption that links its tokens after
+    -- that sees it and revokes them
+    replayed_at BIGINT,
     family_id TEXT REFERENCES token_families (id) ON DELETE SET NULL
 );
 

@@ -1,0 +1,90 @@
+//! oxide-auth's Authorizer over the authorization_codes table. Codes are 256 random bits,
+//! stored as digests, single use by a conditional update; a replay revokes what the first
+//! redemption issued.
+
+use chrono::{TimeZone, Utc};
+use oxide_auth::endpoint::Authorizer;
+use oxide_auth::primitives::grant::{Extensions, Grant, Value};
+
+use super::context::FlowContext;
+use super::pkce;
+use crate::crypto::{mac::digest_secret, random};
+use crate::storage::codes::{self as code_store, CodeRow, Redemption};
+use crate::storage::tokens as token_store;
+
+pub struct DbAuthorizer<'a> {
+    pub ctx: &'a FlowContext<'a>,
+}
+
+impl Authorizer for DbAuthorizer<'_> {
+    fn authorize(&mut self, grant: Grant) -> Result<String, ()> {
+        let ctx = self.ctx;
+        let owner = ctx.owner.as_ref().ok_or(())?;
+        let (redirect_uri, redirect_uri_sent) = ctx
+            .notes
+            .borrow()
+            .bound_redirect
+            .clone()
+            .unwrap_or_else(|| (grant.redirect_uri.to_string(), true));
+        let code = random::token::<32>();
+        let row = CodeRow {
+            code_hash: digest_secret(&code),
+            client_id: grant.client_id.clone(),
+            user_id: grant.owner_id.clone(),
+            redirect_uri,
+            redirect_uri_sent,
+            scope: super::scope::to_string(&grant.scope),
+            code_challenge: pkce::challenge_of(&grant.extensions),
+            nonce: None,
+            auth_time: owner.authenticated_at,
+            created_at: ctx.now,
+            expires_at: ctx.now + ctx.settings.tokens.code_ttl.as_secs() as i64,
+            redeemed_at: None,
+            replayed_at: None,
+            family_id: None,
+        };
+        code_store::insert(&mut ctx.conn(), &row).map_err(|e| ctx.fail(e))?;
+        Ok(code)
+    }
+
+    fn extract(&mut self, code: &str) -> Result<Option<Grant>, ()> {
+        let ctx = self.ctx;
+        let redemption = code_store::redeem(&mut ctx.conn(), &digest_secret(code), ctx.now)
+            .map_err(|e| ctx.fail(e))?;
+        match redemption {
+            Redemption::First(row) => {
+                let mut extensions = Extensions::new();
+                if let Some(challenge) = &row.code_challenge {
+                    extensions.set_raw(
+                        pkce::EXTENSION.to_owned(),
+                        Value::private(Some(challenge.clone())),
+                    );
+                }
+                let grant = Grant {
+                    owner_id: row.user_id.clone(),
+                    client_id: row.client_id.clone(),
+                    scope: super::scope::parse(&row.scope).ok_or(())?,
+                    redirect_uri: url::Url::parse(&row.redirect_uri).map_err(|_| ())?,
+                    until: Utc.timestamp_opt(row.expires_at, 0).single().ok_or(())?,
+                    extensions,
+                };
+                ctx.notes.borrow_mut().redeemed_code = Some(row);
+                Ok(Some(grant))
+            }
+            Redemption::Replay(row) => {
+                tracing::warn!(client_id = %row.client_id, user_id = %row.user_id, "authorization code replayed; revoking the tokens issued from it");
+                if let Some(family_id) = &row.family_id {
+                    token_store::revoke_family(&mut ctx.conn(), family_id, ctx.now)
+                        .map_err(|e| ctx.fail(e))?;
+                }
+                ctx.notes.borrow_mut().invalid_grant =
+                    Some("the authorization code was already used");
+                Ok(None)
+            }
+            Redemption::Unknown => {
+                ctx.notes.borrow_mut().invalid_grant = Some("the authorization code is invalid");
+                Ok(None)
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! What one OAuth operation needs, shared by the oxide-auth primitives that serve it: one
+//! pooled connection, the settings, the signing key, and notes the primitives leave for the
+//! HTTP layer (oxide-auth's traits return `Result<_, ()>`, so the reasons travel here).
+
+use std::cell::{RefCell, RefMut};
+use std::sync::Arc;
+
+use crate::config::Settings;
+use crate::keys::KeyState;
+use crate::storage::codes::CodeRow;
+use crate::storage::{DbConnection, StorageError};
+
+use super::client::Client;
+
+/// The signed-in user, resolved from the session cookie before the flow runs.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub user_id: String,
+    pub username: String,
+    pub authenticated_at: i64,
+}
+
+/// What the user answered on the consent page, once its CSRF token has been checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+/// Why an authorization request stopped before a redirect to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interaction {
+    Login,
+    Consent { scope: String },
+}
+
+#[derive(Debug, Default)]
+pub struct Notes {
+    pub client: Option<Client>,
+    /// The registered redirect URI the request resolved to, and whether it named it.
+    pub bound_redirect: Option<(String, bool)>,
+    pub interaction: Option<Interaction>,
+    /// Set when a request must fail with `invalid_grant` (RFC 6749 5.2), with its description.
+    pub invalid_grant: Option<&'static str>,
+    /// A more precise description for an error that oxide-auth reports without one.
+    pub error_description: Option<&'static str>,
+    pub redeemed_code: Option<CodeRow>,
+    /// A storage failure behind a primitive's `Err(())`, kept for the log.
+    pub failure: Option<StorageError>,
+}
+
+pub struct FlowContext<'c> {
+    conn: RefCell<&'c mut DbConnection>,
+    pub settings: &'c Settings,
+    pub keys: Arc<KeyState>,
+    pub now: i64,
+    pub owner: Option<Owner>,
+    pub decision: Option<Decision>,
+    pub notes: RefCell<Notes>,
+}
+
+impl<'c> FlowContext<'c> {
+    pub fn new(
+        conn: &'c mut DbConnection,
+        settings: &'c Settings,
+        keys: Arc<KeyState>,
+    ) -> FlowContext<'c> {
+        FlowContext {
+            conn: RefCell::new(conn),
+            settings,
+            keys,
+            now: crate::storage::now_unix(),
+            owner: None,
+            decision: None,
+            notes: RefCell::new(Notes::default()),
+        }
+    }
+
+    /// The connection; primitives are called one at a time, so borrows never overlap.
+    pub fn conn(&self) -> RefMut<'_, &'c mut DbConnection> {
+        self.conn.borrow_mut()
+    }
+
+    /// Records a storage failure for the log and turns it into oxide-auth's `()`.
+    pub fn fail(&self, error: StorageError) {
+        tracing::error!(error = %error, "storage failure during an OAuth operation");
+        self.notes.borrow_mut().failure = Some(error);
+    }
+
+    /// The client, read once per operation; `None` for unknown or disabled clients.
+    pub(crate) fn client(&self, client_id: &str) -> Result<Option<Client>, ()> {
+        if let Some(client) = self
+            .notes
+            .borrow()
+            .client
+            .as_ref()
+            .filter(|c| c.id == client_id)
+        {
+            return Ok(Some(client.clone()));
+        }
+        let row =
+            crate::storage::clients::find(&mut self.conn(), client_id).map_err(|e| self.fail(e))?;
+        let client = match row {
+            Some(row) if row.enabled => Some(Client::from_row(row).map_err(|e| self.fail(e))?),
+            _ => None,
+        };
+        if let Some(client) = &client {
+            self.notes.borrow_mut().client = Some(client.clone());
+        }
+        Ok(client)
+    }
+
+    pub fn take_notes(&self) -> Notes {
+        std::mem::take(&mut self.notes.borrow_mut())
+    }
+}

@@ -1,0 +1,289 @@
+//! The token endpoint's logic (RFC 6749 3.2, 4.1.3, 5): parameters checked, client
+//! credentials normalised, the grant run through oxide-auth, and the answer made RFC-exact.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use oxide_auth::endpoint::AccessTokenFlow;
+use serde_json::{json, Map, Value};
+
+use super::context::FlowContext;
+use super::endpoint::GatehouseEndpoint;
+use super::request::{FlowRequest, Params};
+use crate::config::Settings;
+use crate::crypto::mac::digest_secret;
+use crate::keys::KeyState;
+use crate::storage::codes as code_store;
+use crate::storage::{DbConnection, StorageError};
+
+/// A token endpoint answer: status and JSON body. `Cache-Control: no-store` and
+/// `Pragma: no-cache` are added by the HTTP layer to every one of them.
+#[derive(Debug)]
+pub struct TokenAnswer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl TokenAnswer {
+    pub fn error(status: u16, error: &str, description: &str) -> TokenAnswer {
+        TokenAnswer {
+            status,
+            body: json!({"error": error, "error_description": description}),
+        }
+    }
+
+    fn invalid_request(description: &str) -> TokenAnswer {
+        TokenAnswer::error(400, "invalid_request", description)
+    }
+
+    pub fn invalid_client() -> TokenAnswer {
+        TokenAnswer::error(401, "invalid_client", "client authentication failed")
+    }
+}
+
+/// Client credentials from a Basic header, form-urldecoded as RFC 6749 2.3.1 requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicCredentials {
+    pub client_id: String,
+    pub secret: String,
+}
+
+impl BasicCredentials {
+    /// `Ok(None)` without a Basic header; `Err` for one that cannot be read.
+    pub(crate) fn from_header(header: Option<&str>) -> Result<Option<BasicCredentials>, ()> {
+        let Some(header) = header else {
+            return Ok(None);
+        };
+        let Some((scheme, encoded)) = header.split_once(' ') else {
+            return Err(());
+        };
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return Err(());
+        }
+        let decoded = STANDARD.decode(encoded.trim()).map_err(|_| ())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| ())?;
+        let (id, secret) = decoded.split_once(':').ok_or(())?;
+        let decode = |s: &str| -> Result<String, ()> {
+            let plus_as_space = s.replace('+', " ");
+            percent_decode(&plus_as_space)
+        };
+        let client_id = decode(id)?;
+        if client_id.is_empty() || client_id.contains(':') {
+            return Err(());
+        }
+        Ok(Some(BasicCredentials {
+            client_id,
+            secret: decode(secret)?,
+        }))
+    }
+
+    /// The header oxide-auth reads: it splits on the first ':' and does not decode.
+    fn to_header(&self) -> String {
+        format!(
+            "Basic {}",
+            STANDARD.encode(format!("{}:{}", self.client_id, self.secret))
+        )
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, ()> {
+    let bytes: Vec<u8> = url::form_urlencoded::parse(
+        format!("x={}", s.replace('&', "%26").replace('=', "%3D")).as_bytes(),
+    )
+    .next()
+    .map(|(_, v)| v.into_owned().into_bytes())
+    .unwrap_or_default();
+    String::from_utf8(bytes).map_err(|_| ())
+}
+
+pub fn token(
+    conn: &mut DbConnection,
+    settings: &Settings,
+    keys: Arc<KeyState>,
+    body: &Params,
+    authorization: Option<&str>,
+) -> Result<TokenAnswer, StorageError> {
+    if let Some(repeated) = body.first_repeated() {
+        return Ok(TokenAnswer::invalid_request(&format!(
+            "parameter {repeated} was sent more than once"
+        )));
+    }
+    let basic = match BasicCredentials::from_header(authorization) {
+        Ok(basic) => basic,
+        Err(()) => return Ok(TokenAnswer::invalid_client()),
+    };
+    let mut body = body.clone();
+    if let Some(basic) = &basic {
+        if body.get("client_secret").is_some() {
+            return Ok(TokenAnswer::invalid_request(
+                "use one client authentication method, not two",
+            ));
+        }
+        match body.get("client_id") {
+            Some(id) if id != basic.client_id => {
+                return Ok(TokenAnswer::invalid_request(
+                    "client_id differs from the authenticated client",
+                ))
+            }
+            Some(_) => body = body.without(&["client_id"]),
+            None => {}
+        }
+    }
+    match body.get("grant_type") {
+        None => Ok(TokenAnswer::invalid_request("grant_type is required")),
+        Some("authorization_code") => authorization_code(conn, settings, keys, body, basic),
+        Some(_) => Ok(TokenAnswer::error(
+            400,
+            "unsupported_grant_type",
+            "this server does not support that grant_type",
+        )),
+    }
+}
+
+fn authorization_code(
+    conn: &mut DbConnection,
+    settings: &Settings,
+    keys: Arc<KeyState>,
+    mut body: Params,
+    basic: Option<BasicCredentials>,
+) -> Result<TokenAnswer, StorageError> {
+    // RFC 6749 4.1.3: redirect_uri is required only if the authorization request had one;
+    // oxide-auth always requires it, so supply the bound one when it was not sent.
+    if body.get("redirect_uri").is_none() {
+        if let Some(code) = body.get("code") {
+            if let Some(row) = code_store::find(conn, &digest_secret(code))? {
+                if !row.redirect_uri_sent {
+                    body = body.with("redirect_uri", &row.redirect_uri);
+                }
+            }
+        }
+    }
+    let ctx = FlowContext::new(conn, settings, keys);
+    let request = FlowRequest::new(
+        &Params::default(),
+        &body,
+        basic.as_ref().map(BasicCredentials::to_header),
+    );
+    let result = AccessTokenFlow::prepare(GatehouseEndpoint::new(&ctx)).and_then(|mut flow| {
+        flow.allow_credentials_in_body(true);
+        flow.execute(request)
+    });
+    let notes = ctx.take_notes();
+    if let Some(failure) = notes.failure {
+        return Err(failure);
+    }
+    let response =
+        result.map_err(|e| StorageError::Corrupt(format!("token flow failed: {e:?}")))?;
+    let raw: Value = response
+        .get_body()
+        .and_then(|b| serde_json::from_str(&b).ok())
+        .unwrap_or(Value::Null);
+    Ok(rfc_answer(raw, notes.invalid_grant))
+}
+
+/// oxide-auth's JSON made RFC 6749-exact: `error_description` (not `description`),
+/// `token_type: "Bearer"`, and `invalid_grant` where RFC 6749 5.2 and RFC 7636 4.6 want it.
+fn rfc_answer(raw: Value, invalid_grant: Option<&str>) -> TokenAnswer {
+    let Value::Object(mut fields) = raw else {
+        return TokenAnswer::error(
+            500,
+            "server_error",
+            "unexpected response from the token flow",
+        );
+    };
+    if let Some(error) = fields
+        .get("error")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    {
+        if let Some(description) = invalid_grant.filter(|_| error != "invalid_client") {
+            return TokenAnswer::error(400, "invalid_grant", description);
+        }
+        return match error.as_str() {
+            "invalid_client" => TokenAnswer::invalid_client(),
+            _ => {
+                let description = fields
+                    .remove("description")
+                    .and_then(|d| d.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| default_description(&error).to_owned());
+                TokenAnswer::error(400, &error, &description)
+            }
+        };
+    }
+    let mut body = Map::new();
+    for key in [
+        "access_token",
+        "token_type",
+        "expires_in",
+        "refresh_token",
+        "scope",
+    ] {
+        if let Some(value) = fields.remove(key) {
+            body.insert(key.to_owned(), value);
+        }
+    }
+    body.insert("token_type".to_owned(), Value::String("Bearer".to_owned()));
+    TokenAnswer {
+        status: 200,
+        body: Value::Object(body),
+    }
+}
+
+fn default_description(error: &str) -> &'static str {
+    match error {
+        "invalid_request" => "the request is missing a required parameter or is malformed",
+        "invalid_grant" => "the authorization grant is invalid, expired or revoked",
+        "unsupported_grant_type" => "this server does not support that grant_type",
+        "invalid_scope" => "the requested scope is not allowed",
+        "unauthorized_client" => "this client may not use that grant_type",
+        _ => "the request failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_urldecoded() {
+        let header = format!("Basic {}", STANDARD.encode("my%20app:p%40ss+word"));
+        let creds = BasicCredentials::from_header(Some(&header))
+            .unwrap()
+            .unwrap();
+        assert_eq!(creds.client_id, "my app");
+        assert_eq!(creds.secret, "p@ss word");
+        assert_eq!(BasicCredentials::from_header(None), Ok(None));
+        assert!(BasicCredentials::from_header(Some("Basic !!!")).is_err());
+        assert!(BasicCredentials::from_header(Some("Bearer abc")).is_err());
+        assert!(BasicCredentials::from_header(Some(&format!(
+            "Basic {}",
+            STANDARD.encode("nocolon")
+        )))
+        .is_err());
+    }
+
+    #[test]
+    fn oxide_answers_become_rfc_answers() {
+        let ok = rfc_answer(
+            json!({"access_token": "a", "token_type": "bearer", "expires_in": 900, "scope": "read"}),
+            None,
+        );
+        assert_eq!(ok.status, 200);
+        assert_eq!(ok.body["token_type"], "Bearer");
+        let replay = rfc_answer(
+            json!({"error": "invalid_request"}),
+            Some("the authorization code was already used"),
+        );
+        assert_eq!(replay.status, 400);
+        assert_eq!(replay.body["error"], "invalid_grant");
+        let client = rfc_answer(json!({"error": "invalid_client"}), Some("ignored"));
+        assert_eq!(client.status, 401);
+        let described = rfc_answer(
+            json!({"error": "invalid_request", "description": "x"}),
+            None,
+        );
+        assert_eq!(described.body["error_description"], "x");
+        assert!(described.body.get("description").is_none());
+    }
+}
