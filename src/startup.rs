@@ -8,6 +8,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Settings;
+use crate::crypto::mac::Mac;
 use crate::http::{self, AppState};
 use crate::keys::KeyRing;
 use crate::oauth::client_sync::sync_clients;
@@ -21,7 +22,7 @@ pub struct Application {
 
 /// Opens the pool and brings the schema, the clients and the signing key up to date. Runs
 /// before the async runtime starts, so its blocking database work blocks nothing else.
-pub fn prepare(settings: &Settings) -> anyhow::Result<(Pool, KeyRing)> {
+pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
     let system_secret = settings.resolve_system_secret()?;
     let pool = storage::open_pool(&settings.database.url, settings.database.pool_size)
         .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
@@ -36,12 +37,24 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<(Pool, KeyRing)> {
     }
     sync_clients(&mut conn, settings)?;
     let keys = KeyRing::open(&mut conn, &system_secret, settings.keys.rsa_bits)?;
-    Ok((pool, keys))
+    Ok(Prepared {
+        pool,
+        keys,
+        csrf_mac: Mac::new(&system_secret, "csrf"),
+    })
+}
+
+/// Everything the server needs that touches the database or the system secret, made
+/// before the runtime starts.
+pub struct Prepared {
+    pub pool: Pool,
+    pub keys: KeyRing,
+    pub csrf_mac: Mac,
 }
 
 impl Application {
     /// Binds `server.bind` (port 0 picks a free port, which `port()` reports).
-    pub fn build(settings: Settings, pool: Pool, keys: KeyRing) -> anyhow::Result<Application> {
+    pub fn build(settings: Settings, prepared: Prepared) -> anyhow::Result<Application> {
         let listener = TcpListener::bind(settings.server.bind).map_err(|e| {
             anyhow::anyhow!(
                 "server.bind: cannot listen on {}: {e}",
@@ -52,8 +65,9 @@ impl Application {
         let state = AppState {
             metadata: http::build_metadata(&settings),
             settings: Arc::new(settings),
-            pool,
-            keys: Arc::new(keys),
+            pool: prepared.pool,
+            keys: Arc::new(prepared.keys),
+            csrf_mac: Arc::new(prepared.csrf_mac),
         };
         spawn_key_refresh(state.clone());
         let workers = state.settings.server.workers;

@@ -85,9 +85,9 @@ fn redact_url(url: &str) -> String {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
-    let (pool, keys) = startup::prepare(&settings)?;
+    let prepared = startup::prepare(&settings)?;
     actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(settings, pool, keys)?;
+        let app = Application::build(settings, prepared)?;
         app.run_until_stopped().await?;
         Ok(())
     })

@@ -49,12 +49,16 @@ pub async fn metadata(state: web::Data<AppState>) -> HttpResponse {
 #[derive(Serialize)]
 struct Metadata {
     issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
     jwks_uri: String,
     scopes_supported: Vec<String>,
     response_types_supported: Vec<&'static str>,
+    response_modes_supported: Vec<&'static str>,
     grant_types_supported: Vec<&'static str>,
     token_endpoint_auth_methods_supported: Vec<&'static str>,
     code_challenge_methods_supported: Vec<&'static str>,
+    authorization_response_iss_parameter_supported: bool,
 }
 
 pub fn build_metadata(settings: &Settings) -> web::Bytes {
@@ -65,16 +69,23 @@ pub fn build_metadata(settings: &Settings) -> web::Bytes {
         .collect();
     scopes.sort();
     scopes.dedup();
+    let issuer = &settings.issuer;
     let metadata = Metadata {
-        issuer: settings.issuer.clone(),
-        jwks_uri: format!("{}/.well-known/jwks.json", settings.issuer),
+        issuer: issuer.clone(),
+        authorization_endpoint: format!("{issuer}/authorize"),
+        token_endpoint: format!("{issuer}/token"),
+        jwks_uri: format!("{issuer}/.well-known/jwks.json"),
         scopes_supported: scopes,
-        // The authorization and token endpoints arrive with the grants; until then nothing
-        // is advertised that would not work.
-        response_types_supported: vec![],
-        grant_types_supported: vec![],
-        token_endpoint_auth_methods_supported: vec![],
-        code_challenge_methods_supported: vec![],
+        response_types_supported: vec!["code"],
+        response_modes_supported: vec!["query"],
+        grant_types_supported: vec!["authorization_code"],
+        token_endpoint_auth_methods_supported: vec![
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
+        code_challenge_methods_supported: vec!["S256"],
+        authorization_response_iss_parameter_supported: true,
     };
     serde_json::to_vec(&metadata)
         .unwrap_or_else(|_| b"{}".to_vec())

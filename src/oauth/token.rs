@@ -224,6 +224,11 @@ fn rfc_answer(raw: Value, invalid_grant: Option<&str>) -> TokenAnswer {
         }
     }
     body.insert("token_type".to_owned(), Value::String("Bearer".to_owned()));
+    // oxide-auth prints scopes in hash-set order; the JWT and the database use sorted order.
+    if let Some(Value::String(scope)) = body.get("scope") {
+        let sorted = super::scope::normalize(scope.split(' '));
+        body.insert("scope".to_owned(), Value::String(sorted));
+    }
     TokenAnswer {
         status: 200,
         body: Value::Object(body),

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod authorization_code;
 mod cli;
 mod config;
 mod health;

@@ -336,3 +336,9 @@ pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> O
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+mod browser;
+mod oauth;
+
+pub use browser::*;
+pub use oauth::*;

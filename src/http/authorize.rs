@@ -1,0 +1,116 @@
+//! GET /authorize and GET/POST /consent: the browser side of the authorization-code flow.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::pages::{self, ConsentPage, ScopeView};
+use super::{forms, session, AppState};
+use crate::oauth::authorize::{self, AuthorizeOutcome, FORM_FIELDS};
+use crate::oauth::context::Decision;
+use crate::oauth::request::Params;
+
+const CONSENT_FORM: &str = "consent";
+
+pub async fn authorize(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let params = forms::query_params(&req);
+    run(&req, &state, params, None).await
+}
+
+pub async fn consent_submit(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let Some(params) = forms::form_params(&req, &body) else {
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The form could not be read.",
+        );
+    };
+    if !state
+        .csrf()
+        .verify(&req, CONSENT_FORM, params.get("csrf_token"))
+    {
+        return pages::error_page(
+            StatusCode::FORBIDDEN,
+            "Please try again",
+            "This form has expired or did not come from this site. Go back to the application and start again.",
+        );
+    }
+    let decision = match params.get("decision") {
+        Some("allow") => Decision::Allow,
+        Some("deny") => Decision::Deny,
+        _ => {
+            return pages::error_page(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "Choose Allow or Deny.",
+            );
+        }
+    };
+    run(&req, &state, params.without(&FORM_FIELDS), Some(decision)).await
+}
+
+async fn run(
+    req: &HttpRequest,
+    state: &AppState,
+    params: Params,
+    decision: Option<Decision>,
+) -> HttpResponse {
+    let settings = state.settings.clone();
+    let keys = state.keys.current();
+    let cookie = session::cookie_value(req);
+    let flow_params = params.clone();
+    let outcome = super::run_blocking(&state.pool, move |conn| {
+        let owner = session::resolve(conn, cookie.as_deref())?;
+        // Without a session a decision cannot have come from the user.
+        let decision = decision.filter(|_| owner.is_some());
+        let outcome =
+            authorize::authorize(conn, &settings, keys, &flow_params, owner.clone(), decision)?;
+        Ok::<_, crate::storage::StorageError>((outcome, owner))
+    })
+    .await;
+    let (outcome, owner) = match outcome {
+        Ok(result) => result,
+        Err(e) => return pages::failure_page(e),
+    };
+    match outcome {
+        AuthorizeOutcome::Refuse(message) => pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "This request cannot be completed",
+            message,
+        ),
+        AuthorizeOutcome::Redirect(url) => pages::see_other(url.as_str()),
+        AuthorizeOutcome::Login => {
+            let return_to = format!("/authorize?{}", params.encode());
+            let login = format!(
+                "/login?{}",
+                url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("return_to", &return_to)
+                    .finish()
+            );
+            pages::see_other(&login)
+        }
+        AuthorizeOutcome::Consent { client, scopes } => {
+            let csrf = state.csrf();
+            let cookie = csrf.cookie_of(req);
+            let token = csrf.token(&cookie, CONSENT_FORM);
+            let username = owner.map(|o| o.username).unwrap_or_default();
+            let mut response = pages::html(
+                StatusCode::OK,
+                &ConsentPage {
+                    client_name: &client.name,
+                    username: &username,
+                    scopes: scopes.iter().map(|s| ScopeView::new(s)).collect(),
+                    csrf_token: &token,
+                    request_fields: params.pairs(),
+                },
+            );
+            if cookie.is_new {
+                let _ = response.add_cookie(&csrf.set_cookie(&cookie));
+            }
+            response
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! GET/POST /login and GET/POST /logout.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::pages::{self, LoginPage, LogoutPage};
+use super::{forms, session, AppState};
+use crate::accounts::MAX_PASSWORD_BYTES;
+use crate::crypto::password;
+use crate::storage::users as user_store;
+
+const LOGIN_FORM: &str = "login";
+const LOGOUT_FORM: &str = "logout";
+const BAD_CREDENTIALS: &str = "Incorrect username or password.";
+
+/// Only a pending authorization request may be continued after login; anything else would
+/// make the login form an open redirector.
+fn safe_return_to(value: Option<&str>) -> &str {
+    match value {
+        Some(v) if v.starts_with("/authorize?") && !v.contains(['\r', '\n']) => v,
+        _ => "",
+    }
+}
+
+pub async fn show(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let params = forms::query_params(&req);
+    let return_to = safe_return_to(params.get("return_to")).to_owned();
+    render(&req, &state, StatusCode::OK, &return_to, "", None)
+}
+
+fn render(
+    req: &HttpRequest,
+    state: &AppState,
+    status: StatusCode,
+    return_to: &str,
+    username: &str,
+    error: Option<&str>,
+) -> HttpResponse {
+    let csrf = state.csrf();
+    let cookie = csrf.cookie_of(req);
+    let token = csrf.token(&cookie, LOGIN_FORM);
+    let mut response = pages::html(
+        status,
+        &LoginPage {
+            client_name: None,
+            error,
+            csrf_token: &token,
+            return_to,
+            username,
+        },
+    );
+    if cookie.is_new {
+        let _ = response.add_cookie(&csrf.set_cookie(&cookie));
+    }
+    response
+}
+
+pub async fn submit(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let Some(params) = forms::form_params(&req, &body) else {
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The form could not be read.",
+        );
+    };
+    let return_to = safe_return_to(params.get("return_to")).to_owned();
+    if !state
+        .csrf()
+        .verify(&req, LOGIN_FORM, params.get("csrf_token"))
+    {
+        return pages::error_page(
+            StatusCode::FORBIDDEN,
+            "Please try again",
+            "This sign-in form has expired or did not come from this site. Go back, reload the page and sign in again.",
+        );
+    }
+    let username = params.get("username").unwrap_or_default().to_owned();
+    let password_text = params.get("password").unwrap_or_default().to_owned();
+    if username.is_empty() || password_text.is_empty() || password_text.len() > MAX_PASSWORD_BYTES {
+        return render(
+            &req,
+            &state,
+            StatusCode::UNAUTHORIZED,
+            &return_to,
+            &username,
+            Some(BAD_CREDENTIALS),
+        );
+    }
+    let lookup_name = username.clone();
+    let outcome = super::run_blocking(&state.pool, move |conn| {
+        let user = user_store::find_by_username(conn, &lookup_name)?;
+        // Unknown, disabled and wrong-password users cost the same argon2 verification.
+        let verified = match &user {
+            Some(user) => password::verify(&password_text, &user.password_hash) && !user.disabled,
+            None => password::verify_dummy(&password_text),
+        };
+        match user.filter(|_| verified) {
+            Some(user) => session::start(conn, &user).map(|cookie| Some((user.id, cookie))),
+            None => Ok(None),
+        }
+    })
+    .await;
+    match outcome {
+        Ok(Some((user_id, cookie))) => {
+            tracing::info!(target: "gatehouse::audit", event = "login", outcome = "success", %user_id);
+            let mut response = pages::see_other(if return_to.is_empty() {
+                "/login/done"
+            } else {
+                &return_to
+            });
+            let _ = response.add_cookie(&session::set_cookie(cookie, state.secure_cookies()));
+            response
+        }
+        Ok(None) => {
+            tracing::info!(target: "gatehouse::audit", event = "login", outcome = "failure", %username);
+            render(
+                &req,
+                &state,
+                StatusCode::UNAUTHORIZED,
+                &return_to,
+                &username,
+                Some(BAD_CREDENTIALS),
+            )
+        }
+        Err(e) => pages::failure_page(e),
+    }
+}
+
+pub async fn done() -> HttpResponse {
+    pages::error_page(
+        StatusCode::OK,
+        "You are signed in",
+        "You can return to the application.",
+    )
+}
+
+pub async fn logout_page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let csrf = state.csrf();
+    let cookie = csrf.cookie_of(&req);
+    let token = csrf.token(&cookie, LOGOUT_FORM);
+    let signed_in = session::cookie_value(&req).is_some();
+    let mut response = pages::html(
+        StatusCode::OK,
+        &LogoutPage {
+            signed_out: !signed_in,
+            csrf_token: &token,
+        },
+    );
+    if cookie.is_new {
+        let _ = response.add_cookie(&csrf.set_cookie(&cookie));
+    }
+    response
+}
+
+pub async fn logout(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let Some(params) = forms::form_params(&req, &body) else {
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The form could not be read.",
+        );
+    };
+    if !state
+        .csrf()
+        .verify(&req, LOGOUT_FORM, params.get("csrf_token"))
+    {
+        return pages::error_page(
+            StatusCode::FORBIDDEN,
+            "Please try again",
+            "This sign-out form has expired or did not come from this site. Reload the page and try again.",
+        );
+    }
+    if let Some(cookie) = session::cookie_value(&req) {
+        if let Err(e) =
+            super::run_blocking(&state.pool, move |conn| session::end(conn, &cookie)).await
+        {
+            return pages::failure_page(e);
+        }
+    }
+    let mut response = pages::html(
+        StatusCode::OK,
+        &LogoutPage {
+            signed_out: true,
+            csrf_token: "",
+        },
+    );
+    let _ = response.add_cookie(&session::clear_cookie(state.secure_cookies()));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_authorization_requests_are_continued_after_login() {
+        assert_eq!(
+            safe_return_to(Some("/authorize?client_id=a")),
+            "/authorize?client_id=a"
+        );
+        assert_eq!(safe_return_to(Some("https://evil.example/authorize?x")), "");
+        assert_eq!(safe_return_to(Some("//evil.example/authorize?x")), "");
+        assert_eq!(safe_return_to(Some("/authorize?x\r\nSet-Cookie: a")), "");
+        assert_eq!(safe_return_to(None), "");
+    }
+}

@@ -1,0 +1,64 @@
+//! POST /token: every answer is JSON with `Cache-Control: no-store` and `Pragma: no-cache`
+//! (RFC 6749 5.1), errors per RFC 6749 5.2.
+
+use actix_web::http::header;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::{forms, AppState, HttpError};
+use crate::oauth::token::{self, TokenAnswer};
+
+pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    let Some(params) = forms::form_params(&req, &body) else {
+        return answer(TokenAnswer::error(
+            400,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    };
+    let mut authorization = req.headers().get_all(header::AUTHORIZATION);
+    let header_value = match (authorization.next(), authorization.next()) {
+        (None, _) => None,
+        (Some(value), None) => match value.to_str() {
+            Ok(value) => Some(value.to_owned()),
+            Err(_) => return answer(TokenAnswer::invalid_client()),
+        },
+        (Some(_), Some(_)) => {
+            return answer(TokenAnswer::error(
+                400,
+                "invalid_request",
+                "more than one Authorization header",
+            ))
+        }
+    };
+    let settings = state.settings.clone();
+    let keys = state.keys.current();
+    let result = super::run_blocking(&state.pool, move |conn| {
+        token::token(conn, &settings, keys, &params, header_value.as_deref())
+    })
+    .await;
+    match result {
+        Ok(token_answer) => answer(token_answer),
+        Err(e) => failure(e),
+    }
+}
+
+fn answer(answer: TokenAnswer) -> HttpResponse {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = HttpResponse::build(status);
+    response
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"));
+    if status == StatusCode::UNAUTHORIZED {
+        response.insert_header((header::WWW_AUTHENTICATE, "Basic realm=\"gatehouse\""));
+    }
+    response.json(answer.body)
+}
+
+fn failure(error: HttpError) -> HttpResponse {
+    let mut response = actix_web::ResponseError::error_response(&error);
+    response
+        .headers_mut()
+        .insert(header::PRAGMA, header::HeaderValue::from_static("no-cache"));
+    response
+}

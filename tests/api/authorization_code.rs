@@ -1,0 +1,771 @@
+use std::time::Duration;
+
+use diesel::prelude::*;
+use gatehouse::storage::schema::{access_tokens, token_families};
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use crate::on_both_backends;
+use crate::support::*;
+
+on_both_backends!(
+    the_whole_flow_issues_an_rfc9068_token,
+    unknown_clients_and_redirects_get_an_html_400_never_a_redirect,
+    other_authorization_errors_redirect_with_state_and_iss,
+    pkce_is_s256_only_and_required_for_public_clients,
+    token_endpoint_pkce_failures_are_invalid_grant,
+    a_second_redemption_fails_and_revokes_the_tokens,
+    a_code_is_bound_to_its_client,
+    an_expired_code_is_refused,
+    concurrent_redemptions_have_exactly_one_winner,
+    forms_without_a_valid_csrf_token_are_refused,
+    consent_is_remembered_denied_or_skipped,
+    client_authentication_methods,
+    wrong_credentials_rerender_the_login_page_alike,
+    logout_ends_the_session,
+);
+
+fn webapp_params<'a>(p: &'a Pkce, scope: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("response_type", "code"),
+        ("client_id", WEBAPP),
+        ("redirect_uri", WEBAPP_REDIRECT),
+        ("scope", scope),
+        ("state", "st-123"),
+        ("code_challenge", &p.challenge),
+        ("code_challenge_method", "S256"),
+    ]
+}
+
+fn redeem(app: &OAuthServer, code: &str, verifier: &str) -> Response {
+    app.token(
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", WEBAPP_REDIRECT),
+            ("code_verifier", verifier),
+        ],
+        Some((WEBAPP, WEBAPP_SECRET)),
+    )
+}
+
+fn code_for_webapp(app: &OAuthServer, browser: &mut Browser, p: &Pkce) -> String {
+    let redirect = app.authorize_with_consent(browser, &webapp_params(p, "read"));
+    query_value(&redirect, "code").expect("a code")
+}
+
+fn the_whole_flow_issues_an_rfc9068_token(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+
+    let first = browser.get(&app.authorize_url(&webapp_params(&p, "read openid")));
+    let after_login = app.login(&mut browser, &first);
+    assert_eq!(
+        after_login.status, 303,
+        "RFC 9700 4.12: 303 after the login POST"
+    );
+    let session_cookie = browser
+        .set_cookie_headers
+        .iter()
+        .find(|h| h.starts_with("gatehouse_session="))
+        .expect("a session cookie")
+        .to_ascii_lowercase();
+    assert!(
+        session_cookie.contains("httponly") && session_cookie.contains("samesite=lax"),
+        "{session_cookie}"
+    );
+    assert!(
+        !session_cookie.contains("secure"),
+        "not Secure for an http issuer: {session_cookie}"
+    );
+
+    let consent = browser.get(&app.url(after_login.header("location").unwrap()));
+    assert_eq!(consent.status, 200);
+    assert!(
+        consent.body.contains("Example Web App"),
+        "client name on the consent page"
+    );
+    assert!(
+        consent.body.contains("read your data") && consent.body.contains("openid"),
+        "scopes in plain words"
+    );
+    assert!(consent
+        .header("content-security-policy")
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+    let redirect = app.decide(&mut browser, &consent, "allow");
+    assert_eq!(redirect.status, 303);
+    let location = url::Url::parse(redirect.header("location").unwrap()).unwrap();
+    assert!(location.as_str().starts_with(WEBAPP_REDIRECT));
+    assert_eq!(query_value(&location, "state").as_deref(), Some("st-123"));
+    assert_eq!(
+        query_value(&location, "iss").as_deref(),
+        Some("http://127.0.0.1:8080"),
+        "RFC 9207"
+    );
+    let code = query_value(&location, "code").unwrap();
+    assert!(code.len() >= 43, "at least 256 bits: {code}");
+
+    let response = redeem(&app, &code, &p.verifier);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.header("cache-control"), Some("no-store"));
+    assert_eq!(response.header("pragma"), Some("no-cache"));
+    let body = response.json();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "openid read");
+    assert!(
+        (899..=900).contains(&body["expires_in"].as_i64().unwrap()),
+        "{body}"
+    );
+    let refresh = body["refresh_token"].as_str().expect("webapp may refresh");
+    assert!(refresh.len() >= 43);
+
+    let token = body["access_token"].as_str().unwrap();
+    let header = decode_header(token).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let jwks = get(&app.url("/.well-known/jwks.json"), &[]).json();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header.kid.clone().unwrap().as_str())
+        .unwrap()
+        .clone();
+    let key =
+        DecodingKey::from_rsa_components(jwk["n"].as_str().unwrap(), jwk["e"].as_str().unwrap())
+            .unwrap();
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_issuer(&["http://127.0.0.1:8080"]);
+    validation.set_audience(&[AUDIENCE]);
+    let claims = decode::<Value>(token, &key, &validation)
+        .expect("verifies with the JWKS")
+        .claims;
+    assert_eq!(claims["sub"], app.user_id.as_str());
+    assert_eq!(claims["client_id"], WEBAPP);
+    assert_eq!(claims["scope"], "openid read");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+
+    // Stored only as digests.
+    let mut conn = app.db.connect();
+    let codes: Vec<String> = gatehouse::storage::schema::authorization_codes::table
+        .select(gatehouse::storage::schema::authorization_codes::code_hash)
+        .load(&mut conn)
+        .unwrap();
+    assert!(!codes.contains(&code));
+    let refreshes: Vec<String> = gatehouse::storage::schema::refresh_tokens::table
+        .select(gatehouse::storage::schema::refresh_tokens::token_hash)
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(refreshes.len(), 1);
+    assert_ne!(refreshes[0], refresh);
+}
+
+fn assert_html_400(response: &Response, why: &str) {
+    assert_eq!(response.status, 400, "{why}: {}", response.body);
+    assert!(
+        response.header("location").is_none(),
+        "{why}: must not redirect"
+    );
+    assert!(
+        response
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/html"),
+        "{why}"
+    );
+    assert!(response.body.contains("role=\"alert\""), "{why}");
+}
+
+fn unknown_clients_and_redirects_get_an_html_400_never_a_redirect(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let with = |key: &str, value: &str| -> Vec<(String, String)> {
+        webapp_params(&p, "read")
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_owned(),
+                    if k == key {
+                        value.to_owned()
+                    } else {
+                        v.to_owned()
+                    },
+                )
+            })
+            .collect()
+    };
+    let url_of = |params: &[(String, String)]| {
+        let pairs: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        app.authorize_url(&pairs)
+    };
+    for (why, params) in [
+        ("unknown client", with("client_id", "nobody")),
+        (
+            "unregistered redirect_uri",
+            with("redirect_uri", "https://evil.example.com/callback"),
+        ),
+        (
+            "redirect_uri with a trailing slash",
+            with("redirect_uri", "https://app.example.com/callback/"),
+        ),
+        (
+            "redirect_uri with a query",
+            with("redirect_uri", "https://app.example.com/callback?x=1"),
+        ),
+        (
+            "redirect_uri in another case",
+            with("redirect_uri", "https://APP.example.com/callback"),
+        ),
+        (
+            "redirect_uri on another port",
+            with("redirect_uri", "https://app.example.com:444/callback"),
+        ),
+    ] {
+        assert_html_400(&browser.get(&url_of(&params)), why);
+    }
+    let no_client: Vec<(String, String)> = with("", "")
+        .into_iter()
+        .filter(|(k, _)| k != "client_id")
+        .collect();
+    assert_html_400(&browser.get(&url_of(&no_client)), "no client_id");
+    let no_redirect: Vec<(String, String)> = with("", "")
+        .into_iter()
+        .filter(|(k, _)| k != "redirect_uri")
+        .collect();
+    assert_html_400(
+        &browser.get(&url_of(&no_redirect)),
+        "webapp has two URIs: redirect_uri is required",
+    );
+    let mut twice = with("", "");
+    twice.push(("redirect_uri".into(), WEBAPP_REDIRECT.into()));
+    assert_html_400(&browser.get(&url_of(&twice)), "redirect_uri sent twice");
+    let mut client_twice = with("", "");
+    client_twice.push(("client_id".into(), WEBAPP.into()));
+    assert_html_400(&browser.get(&url_of(&client_twice)), "client_id sent twice");
+}
+
+fn error_of(response: &Response) -> (url::Url, String) {
+    assert_eq!(response.status, 303, "{}", response.body);
+    let location = url::Url::parse(response.header("location").unwrap()).unwrap();
+    let error = query_value(&location, "error").unwrap_or_default();
+    (location, error)
+}
+
+fn other_authorization_errors_redirect_with_state_and_iss(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let mut implicit = webapp_params(&p, "read");
+    implicit[0] = ("response_type", "token");
+    let (location, error) = error_of(&browser.get(&app.authorize_url(&implicit)));
+    assert_eq!(error, "unsupported_response_type");
+    assert!(location.as_str().starts_with(WEBAPP_REDIRECT));
+    assert_eq!(query_value(&location, "state").as_deref(), Some("st-123"));
+    assert_eq!(
+        query_value(&location, "iss").as_deref(),
+        Some("http://127.0.0.1:8080")
+    );
+    assert!(query_value(&location, "error_description").is_some());
+
+    let (location, error) =
+        error_of(&browser.get(&app.authorize_url(&webapp_params(&p, "read admin"))));
+    assert_eq!(error, "invalid_scope", "{location}");
+    assert_eq!(query_value(&location, "state").as_deref(), Some("st-123"));
+
+    let mut repeated = webapp_params(&p, "read");
+    repeated.push(("scope", "write"));
+    let (_, error) = error_of(&browser.get(&app.authorize_url(&repeated)));
+    assert_eq!(error, "invalid_request");
+
+    // No scope: the client's default_scopes.
+    let params: Vec<(&str, &str)> = webapp_params(&p, "")
+        .into_iter()
+        .filter(|(k, _)| *k != "scope")
+        .collect();
+    let redirect = app.authorize_with_consent(&mut browser, &params);
+    let code = query_value(&redirect, "code").unwrap();
+    assert_eq!(redeem(&app, &code, &p.verifier).json()["scope"], "read");
+}
+
+fn spa_params<'a>(
+    challenge: Option<&'a str>,
+    method: Option<&'a str>,
+    redirect: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    let mut params = vec![
+        ("response_type", "code"),
+        ("client_id", SPA),
+        ("redirect_uri", redirect),
+        ("state", "s"),
+    ];
+    if let Some(challenge) = challenge {
+        params.push(("code_challenge", challenge));
+    }
+    if let Some(method) = method {
+        params.push(("code_challenge_method", method));
+    }
+    params
+}
+
+fn pkce_is_s256_only_and_required_for_public_clients(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    for (why, params) in [
+        (
+            "public client without PKCE",
+            spa_params(None, None, SPA_REDIRECT),
+        ),
+        (
+            "plain",
+            spa_params(Some(&p.verifier), Some("plain"), SPA_REDIRECT),
+        ),
+        (
+            "no method means plain",
+            spa_params(Some(&p.challenge), None, SPA_REDIRECT),
+        ),
+        (
+            "unknown method",
+            spa_params(Some(&p.challenge), Some("S512"), SPA_REDIRECT),
+        ),
+        (
+            "malformed challenge",
+            spa_params(Some("short"), Some("S256"), SPA_REDIRECT),
+        ),
+    ] {
+        let (_, error) = error_of(&browser.get(&app.authorize_url(&params)));
+        assert_eq!(error, "invalid_request", "{why}");
+    }
+
+    // RFC 8252 7.3: a loopback redirect of a public client may use any port.
+    let redirect_uri = "http://127.0.0.1:53127/callback";
+    let redirect = app.authorize_with_consent(
+        &mut browser,
+        &spa_params(Some(&p.challenge), Some("S256"), redirect_uri),
+    );
+    assert!(redirect.as_str().starts_with(redirect_uri), "{redirect}");
+    let code = query_value(&redirect, "code").unwrap();
+    let response = app.token(
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect_uri),
+            ("client_id", SPA),
+            ("code_verifier", &p.verifier),
+        ],
+        None,
+    );
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(
+        response.json().get("refresh_token").is_none(),
+        "spa has no refresh_token grant"
+    );
+}
+
+fn token_endpoint_pkce_failures_are_invalid_grant(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+
+    let code = code_for_webapp(&app, &mut browser, &p);
+    let wrong = redeem(&app, &code, &pkce().verifier);
+    assert_eq!(wrong.status, 400);
+    assert_eq!(wrong.json()["error"], "invalid_grant");
+
+    let code = code_for_webapp(&app, &mut browser, &p);
+    let missing = app.token(
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", WEBAPP_REDIRECT),
+        ],
+        Some((WEBAPP, WEBAPP_SECRET)),
+    );
+    assert_eq!(missing.json()["error"], "invalid_grant", "{}", missing.body);
+
+    // A confidential client may skip PKCE, but then must not send a verifier (RFC 9700 2.1.1).
+    let params: Vec<(&str, &str)> = webapp_params(&p, "read")
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("code_challenge"))
+        .collect();
+    let redirect = app.authorize_with_consent(&mut browser, &params);
+    let code = query_value(&redirect, "code").unwrap();
+    let stray = redeem(&app, &code, &p.verifier);
+    assert_eq!(stray.json()["error"], "invalid_grant", "{}", stray.body);
+
+    let redirect = app.authorize_with_consent(&mut browser, &params);
+    let code = query_value(&redirect, "code").unwrap();
+    let plain = app.token(
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", WEBAPP_REDIRECT),
+        ],
+        Some((WEBAPP, WEBAPP_SECRET)),
+    );
+    assert_eq!(plain.status, 200, "{}", plain.body);
+}
+
+fn a_second_redemption_fails_and_revokes_the_tokens(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let code = code_for_webapp(&app, &mut browser, &p);
+    let first = redeem(&app, &code, &p.verifier);
+    assert_eq!(first.status, 200);
+    let token = first.json()["access_token"].as_str().unwrap().to_owned();
+    let jti = jsonwebtoken::dangerous::insecure_decode::<Value>(&token)
+        .unwrap()
+        .claims["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let second = redeem(&app, &code, &p.verifier);
+    assert_eq!(second.status, 400);
+    assert_eq!(second.json()["error"], "invalid_grant");
+
+    let mut conn = app.db.connect();
+    let revoked: Option<i64> = access_tokens::table
+        .find(&jti)
+        .select(access_tokens::revoked_at)
+        .first(&mut conn)
+        .unwrap();
+    assert!(
+        revoked.is_some(),
+        "the access token from the first redemption is revoked"
+    );
+    let live_families: i64 = token_families::table
+        .filter(token_families::revoked_at.is_null())
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(live_families, 0, "its refresh token family is revoked");
+
+    let garbage = redeem(&app, "not-a-code", &p.verifier);
+    assert_eq!(garbage.json()["error"], "invalid_grant");
+}
+
+fn a_code_is_bound_to_its_client(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let code = code_for_webapp(&app, &mut browser, &p);
+    let stolen = app.token(
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", WEBAPP_REDIRECT),
+            ("code_verifier", &p.verifier),
+        ],
+        Some((OTHER, OTHER_SECRET)),
+    );
+    assert_eq!(stolen.status, 400);
+    assert_eq!(stolen.json()["error"], "invalid_grant");
+
+    let code = code_for_webapp(&app, &mut browser, &p);
+    let other_redirect = app.token(
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "https://app.example.com/other"),
+            ("code_verifier", &p.verifier),
+        ],
+        Some((WEBAPP, WEBAPP_SECRET)),
+    );
+    assert_eq!(
+        other_redirect.json()["error"],
+        "invalid_grant",
+        "{}",
+        other_redirect.body
+    );
+}
+
+fn an_expired_code_is_refused(db: TestDb) {
+    let app = OAuthServer::start_with(db, "code_ttl = \"1s\"");
+    let mut browser = Browser::new();
+    let p = pkce();
+    let code = code_for_webapp(&app, &mut browser, &p);
+    std::thread::sleep(Duration::from_millis(2200));
+    let late = redeem(&app, &code, &p.verifier);
+    assert_eq!(late.status, 400);
+    assert_eq!(late.json()["error"], "invalid_grant");
+}
+
+fn concurrent_redemptions_have_exactly_one_winner(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    for _ in 0..3 {
+        let code = code_for_webapp(&app, &mut browser, &p);
+        let statuses: Vec<u16> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| redeem(&app, &code, &p.verifier).status))
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 400).count(),
+            3,
+            "{statuses:?}"
+        );
+    }
+}
+
+fn forms_without_a_valid_csrf_token_are_refused(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let first = browser.get(&app.authorize_url(&webapp_params(&p, "read")));
+    let page = browser.get(&app.url(first.header("location").unwrap()));
+    let return_to = hidden_field(&page.body, "return_to").unwrap();
+    let token = hidden_field(&page.body, "csrf_token").unwrap();
+    for (why, csrf) in [
+        ("missing", None),
+        ("wrong", Some("forged-token")),
+        ("other form's", Some("x")),
+    ] {
+        let mut form = vec![
+            ("username", USERNAME),
+            ("password", PASSWORD),
+            ("return_to", return_to.as_str()),
+        ];
+        if let Some(csrf) = csrf {
+            form.push(("csrf_token", csrf));
+        }
+        let response = browser.post_form(&app.url("/login"), &form);
+        assert_eq!(response.status, 403, "{why} CSRF token");
+        assert!(response.header("location").is_none());
+    }
+    // Another browser (no CSRF cookie) cannot replay this browser's token.
+    let mut stranger = Browser::new();
+    let replay = stranger.post_form(
+        &app.url("/login"),
+        &[
+            ("username", USERNAME),
+            ("password", PASSWORD),
+            ("return_to", &return_to),
+            ("csrf_token", &token),
+        ],
+    );
+    assert_eq!(replay.status, 403);
+
+    let after_login = app.login(&mut browser, &first);
+    let consent = browser.get(&app.url(after_login.header("location").unwrap()));
+    let mut fields = hidden_fields(&consent.body);
+    fields.retain(|(k, _)| k != "csrf_token");
+    let mut form: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    form.push(("decision", "allow"));
+    form.push(("csrf_token", &token));
+    let response = browser.post_form(&app.url("/consent"), &form);
+    assert_eq!(
+        response.status, 403,
+        "the login form's token is not the consent form's"
+    );
+}
+
+fn consent_is_remembered_denied_or_skipped(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+
+    let first = browser.get(&app.authorize_url(&webapp_params(&p, "read")));
+    let after_login = app.login(&mut browser, &first);
+    let consent = browser.get(&app.url(after_login.header("location").unwrap()));
+    let denied = app.decide(&mut browser, &consent, "deny");
+    let (location, error) = error_of(&denied);
+    assert_eq!(error, "access_denied");
+    assert_eq!(query_value(&location, "state").as_deref(), Some("st-123"));
+    assert!(query_value(&location, "iss").is_some());
+    assert!(query_value(&location, "code").is_none());
+
+    // Allow once; the same request is then granted without asking.
+    let consent = browser.get(&app.authorize_url(&webapp_params(&p, "read")));
+    assert_eq!(consent.status, 200, "denial is not remembered");
+    let allowed = app.decide(&mut browser, &consent, "allow");
+    assert!(query_value(
+        &url::Url::parse(allowed.header("location").unwrap()).unwrap(),
+        "code"
+    )
+    .is_some());
+    let again = browser.get(&app.authorize_url(&webapp_params(&p, "read")));
+    assert_eq!(
+        again.status, 303,
+        "remembered consent: straight back to the client"
+    );
+    assert!(again
+        .header("location")
+        .unwrap()
+        .starts_with(WEBAPP_REDIRECT));
+    let wider = browser.get(&app.authorize_url(&webapp_params(&p, "read write")));
+    assert_eq!(wider.status, 200, "a wider scope asks again");
+    assert!(wider.body.contains("write"));
+
+    // A skip_consent client never shows the page.
+    let console = browser.get(&app.authorize_url(&[
+        ("response_type", "code"),
+        ("client_id", FIRST_PARTY),
+        ("state", "c"),
+    ]));
+    assert_eq!(console.status, 303, "{}", console.body);
+    let location = url::Url::parse(console.header("location").unwrap()).unwrap();
+    assert!(location.as_str().starts_with(FIRST_PARTY_REDIRECT));
+    let code = query_value(&location, "code").unwrap();
+    // It sent no redirect_uri, so the token request need not repeat it (RFC 6749 4.1.3).
+    let response = app.token(
+        &[("grant_type", "authorization_code"), ("code", &code)],
+        Some((FIRST_PARTY, OTHER_SECRET)),
+    );
+    assert_eq!(response.status, 200, "{}", response.body);
+}
+
+fn client_authentication_methods(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+
+    let code = code_for_webapp(&app, &mut browser, &p);
+    let post = app.token(
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", WEBAPP_REDIRECT),
+            ("code_verifier", &p.verifier),
+            ("client_id", WEBAPP),
+            ("client_secret", WEBAPP_SECRET),
+        ],
+        None,
+    );
+    assert_eq!(post.status, 200, "client_secret_post: {}", post.body);
+
+    let code = code_for_webapp(&app, &mut browser, &p);
+    let base = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", WEBAPP_REDIRECT),
+        ("code_verifier", p.verifier.as_str()),
+    ];
+    let wrong = app.token(&base, Some((WEBAPP, "wrong-secret")));
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.json()["error"], "invalid_client");
+    assert!(wrong
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Basic"));
+    assert_eq!(wrong.header("cache-control"), Some("no-store"));
+
+    let mut public_style = base.to_vec();
+    public_style.push(("client_id", WEBAPP));
+    let no_secret = app.token(&public_style, None);
+    assert_eq!(
+        no_secret.status, 401,
+        "a confidential client without its secret: {}",
+        no_secret.body
+    );
+    assert_eq!(no_secret.json()["error"], "invalid_client");
+
+    let unknown = app.token(&base, Some(("nobody", "whatever-secret")));
+    assert_eq!(unknown.status, 401);
+    assert_eq!(unknown.body, wrong.body, "unknown and wrong look the same");
+
+    // The code was not spent by failed client authentication.
+    let ok = app.token(&base, Some((WEBAPP, WEBAPP_SECRET)));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+
+    let mut twice = base.to_vec();
+    twice.push(("grant_type", "authorization_code"));
+    let repeated = app.token(&twice, Some((WEBAPP, WEBAPP_SECRET)));
+    assert_eq!(repeated.status, 400);
+    assert_eq!(repeated.json()["error"], "invalid_request");
+
+    let unsupported = app.token(&[("grant_type", "implicit")], Some((WEBAPP, WEBAPP_SECRET)));
+    assert_eq!(unsupported.json()["error"], "unsupported_grant_type");
+
+    let json_body = http()
+        .post(&app.url("/token"))
+        .header("Content-Type", "application/json")
+        .send(br#"{"grant_type":"authorization_code"}"#.as_slice())
+        .unwrap();
+    assert_eq!(
+        json_body.status().as_u16(),
+        400,
+        "a JSON body is invalid_request, not a 500"
+    );
+}
+
+fn wrong_credentials_rerender_the_login_page_alike(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let page = browser.get(&app.url("/login"));
+    let csrf = hidden_field(&page.body, "csrf_token").unwrap();
+    let attempt = |browser: &mut Browser, username: &str, password: &str| {
+        browser.post_form(
+            &app.url("/login"),
+            &[
+                ("username", username),
+                ("password", password),
+                ("csrf_token", &csrf),
+                ("return_to", ""),
+            ],
+        )
+    };
+    let wrong_password = attempt(&mut browser, USERNAME, "not the password");
+    let unknown_user = attempt(&mut browser, "mallory", "not the password");
+    for response in [&wrong_password, &unknown_user] {
+        assert_eq!(response.status, 401);
+        assert!(response.body.contains("Incorrect username or password."));
+        assert!(response.body.contains("role=\"alert\""));
+        assert!(!browser.cookies.contains_key("gatehouse_session"));
+    }
+    let normalize = |r: &Response, name: &str| r.body.replace(name, "NAME");
+    assert_eq!(
+        normalize(&wrong_password, USERNAME),
+        normalize(&unknown_user, "mallory"),
+        "no hint whether the user exists"
+    );
+
+    gatehouse::accounts::set_disabled(&mut app.db.connect(), USERNAME, true).unwrap();
+    let disabled = attempt(&mut browser, USERNAME, PASSWORD);
+    assert_eq!(disabled.status, 401, "a disabled user cannot sign in");
+}
+
+fn logout_ends_the_session(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    code_for_webapp(&app, &mut browser, &p);
+    assert!(browser.cookies.contains_key("gatehouse_session"));
+
+    let page = browser.get(&app.url("/logout"));
+    assert_eq!(page.status, 200);
+    let csrf = hidden_field(&page.body, "csrf_token").unwrap();
+    let done = browser.post_form(&app.url("/logout"), &[("csrf_token", &csrf)]);
+    assert_eq!(done.status, 200);
+    assert!(
+        !browser.cookies.contains_key("gatehouse_session"),
+        "the cookie is cleared"
+    );
+
+    let again = browser.get(&app.authorize_url(&webapp_params(&p, "read")));
+    assert!(
+        again.header("location").unwrap().starts_with("/login?"),
+        "signed out: login again"
+    );
+}

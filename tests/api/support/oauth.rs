@@ -1,0 +1,239 @@
+//! An authorization server with a known set of clients and a user, and the steps of the
+//! authorization-code flow as a browser and a client would take them.
+
+use std::sync::OnceLock;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+
+use super::*;
+
+pub const USERNAME: &str = "alice";
+pub const PASSWORD: &str = "correct horse battery";
+pub const WEBAPP: &str = "webapp";
+pub const WEBAPP_SECRET: &str = "webapp-secret-0123456789";
+pub const WEBAPP_REDIRECT: &str = "https://app.example.com/callback";
+pub const SPA: &str = "spa";
+pub const SPA_REDIRECT: &str = "http://127.0.0.1/callback";
+pub const FIRST_PARTY: &str = "console";
+pub const FIRST_PARTY_REDIRECT: &str = "https://console.example.com/cb";
+pub const OTHER: &str = "other";
+pub const OTHER_SECRET: &str = "other-secret-0123456789";
+pub const AUDIENCE: &str = "https://api.example.com";
+
+fn secret_hash(secret: &'static str, cell: &'static OnceLock<String>) -> &'static str {
+    cell.get_or_init(|| gatehouse::crypto::password::hash(secret))
+}
+
+/// `tokens_extra` adds lines to the `[tokens]` table.
+pub fn clients_toml(tokens_extra: &str) -> String {
+    static WEBAPP_HASH: OnceLock<String> = OnceLock::new();
+    static OTHER_HASH: OnceLock<String> = OnceLock::new();
+    format!(
+        r#"
+[tokens]
+audience = ["{AUDIENCE}"]
+{tokens_extra}
+
+[[clients]]
+id = "{WEBAPP}"
+name = "Example Web App"
+secret_hash = "{webapp_hash}"
+redirect_uris = ["{WEBAPP_REDIRECT}", "https://app.example.com/other"]
+grant_types = ["authorization_code", "refresh_token"]
+scopes = ["openid", "profile", "read", "write"]
+default_scopes = ["read"]
+
+[[clients]]
+id = "{SPA}"
+name = "Single Page App"
+redirect_uris = ["{SPA_REDIRECT}"]
+grant_types = ["authorization_code"]
+scopes = ["read"]
+default_scopes = ["read"]
+
+[[clients]]
+id = "{FIRST_PARTY}"
+name = "Admin Console"
+secret_hash = "{other_hash}"
+redirect_uris = ["{FIRST_PARTY_REDIRECT}"]
+grant_types = ["authorization_code"]
+scopes = ["read"]
+default_scopes = ["read"]
+skip_consent = true
+
+[[clients]]
+id = "{OTHER}"
+name = "Another App"
+secret_hash = "{other_hash}"
+redirect_uris = ["https://other.example.com/cb"]
+grant_types = ["authorization_code"]
+scopes = ["read"]
+default_scopes = ["read"]
+"#,
+        webapp_hash = secret_hash(WEBAPP_SECRET, &WEBAPP_HASH),
+        other_hash = secret_hash(OTHER_SECRET, &OTHER_HASH),
+    )
+}
+
+/// A running server with the clients above and the user alice.
+pub struct OAuthServer {
+    pub db: TestDb,
+    pub server: TestServer,
+    pub user_id: String,
+}
+
+impl OAuthServer {
+    pub fn start(db: TestDb) -> OAuthServer {
+        OAuthServer::start_with(db, "")
+    }
+
+    /// `tokens_extra` adds lines to the `[tokens]` table, e.g. `code_ttl = "1s"`.
+    pub fn start_with(db: TestDb, tokens_extra: &str) -> OAuthServer {
+        let config = write_config(&db, "gatehouse.toml", &clients_toml(tokens_extra));
+        let server = TestServer::start(&db, &config);
+        let user = gatehouse::accounts::add_user(&mut db.connect(), USERNAME, PASSWORD)
+            .expect("create alice");
+        OAuthServer {
+            db,
+            server,
+            user_id: user.id,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.server.url(path)
+    }
+
+    pub fn authorize_url(&self, params: &[(&str, &str)]) -> String {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params.iter())
+            .finish();
+        self.url(&format!("/authorize?{query}"))
+    }
+
+    /// Signs alice in through the login form the authorization request led to.
+    pub fn login(&self, browser: &mut Browser, login_redirect: &Response) -> Response {
+        assert_eq!(
+            login_redirect.status, 303,
+            "expected a redirect to /login: {}",
+            login_redirect.body
+        );
+        let location = login_redirect.header("location").unwrap().to_owned();
+        assert!(location.starts_with("/login?"), "{location}");
+        let page = browser.get(&self.url(&location));
+        assert_eq!(page.status, 200);
+        let csrf = hidden_field(&page.body, "csrf_token").expect("csrf_token");
+        let return_to = hidden_field(&page.body, "return_to").expect("return_to");
+        browser.post_form(
+            &self.url("/login"),
+            &[
+                ("username", USERNAME),
+                ("password", PASSWORD),
+                ("csrf_token", &csrf),
+                ("return_to", &return_to),
+            ],
+        )
+    }
+
+    /// Posts the consent form shown in `page` with `decision`.
+    pub fn decide(&self, browser: &mut Browser, page: &Response, decision: &str) -> Response {
+        assert_eq!(page.status, 200, "expected the consent page: {}", page.body);
+        let fields = hidden_fields(&page.body);
+        let mut form: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        form.push(("decision", decision));
+        browser.post_form(&self.url("/consent"), &form)
+    }
+
+    /// authorize -> login -> consent (allow) -> the redirect back to the client.
+    pub fn authorize_with_consent(
+        &self,
+        browser: &mut Browser,
+        params: &[(&str, &str)],
+    ) -> url::Url {
+        let first = browser.get(&self.authorize_url(params));
+        let after_login = if first
+            .header("location")
+            .is_some_and(|l| l.starts_with("/login?"))
+        {
+            self.login(browser, &first)
+        } else {
+            first
+        };
+        let next = match after_login.header("location") {
+            Some(location) if location.starts_with("/authorize?") => {
+                browser.get(&self.url(location))
+            }
+            _ => after_login,
+        };
+        let redirect = if next.status == 200 {
+            self.decide(browser, &next, "allow")
+        } else {
+            next
+        };
+        assert_eq!(
+            redirect.status, 303,
+            "expected the redirect to the client: {}",
+            redirect.body
+        );
+        url::Url::parse(redirect.header("location").unwrap()).expect("absolute client redirect")
+    }
+
+    /// POST /token with a form and optional Basic credentials.
+    pub fn token(&self, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> Response {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form.iter())
+            .finish();
+        let mut request = http()
+            .post(&self.url("/token"))
+            .header("Content-Type", "application/x-www-form-urlencoded");
+        if let Some((id, secret)) = basic {
+            request = request.header(
+                "Authorization",
+                format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))),
+            );
+        }
+        let mut response = request.send(body.as_bytes()).expect("POST /token");
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    v.to_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+pub struct Pkce {
+    pub verifier: String,
+    pub challenge: String,
+}
+
+pub fn pkce() -> Pkce {
+    let verifier = URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+        + &URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes());
+    let challenge = gatehouse::oauth::pkce::s256(&verifier);
+    Pkce {
+        verifier,
+        challenge,
+    }
+}
+
+pub fn query_value(url: &url::Url, key: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
