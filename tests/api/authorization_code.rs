@@ -769,3 +769,43 @@ fn logout_ends_the_session(db: TestDb) {
         "signed out: login again"
     );
 }
+
+#[test]
+fn cookies_are_secure_when_the_issuer_is_https() {
+    let db = TestDb::create(Backend::Sqlite).unwrap();
+    let config = write_config(&db, "gatehouse.toml", &clients_toml(""));
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "issuer = \"http://127.0.0.1:8080\"",
+        "issuer = \"https://auth.example.com\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let server = TestServer::start(&db, &config);
+    gatehouse::accounts::add_user(&mut db.connect(), USERNAME, PASSWORD).unwrap();
+
+    let mut browser = Browser::new();
+    let page = browser.get(&server.url("/login"));
+    let csrf = hidden_field(&page.body, "csrf_token").unwrap();
+    let signed_in = browser.post_form(
+        &server.url("/login"),
+        &[
+            ("username", USERNAME),
+            ("password", PASSWORD),
+            ("csrf_token", &csrf),
+            ("return_to", ""),
+        ],
+    );
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    for name in ["gatehouse_csrf=", "gatehouse_session="] {
+        let cookie = browser
+            .set_cookie_headers
+            .iter()
+            .find(|h| h.starts_with(name))
+            .expect(name)
+            .to_ascii_lowercase();
+        assert!(cookie.contains("; secure"), "{cookie}");
+        assert!(
+            cookie.contains("httponly") && cookie.contains("samesite=lax"),
+            "{cookie}"
+        );
+    }
+}

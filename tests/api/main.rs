@@ -3,6 +3,7 @@
 mod support;
 
 mod authorization_code;
+mod browser;
 mod cli;
 mod config;
 mod health;
