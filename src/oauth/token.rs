@@ -179,12 +179,18 @@ fn authorization_code(
         .get_body()
         .and_then(|b| serde_json::from_str(&b).ok())
         .unwrap_or(Value::Null);
-    Ok(rfc_answer(raw, notes.invalid_grant))
+    Ok(rfc_answer(
+        raw,
+        notes.invalid_grant,
+        settings.tokens.access_ttl.as_secs(),
+    ))
 }
 
 /// oxide-auth's JSON made RFC 6749-exact: `error_description` (not `description`),
-/// `token_type: "Bearer"`, and `invalid_grant` where RFC 6749 5.2 and RFC 7636 4.6 want it.
-fn rfc_answer(raw: Value, invalid_grant: Option<&str>) -> TokenAnswer {
+/// `token_type: "Bearer"`, `expires_in` exactly the token's lifetime (oxide-auth measures it
+/// against a later clock reading), and `invalid_grant` where RFC 6749 5.2 and RFC 7636 4.6
+/// want it.
+fn rfc_answer(raw: Value, invalid_grant: Option<&str>, access_ttl_secs: u64) -> TokenAnswer {
     let Value::Object(mut fields) = raw else {
         return TokenAnswer::error(
             500,
@@ -224,6 +230,7 @@ fn rfc_answer(raw: Value, invalid_grant: Option<&str>) -> TokenAnswer {
         }
     }
     body.insert("token_type".to_owned(), Value::String("Bearer".to_owned()));
+    body.insert("expires_in".to_owned(), Value::from(access_ttl_secs));
     // oxide-auth prints scopes in hash-set order; the JWT and the database use sorted order.
     if let Some(Value::String(scope)) = body.get("scope") {
         let sorted = super::scope::normalize(scope.split(' '));
@@ -270,24 +277,20 @@ mod tests {
 
     #[test]
     fn oxide_answers_become_rfc_answers() {
-        let ok = rfc_answer(
-            json!({"access_token": "a", "token_type": "bearer", "expires_in": 900, "scope": "read"}),
-            None,
-        );
+        let raw = json!({"access_token": "a", "token_type": "bearer", "expires_in": 898, "scope": "write read"});
+        let ok = rfc_answer(raw, None, 900);
         assert_eq!(ok.status, 200);
         assert_eq!(ok.body["token_type"], "Bearer");
-        let replay = rfc_answer(
-            json!({"error": "invalid_request"}),
-            Some("the authorization code was already used"),
-        );
+        assert_eq!(ok.body["scope"], "read write");
+        assert_eq!(ok.body["expires_in"], 900);
+        let used = Some("the authorization code was already used");
+        let replay = rfc_answer(json!({"error": "invalid_request"}), used, 900);
         assert_eq!(replay.status, 400);
         assert_eq!(replay.body["error"], "invalid_grant");
-        let client = rfc_answer(json!({"error": "invalid_client"}), Some("ignored"));
+        let client = rfc_answer(json!({"error": "invalid_client"}), Some("ignored"), 900);
         assert_eq!(client.status, 401);
-        let described = rfc_answer(
-            json!({"error": "invalid_request", "description": "x"}),
-            None,
-        );
+        let raw = json!({"error": "invalid_request", "description": "x"});
+        let described = rfc_answer(raw, None, 900);
         assert_eq!(described.body["error_description"], "x");
         assert!(described.body.get("description").is_none());
     }
