@@ -21,23 +21,10 @@ pub async fn consent_submit(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let Some(params) = forms::form_params(&req, &body) else {
-        return pages::error_page(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "The form could not be read.",
-        );
+    let params = match forms::protected_form(&req, &state, &body, CONSENT_FORM) {
+        Ok(params) => params,
+        Err(refusal) => return *refusal,
     };
-    if !state
-        .csrf()
-        .verify(&req, CONSENT_FORM, params.get("csrf_token"))
-    {
-        return pages::error_page(
-            StatusCode::FORBIDDEN,
-            "Please try again",
-            "This form has expired or did not come from this site. Go back to the application and start again.",
-        );
-    }
     let decision = match params.get("decision") {
         Some("allow") => Decision::Allow,
         Some("deny") => Decision::Deny,
@@ -93,24 +80,19 @@ async fn run(
             pages::see_other(&login)
         }
         AuthorizeOutcome::Consent { client, scopes } => {
-            let csrf = state.csrf();
-            let cookie = csrf.cookie_of(req);
-            let token = csrf.token(&cookie, CONSENT_FORM);
             let username = owner.map(|o| o.username).unwrap_or_default();
-            let mut response = pages::html(
-                StatusCode::OK,
-                &ConsentPage {
-                    client_name: &client.name,
-                    username: &username,
-                    scopes: scopes.iter().map(|s| ScopeView::new(s)).collect(),
-                    csrf_token: &token,
-                    request_fields: params.pairs(),
-                },
-            );
-            if cookie.is_new {
-                let _ = response.add_cookie(&csrf.set_cookie(&cookie));
-            }
-            response
+            forms::page_with_form(req, state, CONSENT_FORM, |csrf_token| {
+                pages::html(
+                    StatusCode::OK,
+                    &ConsentPage {
+                        client_name: &client.name,
+                        username: &username,
+                        scopes: scopes.iter().map(|s| ScopeView::new(s)).collect(),
+                        csrf_token,
+                        request_fields: params.pairs(),
+                    },
+                )
+            })
         }
     }
 }

@@ -36,23 +36,18 @@ fn render(
     username: &str,
     error: Option<&str>,
 ) -> HttpResponse {
-    let csrf = state.csrf();
-    let cookie = csrf.cookie_of(req);
-    let token = csrf.token(&cookie, LOGIN_FORM);
-    let mut response = pages::html(
-        status,
-        &LoginPage {
-            client_name: None,
-            error,
-            csrf_token: &token,
-            return_to,
-            username,
-        },
-    );
-    if cookie.is_new {
-        let _ = response.add_cookie(&csrf.set_cookie(&cookie));
-    }
-    response
+    forms::page_with_form(req, state, LOGIN_FORM, |csrf_token| {
+        pages::html(
+            status,
+            &LoginPage {
+                client_name: None,
+                error,
+                csrf_token,
+                return_to,
+                username,
+            },
+        )
+    })
 }
 
 pub async fn submit(
@@ -60,24 +55,11 @@ pub async fn submit(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let Some(params) = forms::form_params(&req, &body) else {
-        return pages::error_page(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "The form could not be read.",
-        );
+    let params = match forms::protected_form(&req, &state, &body, LOGIN_FORM) {
+        Ok(params) => params,
+        Err(refusal) => return *refusal,
     };
     let return_to = safe_return_to(params.get("return_to")).to_owned();
-    if !state
-        .csrf()
-        .verify(&req, LOGIN_FORM, params.get("csrf_token"))
-    {
-        return pages::error_page(
-            StatusCode::FORBIDDEN,
-            "Please try again",
-            "This sign-in form has expired or did not come from this site. Go back, reload the page and sign in again.",
-        );
-    }
     let username = params.get("username").unwrap_or_default().to_owned();
     let password_text = params.get("password").unwrap_or_default().to_owned();
     if username.is_empty() || password_text.is_empty() || password_text.len() > MAX_PASSWORD_BYTES {
@@ -139,21 +121,16 @@ pub async fn done() -> HttpResponse {
 }
 
 pub async fn logout_page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let csrf = state.csrf();
-    let cookie = csrf.cookie_of(&req);
-    let token = csrf.token(&cookie, LOGOUT_FORM);
     let signed_in = session::cookie_value(&req).is_some();
-    let mut response = pages::html(
-        StatusCode::OK,
-        &LogoutPage {
-            signed_out: !signed_in,
-            csrf_token: &token,
-        },
-    );
-    if cookie.is_new {
-        let _ = response.add_cookie(&csrf.set_cookie(&cookie));
-    }
-    response
+    forms::page_with_form(&req, &state, LOGOUT_FORM, |csrf_token| {
+        pages::html(
+            StatusCode::OK,
+            &LogoutPage {
+                signed_out: !signed_in,
+                csrf_token,
+            },
+        )
+    })
 }
 
 pub async fn logout(
@@ -161,22 +138,8 @@ pub async fn logout(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let Some(params) = forms::form_params(&req, &body) else {
-        return pages::error_page(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "The form could not be read.",
-        );
-    };
-    if !state
-        .csrf()
-        .verify(&req, LOGOUT_FORM, params.get("csrf_token"))
-    {
-        return pages::error_page(
-            StatusCode::FORBIDDEN,
-            "Please try again",
-            "This sign-out form has expired or did not come from this site. Reload the page and try again.",
-        );
+    if let Err(refusal) = forms::protected_form(&req, &state, &body, LOGOUT_FORM) {
+        return *refusal;
     }
     if let Some(cookie) = session::cookie_value(&req) {
         if let Err(e) =

@@ -41,7 +41,7 @@ impl Browser {
             .join("; ")
     }
 
-    fn absorb(&mut self, mut response: ureq::http::Response<ureq::Body>) -> Response {
+    fn absorb(&mut self, response: ureq::http::Response<ureq::Body>) -> Response {
         for value in response.headers().get_all("set-cookie") {
             let raw = value.to_str().unwrap_or_default().to_owned();
             let pair = raw.split(';').next().unwrap_or_default();
@@ -56,23 +56,7 @@ impl Browser {
             }
             self.set_cookie_headers.push(raw);
         }
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    v.to_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
-        let body = response.body_mut().read_to_string().unwrap_or_default();
-        Response {
-            status,
-            headers,
-            body,
-        }
+        Response::from_ureq(response)
     }
 
     pub fn get(&mut self, url: &str) -> Response {

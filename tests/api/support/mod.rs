@@ -286,6 +286,26 @@ pub struct Response {
 }
 
 impl Response {
+    pub fn from_ureq(mut response: ureq::http::Response<ureq::Body>) -> Response {
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    v.to_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -303,24 +323,7 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Response {
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let mut response = request.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                v.to_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    let body = response.body_mut().read_to_string().unwrap_or_default();
-    Response {
-        status,
-        headers,
-        body,
-    }
+    Response::from_ureq(request.call().unwrap_or_else(|e| panic!("GET {url}: {e}")))
 }
 
 /// Polls `check` until it returns `Some`, for at most `limit`.

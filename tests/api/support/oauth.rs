@@ -196,24 +196,7 @@ impl OAuthServer {
                 format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))),
             );
         }
-        let mut response = request.send(body.as_bytes()).expect("POST /token");
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    v.to_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
-        let body = response.body_mut().read_to_string().unwrap_or_default();
-        Response {
-            status,
-            headers,
-            body,
-        }
+        Response::from_ureq(request.send(body.as_bytes()).expect("POST /token"))
     }
 }
 
