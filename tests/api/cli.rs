@@ -1,6 +1,3 @@
-use std::io::Write;
-use std::process::Stdio;
-
 use crate::on_both_backends;
 use crate::support::*;
 
@@ -132,20 +129,9 @@ fn migrate_then_serve_without_auto_migration(db: TestDb) {
 #[test]
 fn hash_secret_prints_an_argon2id_phc_string_that_verifies() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = gatehouse(dir.path())
-        .args(["hash-secret", "--stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"a-client-secret-for-tests\n")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let mut cmd = gatehouse(dir.path());
+    cmd.args(["hash-secret", "--stdin"]);
+    let output = output_with_stdin(cmd, "a-client-secret-for-tests\n");
     assert!(output.status.success(), "{}", stderr(&output));
     let phc = stdout(&output).trim().to_owned();
     assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");

@@ -1,6 +1,5 @@
-use std::io::Write;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use crate::on_both_backends;
 use crate::support::*;
@@ -8,22 +7,9 @@ use crate::support::*;
 on_both_backends!(users_are_managed_from_the_cli);
 
 fn with_stdin(db: &TestDb, config: &Path, args: &[&str], input: &str) -> Output {
-    let mut child = gatehouse(db.dir.path())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let mut cmd = gatehouse(db.dir.path());
+    cmd.arg("--config").arg(config).args(args);
+    output_with_stdin(cmd, input)
 }
 
 fn user_line(db: &TestDb, config: &Path, name: &str) -> String {

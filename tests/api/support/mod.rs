@@ -191,6 +191,23 @@ pub fn run_cli(db: &TestDb, config: &Path, args: &[&str]) -> Output {
         .expect("run gatehouse")
 }
 
+/// Runs `cmd` with `input` on its standard input.
+pub fn output_with_stdin(mut cmd: Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gatehouse");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait for gatehouse")
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
