@@ -26,12 +26,18 @@ struct HashLimiter {
 }
 
 impl HashLimiter {
-    fn global() -> &'static HashLimiter {
-        static LIMITER: OnceLock<HashLimiter> = OnceLock::new();
-        LIMITER.get_or_init(|| HashLimiter {
+    fn new(limit: usize) -> HashLimiter {
+        HashLimiter {
             running: Mutex::new(0),
             freed: Condvar::new(),
-            limit: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            limit,
+        }
+    }
+
+    fn global() -> &'static HashLimiter {
+        static LIMITER: OnceLock<HashLimiter> = OnceLock::new();
+        LIMITER.get_or_init(|| {
+            HashLimiter::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
         })
     }
 
@@ -106,6 +112,31 @@ mod tests {
         assert!(verify("correct horse", &phc));
         assert!(!verify("correct horsf", &phc));
         assert!(!verify("correct horse", "not a phc string"));
+    }
+
+    #[test]
+    fn the_limiter_never_lets_more_than_its_limit_run_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let limiter = HashLimiter::new(2);
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    limiter.run(|| {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                });
+            }
+        });
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            2,
+            "eight callers, two at a time"
+        );
     }
 
     #[test]
