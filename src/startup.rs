@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
@@ -70,6 +71,7 @@ impl Application {
             csrf_mac: Arc::new(prepared.csrf_mac),
         };
         spawn_key_refresh(state.clone());
+        spawn_housekeeping(state.clone());
         let workers = state.settings.server.workers;
         let data = web::Data::new(state);
         let mut server = HttpServer::new(move || {
@@ -112,6 +114,39 @@ fn spawn_key_refresh(state: AppState) {
             let refreshed = http::run_blocking(&state.pool, move |conn| keys.refresh(conn)).await;
             if let Err(e) = refreshed {
                 tracing::warn!(error = %e, "could not refresh signing keys; keeping the current ones");
+            }
+        }
+    });
+}
+
+/// How long a redeemed or expired code is kept, so that a late replay is still recognised
+/// (and revokes its tokens) instead of looking like garbage.
+const CODE_RETENTION: Duration = Duration::from_secs(24 * 3600);
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(300);
+
+/// Deletes expired browser sessions and old authorization codes. Every instance runs it;
+/// the deletes are idempotent.
+fn spawn_housekeeping(state: AppState) {
+    actix_web::rt::spawn(async move {
+        let mut ticker = tokio::time::interval(HOUSEKEEPING_PERIOD);
+        loop {
+            ticker.tick().await;
+            let swept = http::run_blocking(&state.pool, |conn| {
+                let now = storage::now_unix();
+                let sessions = storage::sessions::delete_expired(conn, now)?;
+                let codes = storage::codes::delete_expired_before(
+                    conn,
+                    now - CODE_RETENTION.as_secs() as i64,
+                )?;
+                Ok::<_, storage::StorageError>((sessions, codes))
+            })
+            .await;
+            match swept {
+                Ok((sessions, codes)) if sessions + codes > 0 => {
+                    tracing::debug!(sessions, codes, "deleted expired sessions and codes")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "housekeeping failed; will retry"),
             }
         }
     });
