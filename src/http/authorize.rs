@@ -45,6 +45,8 @@ async fn run(
     params: Params,
     decision: Option<Decision>,
 ) -> HttpResponse {
+    // Our own form fields never travel inside an authorization request.
+    let params = params.without(&FORM_FIELDS);
     let settings = state.settings.clone();
     let keys = state.keys.current();
     let cookie = session::cookie_value(req);

@@ -39,18 +39,20 @@ impl Csrf<'_> {
         }
     }
 
-    pub fn token(&self, cookie: &CsrfCookie, purpose: &str) -> String {
+    /// The tag also covers the session cookie, so a token planted by another site (or a
+    /// sibling subdomain that can set cookies) is useless once the user has a session.
+    pub fn token(&self, req: &HttpRequest, cookie: &CsrfCookie, purpose: &str) -> String {
         self.mac
-            .sign(format!("{purpose}:{}", cookie.value).as_bytes())
+            .sign(tagged(purpose, &cookie.value, &session_of(req)).as_bytes())
     }
 
-    /// Whether the submitted token belongs to this browser's cookie and this form.
+    /// Whether the submitted token belongs to this browser's cookies and this form.
     pub fn verify(&self, req: &HttpRequest, purpose: &str, submitted: Option<&str>) -> bool {
         let (Some(cookie), Some(submitted)) = (req.cookie(COOKIE), submitted) else {
             return false;
         };
         self.mac.verify(
-            format!("{purpose}:{}", cookie.value()).as_bytes(),
+            tagged(purpose, cookie.value(), &session_of(req)).as_bytes(),
             submitted,
         )
     }
@@ -63,4 +65,12 @@ impl Csrf<'_> {
             .same_site(SameSite::Lax)
             .finish()
     }
+}
+
+fn session_of(req: &HttpRequest) -> String {
+    super::session::cookie_value(req).unwrap_or_default()
+}
+
+fn tagged(purpose: &str, csrf_cookie: &str, session_cookie: &str) -> String {
+    format!("{purpose}:{csrf_cookie}:{session_cookie}")
 }

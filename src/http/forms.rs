@@ -59,7 +59,7 @@ pub fn page_with_form(
 ) -> actix_web::HttpResponse {
     let csrf = state.csrf();
     let cookie = csrf.cookie_of(req);
-    let mut response = render(&csrf.token(&cookie, purpose));
+    let mut response = render(&csrf.token(req, &cookie, purpose));
     if cookie.is_new {
         let _ = response.add_cookie(&csrf.set_cookie(&cookie));
     }

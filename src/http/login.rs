@@ -17,7 +17,7 @@ const BAD_CREDENTIALS: &str = "Incorrect username or password.";
 /// make the login form an open redirector.
 fn safe_return_to(value: Option<&str>) -> &str {
     match value {
-        Some(v) if v.starts_with("/authorize?") && !v.contains(['\r', '\n']) => v,
+        Some(v) if v.starts_with("/authorize?") && v.bytes().all(|b| b.is_ascii_graphic()) => v,
         _ => "",
     }
 }
@@ -73,21 +73,46 @@ pub async fn submit(
         );
     }
     let lookup_name = username.clone();
-    let outcome = super::run_blocking(&state.pool, move |conn| {
-        let user = user_store::find_by_username(conn, &lookup_name)?;
-        // Unknown, disabled and wrong-password users cost the same argon2 verification.
-        let verified = match &user {
-            Some(user) => password::verify(&password_text, &user.password_hash) && !user.disabled,
-            None => password::verify_dummy(&password_text),
-        };
-        match user.filter(|_| verified) {
-            Some(user) => session::start(conn, &user).map(|cookie| Some((user.id, cookie))),
-            None => Ok(None),
-        }
+    let user = match super::run_blocking(&state.pool, move |conn| {
+        user_store::find_by_username(conn, &lookup_name)
     })
-    .await;
-    match outcome {
-        Ok(Some((user_id, cookie))) => {
+    .await
+    {
+        Ok(user) => user,
+        Err(e) => return pages::failure_page(e),
+    };
+    // Argon2 runs with no database connection held. Unknown, disabled and wrong-password
+    // users cost the same verification, so neither body nor timing tells them apart.
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let verified = web::block(move || match hash {
+        Some(hash) => password::verify(&password_text, &hash),
+        None => password::verify_dummy(&password_text),
+    })
+    .await
+    .unwrap_or(false);
+    let known_user_id = user.as_ref().map(|u| u.id.clone());
+    let Some(user) = user.filter(|u| verified && !u.disabled) else {
+        // Only ids are logged: a username field sometimes holds a mistyped password.
+        match known_user_id {
+            Some(user_id) => {
+                tracing::info!(target: "gatehouse::audit", event = "login", outcome = "failure", %user_id)
+            }
+            None => {
+                tracing::info!(target: "gatehouse::audit", event = "login", outcome = "failure", "unknown user")
+            }
+        }
+        return render(
+            &req,
+            &state,
+            StatusCode::UNAUTHORIZED,
+            &return_to,
+            &username,
+            Some(BAD_CREDENTIALS),
+        );
+    };
+    let user_id = user.id.clone();
+    match super::run_blocking(&state.pool, move |conn| session::start(conn, &user)).await {
+        Ok(cookie) => {
             tracing::info!(target: "gatehouse::audit", event = "login", outcome = "success", %user_id);
             let mut response = pages::see_other(if return_to.is_empty() {
                 "/login/done"
@@ -96,17 +121,6 @@ pub async fn submit(
             });
             let _ = response.add_cookie(&session::set_cookie(cookie, state.secure_cookies()));
             response
-        }
-        Ok(None) => {
-            tracing::info!(target: "gatehouse::audit", event = "login", outcome = "failure", %username);
-            render(
-                &req,
-                &state,
-                StatusCode::UNAUTHORIZED,
-                &return_to,
-                &username,
-                Some(BAD_CREDENTIALS),
-            )
         }
         Err(e) => pages::failure_page(e),
     }
@@ -172,6 +186,8 @@ mod tests {
         assert_eq!(safe_return_to(Some("https://evil.example/authorize?x")), "");
         assert_eq!(safe_return_to(Some("//evil.example/authorize?x")), "");
         assert_eq!(safe_return_to(Some("/authorize?x\r\nSet-Cookie: a")), "");
+        assert_eq!(safe_return_to(Some("/authorize?x=\u{e9}")), "");
+        assert_eq!(safe_return_to(Some("/authorize?x=\u{e9}")), "");
         assert_eq!(safe_return_to(None), "");
     }
 }

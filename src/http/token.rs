@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::{forms, AppState, HttpError};
-use crate::oauth::token::{self, TokenAnswer};
+use crate::oauth::token::{self, TokenAnswer, TokenRequest};
 
 pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
     let Some(params) = forms::form_params(&req, &body) else {
@@ -31,16 +31,42 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
             ))
         }
     };
+    let request = match TokenRequest::parse(&params, header_value.as_deref()) {
+        Ok(request) => request,
+        Err(refusal) => return answer(refusal),
+    };
+    let secret_verified = match request.client_secret() {
+        Some((client_id, secret)) => match verify_secret(&state, client_id, secret).await {
+            Ok(true) => true,
+            Ok(false) => return answer(TokenAnswer::invalid_client()),
+            Err(e) => return failure(e),
+        },
+        None => false,
+    };
     let settings = state.settings.clone();
     let keys = state.keys.current();
     let result = super::run_blocking(&state.pool, move |conn| {
-        token::token(conn, &settings, keys, &params, header_value.as_deref())
+        token::token(conn, &settings, keys, request, secret_verified)
     })
     .await;
     match result {
         Ok(token_answer) => answer(token_answer),
         Err(e) => failure(e),
     }
+}
+
+/// Looks the client's hash up, then runs argon2 with no database connection held, so that
+/// requests queued for a hash cannot starve the pool.
+async fn verify_secret(state: &AppState, client_id: &str, secret: &str) -> Result<bool, HttpError> {
+    let id = client_id.to_owned();
+    let hash = super::run_blocking(&state.pool, move |conn| {
+        token::client_secret_hash(conn, &id)
+    })
+    .await?;
+    let secret = secret.to_owned();
+    web::block(move || token::verify_client_secret(&secret, hash.as_deref()))
+        .await
+        .map_err(|e| HttpError::internal(format!("blocking task failed: {e}")))
 }
 
 fn answer(answer: TokenAnswer) -> HttpResponse {

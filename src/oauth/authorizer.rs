@@ -49,8 +49,11 @@ impl Authorizer for DbAuthorizer<'_> {
 
     fn extract(&mut self, code: &str) -> Result<Option<Grant>, ()> {
         let ctx = self.ctx;
-        let redemption = code_store::redeem(&mut ctx.conn(), &digest_secret(code), ctx.now)
-            .map_err(|e| ctx.fail(e))?;
+        // oxide-auth authenticates the client before it extracts the code.
+        let client_id = ctx.notes.borrow().authenticated_client.clone().ok_or(())?;
+        let redemption =
+            code_store::redeem(&mut ctx.conn(), &digest_secret(code), &client_id, ctx.now)
+                .map_err(|e| ctx.fail(e))?;
         match redemption {
             Redemption::First(row) => {
                 let mut extensions = Extensions::new();
@@ -79,6 +82,11 @@ impl Authorizer for DbAuthorizer<'_> {
                 }
                 ctx.notes.borrow_mut().invalid_grant =
                     Some("the authorization code was already used");
+                Ok(None)
+            }
+            Redemption::OtherClient => {
+                ctx.notes.borrow_mut().invalid_grant =
+                    Some("the authorization code was issued to another client");
                 Ok(None)
             }
             Redemption::Unknown => {

@@ -84,11 +84,16 @@ impl Client {
 }
 
 fn same_loopback_ignoring_port(registered: &str, requested: &str) -> bool {
-    let (Ok(registered), Ok(mut requested)) =
+    let (Ok(registered), Ok(mut parsed)) =
         (url::Url::parse(registered), url::Url::parse(requested))
     else {
         return false;
     };
+    // Only the port may differ, so the request must already be in canonical form
+    // (no `0x7f.1`, no `/./`).
+    if parsed.as_str() != requested {
+        return false;
+    }
     let loopback_ip = matches!(
         registered.host(),
         Some(url::Host::Ipv4(ip)) if ip.is_loopback()
@@ -96,10 +101,10 @@ fn same_loopback_ignoring_port(registered: &str, requested: &str) -> bool {
     if !loopback_ip || registered.scheme() != "http" {
         return false;
     }
-    if requested.set_port(registered.port()).is_err() {
+    if parsed.set_port(registered.port()).is_err() {
         return false;
     }
-    requested.as_str() == registered.as_str()
+    parsed.as_str() == registered.as_str()
 }
 
 #[cfg(test)]
@@ -144,6 +149,10 @@ mod tests {
             .is_none());
         assert!(c
             .redirect_uri_for(Some("http://localhost:51234/cb"))
+            .is_none());
+        assert!(c.redirect_uri_for(Some("http://0x7f.1:51234/cb")).is_none());
+        assert!(c
+            .redirect_uri_for(Some("http://127.0.0.1:51234/./cb"))
             .is_none());
         assert!(
             c.redirect_uri_for(None).is_none(),

@@ -37,6 +37,8 @@ pub enum Interaction {
 #[derive(Debug, Default)]
 pub struct Notes {
     pub client: Option<Client>,
+    /// The client the registrar authenticated for this request.
+    pub authenticated_client: Option<String>,
     /// The registered redirect URI the request resolved to, and whether it named it.
     pub bound_redirect: Option<(String, bool)>,
     pub interaction: Option<Interaction>,
@@ -56,6 +58,9 @@ pub struct FlowContext<'c> {
     pub now: i64,
     pub owner: Option<Owner>,
     pub decision: Option<Decision>,
+    /// A client id and secret the caller already verified against the stored hash, without
+    /// holding a database connection while argon2 ran.
+    pub verified_secret: Option<(String, String)>,
     pub notes: RefCell<Notes>,
 }
 
@@ -72,6 +77,7 @@ impl<'c> FlowContext<'c> {
             now: crate::storage::now_unix(),
             owner: None,
             decision: None,
+            verified_secret: None,
             notes: RefCell::new(Notes::default()),
         }
     }
@@ -108,6 +114,20 @@ impl<'c> FlowContext<'c> {
             self.notes.borrow_mut().client = Some(client.clone());
         }
         Ok(client)
+    }
+
+    /// Whether `secret` is the client's: free when the caller verified it already.
+    pub(crate) fn verify_secret(&self, client_id: &str, secret: &str, hash: &str) -> bool {
+        match &self.verified_secret {
+            Some((id, verified)) if id == client_id => {
+                aws_lc_rs::constant_time::verify_slices_are_equal(
+                    verified.as_bytes(),
+                    secret.as_bytes(),
+                )
+                .is_ok()
+            }
+            _ => crate::crypto::password::verify(secret, hash),
+        }
     }
 
     pub fn take_notes(&self) -> Notes {

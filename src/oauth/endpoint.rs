@@ -139,6 +139,18 @@ impl OwnerSolicitor<FlowRequest> for ConsentSolicitor<'_> {
             }
             None => {}
         }
+        // RFC 8252 8.6, RFC 6749 10.2: any local program can send a public client's id with a
+        // loopback or private-use redirect URI, so such requests always ask the user.
+        let impersonable = client.is_public()
+            && !ctx
+                .notes
+                .borrow()
+                .bound_redirect
+                .as_ref()
+                .is_some_and(|(uri, _)| uri.starts_with("https://"));
+        if impersonable {
+            return self.interact(Interaction::Consent { scope });
+        }
         if client.skip_consent {
             return OwnerConsent::Authorized(owner.user_id.clone());
         }

@@ -66,17 +66,22 @@ impl Registrar for DbRegistrar<'_> {
             Err(()) => return Err(RegistrarError::PrimitiveError),
         };
         let secret = passphrase.map(String::from_utf8_lossy);
-        match (client, secret) {
-            (Some(client), None) if client.is_public() => Ok(()),
+        let authenticated = match (client, secret) {
+            (Some(client), None) => client.is_public(),
             (Some(client), Some(secret)) => match &client.secret_hash {
-                Some(hash) if password::verify(&secret, hash) => Ok(()),
-                _ => Err(RegistrarError::Unspecified),
+                Some(hash) => self.ctx.verify_secret(client_id, &secret, hash),
+                None => false,
             },
             (None, Some(secret)) => {
                 password::verify_dummy(&secret);
-                Err(RegistrarError::Unspecified)
+                false
             }
-            _ => Err(RegistrarError::Unspecified),
+            (None, None) => false,
+        };
+        if !authenticated {
+            return Err(RegistrarError::Unspecified);
         }
+        self.ctx.notes.borrow_mut().authenticated_client = Some(client_id.to_owned());
+        Ok(())
     }
 }

@@ -97,42 +97,96 @@ fn percent_decode(s: &str) -> Result<String, ()> {
     String::from_utf8(bytes).map_err(|_| ())
 }
 
+/// A token request whose parameters and client credentials are well-formed.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    body: Params,
+    basic: Option<BasicCredentials>,
+}
+
+impl TokenRequest {
+    /// Checks what needs no database: repeated parameters, the Authorization header, and
+    /// that the client used one authentication method.
+    pub fn parse(body: &Params, authorization: Option<&str>) -> Result<TokenRequest, TokenAnswer> {
+        if let Some(repeated) = body.first_repeated() {
+            return Err(TokenAnswer::invalid_request(&format!(
+                "parameter {repeated} was sent more than once"
+            )));
+        }
+        let basic = BasicCredentials::from_header(authorization)
+            .map_err(|()| TokenAnswer::invalid_client())?;
+        let mut body = body.clone();
+        if let Some(basic) = &basic {
+            if body.get("client_secret").is_some() {
+                return Err(TokenAnswer::invalid_request(
+                    "use one client authentication method, not two",
+                ));
+            }
+            match body.get("client_id") {
+                Some(id) if id != basic.client_id => {
+                    return Err(TokenAnswer::invalid_request(
+                        "client_id differs from the authenticated client",
+                    ))
+                }
+                Some(_) => body = body.without(&["client_id"]),
+                None => {}
+            }
+        }
+        Ok(TokenRequest { body, basic })
+    }
+
+    /// The client id and secret presented, by Basic or in the body.
+    pub fn client_secret(&self) -> Option<(&str, &str)> {
+        match &self.basic {
+            Some(basic) => Some((&basic.client_id, &basic.secret)),
+            None => self
+                .body
+                .get("client_id")
+                .zip(self.body.get("client_secret")),
+        }
+    }
+}
+
+/// The stored secret hash of an enabled client, for verification off the connection.
+pub fn client_secret_hash(
+    conn: &mut DbConnection,
+    client_id: &str,
+) -> Result<Option<String>, StorageError> {
+    Ok(crate::storage::clients::find(conn, client_id)?
+        .filter(|c| c.enabled)
+        .and_then(|c| c.secret_hash))
+}
+
+/// Argon2 verification of a client secret; an unknown client costs the same time.
+pub fn verify_client_secret(secret: &str, hash: Option<&str>) -> bool {
+    match hash {
+        Some(hash) => crate::crypto::password::verify(secret, hash),
+        None => crate::crypto::password::verify_dummy(secret),
+    }
+}
+
+/// Runs the grant. `secret_verified` says the caller verified `request.client_secret()`.
 pub fn token(
     conn: &mut DbConnection,
     settings: &Settings,
     keys: Arc<KeyState>,
-    body: &Params,
-    authorization: Option<&str>,
+    request: TokenRequest,
+    secret_verified: bool,
 ) -> Result<TokenAnswer, StorageError> {
-    if let Some(repeated) = body.first_repeated() {
-        return Ok(TokenAnswer::invalid_request(&format!(
-            "parameter {repeated} was sent more than once"
-        )));
-    }
-    let basic = match BasicCredentials::from_header(authorization) {
-        Ok(basic) => basic,
-        Err(()) => return Ok(TokenAnswer::invalid_client()),
-    };
-    let mut body = body.clone();
-    if let Some(basic) = &basic {
-        if body.get("client_secret").is_some() {
-            return Ok(TokenAnswer::invalid_request(
-                "use one client authentication method, not two",
-            ));
-        }
-        match body.get("client_id") {
-            Some(id) if id != basic.client_id => {
-                return Ok(TokenAnswer::invalid_request(
-                    "client_id differs from the authenticated client",
-                ))
-            }
-            Some(_) => body = body.without(&["client_id"]),
-            None => {}
-        }
-    }
-    match body.get("grant_type") {
+    let verified_secret = request
+        .client_secret()
+        .filter(|_| secret_verified)
+        .map(|(id, secret)| (id.to_owned(), secret.to_owned()));
+    match request.body.get("grant_type") {
         None => Ok(TokenAnswer::invalid_request("grant_type is required")),
-        Some("authorization_code") => authorization_code(conn, settings, keys, body, basic),
+        Some("authorization_code") => authorization_code(
+            conn,
+            settings,
+            keys,
+            request.body,
+            request.basic,
+            verified_secret,
+        ),
         Some(_) => Ok(TokenAnswer::error(
             400,
             "unsupported_grant_type",
@@ -147,6 +201,7 @@ fn authorization_code(
     keys: Arc<KeyState>,
     mut body: Params,
     basic: Option<BasicCredentials>,
+    verified_secret: Option<(String, String)>,
 ) -> Result<TokenAnswer, StorageError> {
     // RFC 6749 4.1.3: redirect_uri is required only if the authorization request had one;
     // oxide-auth always requires it, so supply the bound one when it was not sent.
@@ -159,7 +214,8 @@ fn authorization_code(
             }
         }
     }
-    let ctx = FlowContext::new(conn, settings, keys);
+    let mut ctx = FlowContext::new(conn, settings, keys);
+    ctx.verified_secret = verified_secret;
     let request = FlowRequest::new(
         &Params::default(),
         &body,

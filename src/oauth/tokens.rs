@@ -96,7 +96,9 @@ pub fn issue_for_user(
     if let Some(code_hash) = code_hash {
         if !code_store::link_family(&mut conn, code_hash, &family.id)? {
             // The code was replayed while we were issuing: the replay could not see this
-            // family, so revoke it here.
+            // family, so revoke it here. This redemption still won the race and gets its
+            // answer, exactly as if the replay had come a moment later; its tokens are dead
+            // (refresh at once, the access token at introspection and expiry).
             token_store::revoke_family(&mut conn, &family.id, now)?;
         }
     }

@@ -40,30 +40,34 @@ pub fn insert(conn: &mut DbConnection, code: &CodeRow) -> StorageResult<()> {
 pub enum Redemption {
     /// This call marked the code redeemed: the only caller that will ever see this.
     First(CodeRow),
-    /// The code had been redeemed before.
+    /// The code had been redeemed before (by this client).
     Replay(CodeRow),
+    /// The code was issued to another client: nothing is marked or revoked, so a client
+    /// cannot spend or revoke another client's grant.
+    OtherClient,
     Unknown,
 }
 
 /// Marks the code redeemed with a conditional update, so that of two concurrent redemptions
-/// exactly one sees `First`, on either backend. A later presentation is marked as a replay.
-pub fn redeem(conn: &mut DbConnection, code_hash: &str, now: i64) -> StorageResult<Redemption> {
+/// exactly one sees `First`, on either backend. A later presentation by the same client is
+/// marked as a replay.
+pub fn redeem(
+    conn: &mut DbConnection,
+    code_hash: &str,
+    client_id: &str,
+    now: i64,
+) -> StorageResult<Redemption> {
     conn.transaction(|conn| {
-        let marked = diesel::update(
-            authorization_codes::table
-                .find(code_hash)
-                .filter(authorization_codes::redeemed_at.is_null()),
-        )
-        .set(authorization_codes::redeemed_at.eq(now))
-        .execute(conn)?;
-        if marked == 0 {
-            diesel::update(
-                authorization_codes::table
-                    .find(code_hash)
-                    .filter(authorization_codes::replayed_at.is_null()),
-            )
-            .set(authorization_codes::replayed_at.eq(now))
+        let own_code = authorization_codes::table
+            .find(code_hash)
+            .filter(authorization_codes::client_id.eq(client_id));
+        let marked = diesel::update(own_code.filter(authorization_codes::redeemed_at.is_null()))
+            .set(authorization_codes::redeemed_at.eq(now))
             .execute(conn)?;
+        if marked == 0 {
+            diesel::update(own_code.filter(authorization_codes::replayed_at.is_null()))
+                .set(authorization_codes::replayed_at.eq(now))
+                .execute(conn)?;
         }
         let row: Option<CodeRow> = authorization_codes::table
             .find(code_hash)
@@ -71,6 +75,7 @@ pub fn redeem(conn: &mut DbConnection, code_hash: &str, now: i64) -> StorageResu
             .first(conn)
             .optional()?;
         Ok(match (marked, row) {
+            (_, Some(row)) if row.client_id != client_id => Redemption::OtherClient,
             (1, Some(row)) => Redemption::First(row),
             (_, Some(row)) => Redemption::Replay(row),
             (_, None) => Redemption::Unknown,

@@ -1,6 +1,7 @@
 //! Remembered consent: per user and client, the set of scopes the user has approved.
 
 use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use super::schema::consents;
 use super::{DbConnection, StorageResult};
@@ -27,14 +28,29 @@ pub fn find(
         .optional()?)
 }
 
-/// Replaces the remembered consent for this user and client.
+/// Replaces the remembered consent for this user and client. Two concurrent calls (a
+/// double-clicked Allow) both succeed: an insert that loses the race becomes an update.
 pub fn remember(conn: &mut DbConnection, consent: &ConsentRow) -> StorageResult<()> {
-    conn.transaction(|conn| {
-        diesel::delete(consents::table.find((&consent.user_id, &consent.client_id)))
-            .execute(conn)?;
-        diesel::insert_into(consents::table)
-            .values(consent)
-            .execute(conn)?;
-        Ok(())
-    })
+    let update = |conn: &mut DbConnection| {
+        diesel::update(consents::table.find((&consent.user_id, &consent.client_id)))
+            .set((
+                consents::scope.eq(&consent.scope),
+                consents::granted_at.eq(consent.granted_at),
+            ))
+            .execute(conn)
+    };
+    if update(conn)? == 1 {
+        return Ok(());
+    }
+    match diesel::insert_into(consents::table)
+        .values(consent)
+        .execute(conn)
+    {
+        Ok(_) => Ok(()),
+        Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+            update(conn)?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -520,6 +520,13 @@ fn concurrent_redemptions_have_exactly_one_winner(db: TestDb) {
             3,
             "{statuses:?}"
         );
+        // The losers were replays: whatever the interleaving, the winner's family ends revoked.
+        let live: i64 = token_families::table
+            .filter(token_families::revoked_at.is_null())
+            .count()
+            .get_result(&mut app.db.connect())
+            .unwrap();
+        assert_eq!(live, 0);
     }
 }
 
@@ -805,4 +812,173 @@ fn cookies_are_secure_when_the_issuer_is_https() {
             "{cookie}"
         );
     }
+}
+
+on_both_backends!(
+    a_public_loopback_client_is_asked_every_time,
+    another_client_can_neither_spend_nor_revoke_a_code,
+    double_submitted_consent_does_not_fail,
+    our_form_fields_in_the_query_are_ignored,
+);
+
+fn a_public_loopback_client_is_asked_every_time(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let params = spa_params(
+        Some(&p.challenge),
+        Some("S256"),
+        "http://127.0.0.1:5555/callback",
+    );
+    let redirect = app.authorize_with_consent(&mut browser, &params);
+    assert!(query_value(&redirect, "code").is_some());
+    // Any local program could send this request: remembered consent does not apply.
+    let other_port = spa_params(
+        Some(&p.challenge),
+        Some("S256"),
+        "http://127.0.0.1:6666/callback",
+    );
+    let again = browser.get(&app.authorize_url(&other_port));
+    assert_eq!(
+        again.status,
+        200,
+        "the consent page again, not a code: {:?}",
+        again.header("location")
+    );
+    assert!(again.body.contains("decision"));
+}
+
+fn another_client_can_neither_spend_nor_revoke_a_code(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let as_spa = |code: &str| {
+        app.token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", WEBAPP_REDIRECT),
+                ("client_id", SPA),
+                ("code_verifier", &p.verifier),
+            ],
+            None,
+        )
+    };
+    // An unspent code presented by another client stays good for its own client.
+    let code = code_for_webapp(&app, &mut browser, &p);
+    assert_eq!(as_spa(&code).json()["error"], "invalid_grant");
+    assert_eq!(
+        redeem(&app, &code, &p.verifier).status,
+        200,
+        "not spent by the other client"
+    );
+
+    // A spent code presented by another client does not revoke the tokens it gave.
+    let mut conn = app.db.connect();
+    let live = |conn: &mut gatehouse::storage::DbConnection| -> i64 {
+        token_families::table
+            .filter(token_families::revoked_at.is_null())
+            .count()
+            .get_result(conn)
+            .unwrap()
+    };
+    assert_eq!(live(&mut conn), 1);
+    assert_eq!(as_spa(&code).json()["error"], "invalid_grant");
+    assert_eq!(
+        live(&mut conn),
+        1,
+        "another client's replay revokes nothing"
+    );
+    assert_eq!(
+        redeem(&app, &code, &p.verifier).json()["error"],
+        "invalid_grant"
+    );
+    assert_eq!(
+        live(&mut conn),
+        0,
+        "the owning client's replay revokes the family"
+    );
+}
+
+fn double_submitted_consent_does_not_fail(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let first = browser.get(&app.authorize_url(&webapp_params(&p, "read write")));
+    let after_login = app.login(&mut browser, &first);
+    let consent = browser.get(&app.url(after_login.header("location").unwrap()));
+    let fields = hidden_fields(&consent.body);
+    let mut form: Vec<(String, String)> = fields.clone();
+    form.push(("decision".into(), "allow".into()));
+    let cookies = browser.cookies.clone();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let clicks: Vec<_> = (0..6)
+            .map(|_| {
+                let form = form.clone();
+                let cookies = cookies.clone();
+                let url = app.url("/consent");
+                s.spawn(move || {
+                    let mut twin = Browser::new();
+                    twin.cookies = cookies;
+                    let pairs: Vec<(&str, &str)> =
+                        form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    twin.post_form(&url, &pairs).status
+                })
+            })
+            .collect();
+        clicks.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 303), "{statuses:?}");
+}
+
+fn our_form_fields_in_the_query_are_ignored(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let mut params = webapp_params(&p, "read");
+    params.push(("decision", "allow"));
+    let first = browser.get(&app.authorize_url(&params));
+    let after_login = app.login(&mut browser, &first);
+    let consent = browser.get(&app.url(after_login.header("location").unwrap()));
+    assert_eq!(consent.status, 200);
+    let fields = hidden_fields(&consent.body);
+    assert!(!fields.iter().any(|(k, _)| k == "decision"), "{fields:?}");
+    let allowed = app.decide(&mut browser, &consent, "allow");
+    assert_eq!(allowed.status, 303, "{}", allowed.body);
+
+    // The consent form's token is bound to the session it was shown in.
+    let consent = browser.get(&app.authorize_url(&webapp_params(&p, "read write")));
+    browser.cookies.remove("gatehouse_session");
+    let orphan = app.decide(&mut browser, &consent, "allow");
+    assert_eq!(orphan.status, 403);
+}
+
+#[test]
+fn failed_logins_log_no_username() {
+    let app = OAuthServer::start(TestDb::create(Backend::Sqlite).unwrap());
+    let mut browser = Browser::new();
+    let page = browser.get(&app.url("/login"));
+    let csrf = hidden_field(&page.body, "csrf_token").unwrap();
+    let typo = "MyPassw0rdTypedAsName";
+    let response = browser.post_form(
+        &app.url("/login"),
+        &[
+            ("username", typo),
+            ("password", "whatever"),
+            ("csrf_token", &csrf),
+            ("return_to", ""),
+        ],
+    );
+    assert_eq!(response.status, 401);
+    let logged = eventually(Duration::from_secs(10), || {
+        let logs = app.server.logs();
+        logs.iter()
+            .any(|l| l.contains("\"event\":\"login\""))
+            .then_some(logs)
+    })
+    .expect("the failed login is logged");
+    assert!(
+        logged.iter().all(|l| !l.contains(typo)),
+        "the username field never reaches the log"
+    );
 }
