@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::config::Settings;
 use crate::keys::KeyState;
 use crate::storage::codes::CodeRow;
+use crate::storage::tokens::{FamilyRow, RefreshRow};
 use crate::storage::{DbConnection, StorageError};
 
 use super::client::Client;
@@ -47,6 +48,8 @@ pub struct Notes {
     /// A more precise description for an error that oxide-auth reports without one.
     pub error_description: Option<&'static str>,
     pub redeemed_code: Option<CodeRow>,
+    /// The refresh token being exchanged and its family, found by `recover_refresh`.
+    pub presented_refresh: Option<(RefreshRow, FamilyRow)>,
     /// A storage failure behind a primitive's `Err(())`, kept for the log.
     pub failure: Option<StorageError>,
 }
@@ -61,6 +64,9 @@ pub struct FlowContext<'c> {
     /// A client id and secret the caller already verified against the stored hash, without
     /// holding a database connection while argon2 ran.
     pub verified_secret: Option<(String, String)>,
+    /// The client_id a public client named in the body; oxide-auth's refresh flow does not
+    /// read it, so the issuer checks it against the token's client.
+    pub claimed_client: Option<String>,
     pub notes: RefCell<Notes>,
 }
 
@@ -78,6 +84,7 @@ impl<'c> FlowContext<'c> {
             owner: None,
             decision: None,
             verified_secret: None,
+            claimed_client: None,
             notes: RefCell::new(Notes::default()),
         }
     }

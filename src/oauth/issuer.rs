@@ -1,4 +1,5 @@
-//! oxide-auth's Issuer: access tokens are signed JWTs, refresh tokens opaque digests.
+//! oxide-auth's Issuer: access tokens are signed JWTs, refresh tokens opaque digests that
+//! rotate on every use, with reuse detection over the whole family.
 
 use chrono::{TimeZone, Utc};
 use oxide_auth::endpoint::Issuer;
@@ -6,8 +7,10 @@ use oxide_auth::primitives::grant::Grant;
 use oxide_auth::primitives::issuer::{IssuedToken, RefreshedToken, TokenType};
 
 use super::context::FlowContext;
-use super::tokens::{issue_for_user, MintError};
+use super::tokens::{issue_for_user, rotate_refresh, MintError};
 use crate::config::GrantType;
+use crate::crypto::mac::digest_secret;
+use crate::storage::tokens::{self as token_store, FamilyRow};
 
 pub struct DbIssuer<'a> {
     pub ctx: &'a FlowContext<'a>,
@@ -32,10 +35,7 @@ impl Issuer for DbIssuer<'_> {
             GrantType::AuthorizationCode,
             code_hash.as_deref(),
         )
-        .map_err(|e| match e {
-            MintError::Storage(e) => ctx.fail(e),
-            MintError::Key(e) => tracing::error!(error = %e, "cannot sign an access token"),
-        })?;
+        .map_err(|e| self.mint_failed(e))?;
         Ok(IssuedToken {
             token: minted.access_token,
             refresh: minted.refresh_token,
@@ -44,17 +44,121 @@ impl Issuer for DbIssuer<'_> {
         })
     }
 
-    fn refresh(&mut self, _refresh: &str, _grant: Grant) -> Result<RefreshedToken, ()> {
-        // Only the authorization-code flow is given this issuer; the token endpoint answers
-        // other grant types before any flow runs.
-        Err(())
+    /// Called by oxide-auth's refresh flow after `recover_refresh` and client authentication,
+    /// with the grant's scope already narrowed to what the request asked for.
+    fn refresh(&mut self, _refresh: &str, grant: Grant) -> Result<RefreshedToken, ()> {
+        let ctx = self.ctx;
+        let (presented, family) = ctx.notes.borrow().presented_refresh.clone().ok_or(())?;
+        let client = ctx.client(&grant.client_id)?.ok_or(())?;
+        let scope = super::scope::to_string(&grant.scope);
+        let minted = match rotate_refresh(ctx, &client, &family, &presented, &scope) {
+            Ok(Some(minted)) => minted,
+            Ok(None) => {
+                // Another request rotated it a moment ago: the token was used twice.
+                self.reuse_detected(&family);
+                return Err(());
+            }
+            Err(e) => {
+                self.mint_failed(e);
+                return Err(());
+            }
+        };
+        Ok(RefreshedToken {
+            token: minted.access_token,
+            refresh: minted.refresh_token,
+            until: Utc.timestamp_opt(minted.expires_at, 0).single().ok_or(())?,
+            token_type: TokenType::Bearer,
+        })
     }
 
     fn recover_token<'t>(&'t self, _token: &'t str) -> Result<Option<Grant>, ()> {
         Ok(None)
     }
 
-    fn recover_refresh<'t>(&'t self, _token: &'t str) -> Result<Option<Grant>, ()> {
-        Ok(None)
+    /// Finds a live refresh token. A rotated one means reuse (RFC 9700 4.14.2): the whole
+    /// family is revoked, the newest tokens too.
+    fn recover_refresh<'t>(&'t self, token: &'t str) -> Result<Option<Grant>, ()> {
+        let ctx = self.ctx;
+        let found = {
+            let mut conn = ctx.conn();
+            match token_store::find_refresh(&mut conn, &digest_secret(token))
+                .map_err(|e| ctx.fail(e))?
+            {
+                Some(row) => token_store::find_family(&mut conn, &row.family_id)
+                    .map_err(|e| ctx.fail(e))?
+                    .map(|family| (row, family)),
+                None => None,
+            }
+        };
+        let Some((row, family)) = found else {
+            return Ok(self.refuse("the refresh token is invalid"));
+        };
+        if ctx
+            .claimed_client
+            .as_deref()
+            .is_some_and(|claimed| claimed != row.client_id)
+        {
+            return Ok(self.refuse("the refresh token was issued to another client"));
+        }
+        if row.rotated_at.is_some() {
+            self.reuse_detected(&family);
+            return Ok(None);
+        }
+        if family.revoked_at.is_some() {
+            return Ok(self.refuse("the refresh token was revoked"));
+        }
+        if row.idle_expires_at <= ctx.now || family.expires_at <= ctx.now {
+            return Ok(self.refuse("the refresh token has expired"));
+        }
+        let client = ctx.client(&row.client_id)?;
+        if !client.is_some_and(|c| c.allows(GrantType::RefreshToken)) {
+            return Ok(self.refuse("this client may no longer use refresh tokens"));
+        }
+        let grant = Grant {
+            owner_id: family
+                .user_id
+                .clone()
+                .unwrap_or_else(|| family.client_id.clone()),
+            client_id: row.client_id.clone(),
+            scope: super::scope::parse(&row.scope).ok_or(())?,
+            redirect_uri: url::Url::parse(&ctx.settings.issuer).map_err(|_| ())?,
+            until: Utc
+                .timestamp_opt(row.idle_expires_at.min(family.expires_at), 0)
+                .single()
+                .ok_or(())?,
+            extensions: Default::default(),
+        };
+        ctx.notes.borrow_mut().presented_refresh = Some((row, family));
+        Ok(Some(grant))
+    }
+}
+
+impl DbIssuer<'_> {
+    fn refuse(&self, description: &'static str) -> Option<Grant> {
+        self.ctx.notes.borrow_mut().invalid_grant = Some(description);
+        None
+    }
+
+    fn reuse_detected(&self, family: &FamilyRow) {
+        let ctx = self.ctx;
+        tracing::warn!(
+            target: "gatehouse::audit",
+            event = "refresh_reuse_detected",
+            client_id = %family.client_id,
+            family_id = %family.id,
+            "a rotated refresh token was presented again; revoking its family"
+        );
+        if let Err(e) = token_store::revoke_family(&mut ctx.conn(), &family.id, ctx.now) {
+            ctx.fail(e);
+        }
+        ctx.notes.borrow_mut().invalid_grant =
+            Some("the refresh token was already used; every token of its grant is revoked");
+    }
+
+    fn mint_failed(&self, error: MintError) {
+        match error {
+            MintError::Storage(e) => self.ctx.fail(e),
+            MintError::Key(e) => tracing::error!(error = %e, "cannot sign an access token"),
+        }
     }
 }

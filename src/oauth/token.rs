@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use oxide_auth::endpoint::AccessTokenFlow;
+use oxide_auth::endpoint::{AccessTokenFlow, RefreshFlow};
+use oxide_auth_actix::{OAuthResponse, WebError};
 use serde_json::{json, Map, Value};
 
 use super::context::FlowContext;
@@ -187,6 +188,14 @@ pub fn token(
             request.basic,
             verified_secret,
         ),
+        Some("refresh_token") => refresh_token(
+            conn,
+            settings,
+            keys,
+            request.body,
+            request.basic,
+            verified_secret,
+        ),
         Some(_) => Ok(TokenAnswer::error(
             400,
             "unsupported_grant_type",
@@ -225,12 +234,63 @@ fn authorization_code(
         flow.allow_credentials_in_body(true);
         flow.execute(request)
     });
+    finish(&ctx, result)
+}
+
+/// RFC 6749 6 through oxide-auth's refresh flow. That flow reads client credentials only
+/// from a Basic header, so credentials sent in the body are moved there first; a public
+/// client's `client_id` is checked against the token's client by the issuer.
+fn refresh_token(
+    conn: &mut DbConnection,
+    settings: &Settings,
+    keys: Arc<KeyState>,
+    body: Params,
+    basic: Option<BasicCredentials>,
+    verified_secret: Option<(String, String)>,
+) -> Result<TokenAnswer, StorageError> {
+    let posted = match (body.get("client_id"), body.get("client_secret")) {
+        (Some(client_id), Some(secret)) if basic.is_none() => Some(BasicCredentials {
+            client_id: client_id.to_owned(),
+            secret: secret.to_owned(),
+        }),
+        _ => None,
+    };
+    let mut ctx = FlowContext::new(conn, settings, keys);
+    ctx.verified_secret = verified_secret;
+    let (basic, body) = match posted {
+        Some(posted) => (Some(posted), body.without(&["client_id", "client_secret"])),
+        None => {
+            ctx.claimed_client = body.get("client_id").map(str::to_owned);
+            (basic, body)
+        }
+    };
+    let request = FlowRequest::new(
+        &Params::default(),
+        &body,
+        basic.as_ref().map(BasicCredentials::to_header),
+    );
+    let result = RefreshFlow::prepare(GatehouseEndpoint::new(&ctx))
+        .and_then(|mut flow| flow.execute(request));
+    finish(&ctx, result)
+}
+
+/// Turns a flow's outcome and the notes its primitives left into the answer.
+fn finish(
+    ctx: &FlowContext<'_>,
+    result: Result<OAuthResponse, WebError>,
+) -> Result<TokenAnswer, StorageError> {
     let notes = ctx.take_notes();
     if let Some(failure) = notes.failure {
         return Err(failure);
     }
-    let response =
-        result.map_err(|e| StorageError::Corrupt(format!("token flow failed: {e:?}")))?;
+    let response = match (result, notes.invalid_grant) {
+        (Ok(response), _) => response,
+        // A primitive refused (e.g. a refresh token rotated concurrently) and said why.
+        (Err(_), Some(description)) => {
+            return Ok(TokenAnswer::error(400, "invalid_grant", description))
+        }
+        (Err(e), None) => return Err(StorageError::Corrupt(format!("token flow failed: {e:?}"))),
+    };
     let raw: Value = response
         .get_body()
         .and_then(|b| serde_json::from_str(&b).ok())
@@ -238,7 +298,7 @@ fn authorization_code(
     Ok(rfc_answer(
         raw,
         notes.invalid_grant,
-        settings.tokens.access_ttl.as_secs(),
+        ctx.settings.tokens.access_ttl.as_secs(),
     ))
 }
 

@@ -38,6 +38,62 @@ pub enum MintError {
     Key(#[from] crate::keys::KeyError),
 }
 
+/// A signed access token and the row that lets a family revocation reach it.
+struct SignedAccess {
+    token: String,
+    expires_at: i64,
+    row: AccessRow,
+}
+
+fn sign_access(
+    ctx: &FlowContext<'_>,
+    client: &Client,
+    subject: &str,
+    scope: &str,
+    family_id: Option<&str>,
+) -> Result<SignedAccess, MintError> {
+    let now = ctx.now;
+    let jti = random::token::<16>();
+    let expires_at = now + ctx.settings.tokens.access_ttl.as_secs() as i64;
+    let token = ctx.keys.signing.sign_access_token(&AccessTokenClaims {
+        iss: &ctx.settings.issuer,
+        sub: subject,
+        aud: &client.audience,
+        exp: expires_at,
+        iat: now,
+        jti: &jti,
+        client_id: &client.id,
+        scope,
+    })?;
+    Ok(SignedAccess {
+        token,
+        expires_at,
+        row: AccessRow {
+            jti,
+            family_id: family_id.map(str::to_owned),
+            client_id: client.id.clone(),
+            expires_at,
+            revoked_at: None,
+        },
+    })
+}
+
+/// A new opaque refresh token of `family`, idle-limited but never beyond the family's end.
+fn new_refresh(ctx: &FlowContext<'_>, family: &FamilyRow, scope: &str) -> (String, RefreshRow) {
+    let token = random::token::<32>();
+    let row = RefreshRow {
+        token_hash: digest_secret(&token),
+        family_id: family.id.clone(),
+        client_id: family.client_id.clone(),
+        scope: scope.to_owned(),
+        created_at: ctx.now,
+        idle_expires_at: (ctx.now + ctx.settings.tokens.refresh_idle_ttl.as_secs() as i64)
+            .min(family.expires_at),
+        rotated_at: None,
+    };
+    (token, row)
+}
+
 /// Issues an access token (and a refresh token when the client may refresh) for a user's
 /// grant, recorded as a new family. `code_hash` links the family to the redeemed code.
 pub fn issue_for_user(
@@ -48,7 +104,6 @@ pub fn issue_for_user(
     grant_type: GrantType,
     code_hash: Option<&str>,
 ) -> Result<Minted, MintError> {
-    let tokens = &ctx.settings.tokens;
     let now = ctx.now;
     let family = FamilyRow {
         id: uuid::Uuid::new_v4().to_string(),
@@ -57,42 +112,20 @@ pub fn issue_for_user(
         grant_type: grant_type.as_str().to_owned(),
         scope: scope.to_owned(),
         created_at: now,
-        expires_at: now + tokens.refresh_absolute_ttl.as_secs() as i64,
+        expires_at: now + ctx.settings.tokens.refresh_absolute_ttl.as_secs() as i64,
         revoked_at: None,
     };
-    let jti = random::token::<16>();
-    let expires_at = now + tokens.access_ttl.as_secs() as i64;
-    let access_token = ctx.keys.signing.sign_access_token(&AccessTokenClaims {
-        iss: &ctx.settings.issuer,
-        sub: user_id,
-        aud: &client.audience,
-        exp: expires_at,
-        iat: now,
-        jti: &jti,
-        client_id: &client.id,
-        scope,
-    })?;
-    let refresh_token = client
+    let access = sign_access(ctx, client, user_id, scope, Some(&family.id))?;
+    let refresh = client
         .allows(GrantType::RefreshToken)
-        .then(random::token::<32>);
-    let refresh_row = refresh_token.as_ref().map(|token| RefreshRow {
-        token_hash: digest_secret(token),
-        family_id: family.id.clone(),
-        client_id: client.id.clone(),
-        scope: scope.to_owned(),
-        created_at: now,
-        idle_expires_at: (now + tokens.refresh_idle_ttl.as_secs() as i64).min(family.expires_at),
-        rotated_at: None,
-    });
-    let access_row = AccessRow {
-        jti: jti.clone(),
-        family_id: Some(family.id.clone()),
-        client_id: client.id.clone(),
-        expires_at,
-        revoked_at: None,
-    };
+        .then(|| new_refresh(ctx, &family, scope));
     let mut conn = ctx.conn();
-    token_store::create_family(&mut conn, &family, refresh_row.as_ref(), &access_row)?;
+    token_store::create_family(
+        &mut conn,
+        &family,
+        refresh.as_ref().map(|(_, row)| row),
+        &access.row,
+    )?;
     if let Some(code_hash) = code_hash {
         if !code_store::link_family(&mut conn, code_hash, &family.id)? {
             // The code was replayed while we were issuing: the replay could not see this
@@ -103,8 +136,35 @@ pub fn issue_for_user(
         }
     }
     Ok(Minted {
-        access_token,
-        expires_at,
-        refresh_token,
+        access_token: access.token,
+        expires_at: access.expires_at,
+        refresh_token: refresh.map(|(token, _)| token),
     })
+}
+
+/// Rotates `presented` (a live refresh token of `family`): it is marked used and a new one
+/// takes its place, with the same scope (RFC 6749 6), beside an access token for `scope`
+/// (which may be narrower). `None` when another request rotated it first: that is reuse.
+pub fn rotate_refresh(
+    ctx: &FlowContext<'_>,
+    client: &Client,
+    family: &FamilyRow,
+    presented: &RefreshRow,
+    scope: &str,
+) -> Result<Option<Minted>, MintError> {
+    let subject = family.user_id.as_deref().unwrap_or(&client.id);
+    let access = sign_access(ctx, client, subject, scope, Some(&family.id))?;
+    let (token, row) = new_refresh(ctx, family, &presented.scope);
+    let rotated = token_store::rotate_refresh(
+        &mut ctx.conn(),
+        &presented.token_hash,
+        ctx.now,
+        &row,
+        &access.row,
+    )?;
+    Ok(rotated.then_some(Minted {
+        access_token: access.token,
+        expires_at: access.expires_at,
+        refresh_token: Some(token),
+    }))
 }

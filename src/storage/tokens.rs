@@ -65,6 +65,37 @@ pub fn create_family(
     })
 }
 
+/// Marks `old_hash` rotated and records its successor and the new access token, atomically.
+/// Returns false, writing nothing, when the token had been rotated already (by a concurrent
+/// request, or long ago): the caller must treat that as reuse.
+pub fn rotate_refresh(
+    conn: &mut DbConnection,
+    old_hash: &str,
+    now: i64,
+    successor: &RefreshRow,
+    access: &AccessRow,
+) -> StorageResult<bool> {
+    conn.transaction(|conn| {
+        let rotated = diesel::update(
+            refresh_tokens::table
+                .find(old_hash)
+                .filter(refresh_tokens::rotated_at.is_null()),
+        )
+        .set(refresh_tokens::rotated_at.eq(now))
+        .execute(conn)?;
+        if rotated == 0 {
+            return Ok(false);
+        }
+        diesel::insert_into(refresh_tokens::table)
+            .values(successor)
+            .execute(conn)?;
+        diesel::insert_into(access_tokens::table)
+            .values(access)
+            .execute(conn)?;
+        Ok(true)
+    })
+}
+
 /// Revokes the family and every access token recorded in it. Returns whether the family was
 /// live before this call.
 pub fn revoke_family(conn: &mut DbConnection, family_id: &str, now: i64) -> StorageResult<bool> {

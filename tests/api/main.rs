@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod health;
 mod keys;
+mod refresh;
 mod storage;
 mod users;
 mod well_known;

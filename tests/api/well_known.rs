@@ -78,5 +78,30 @@ fn metadata_names_the_issuer(db: TestDb) {
         metadata["jwks_uri"],
         "http://127.0.0.1:8080/.well-known/jwks.json"
     );
-    assert!(metadata["response_types_supported"].is_array());
+    assert_eq!(
+        metadata["authorization_endpoint"],
+        "http://127.0.0.1:8080/authorize"
+    );
+    assert_eq!(metadata["token_endpoint"], "http://127.0.0.1:8080/token");
+    assert_eq!(
+        metadata["response_types_supported"],
+        serde_json::json!(["code"])
+    );
+    assert_eq!(
+        metadata["grant_types_supported"],
+        serde_json::json!(["authorization_code", "refresh_token"]),
+        "exactly the grants /token serves"
+    );
+    assert_eq!(
+        metadata["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
+    assert_eq!(
+        metadata["token_endpoint_auth_methods_supported"],
+        serde_json::json!(["client_secret_basic", "client_secret_post", "none"])
+    );
+    assert_eq!(
+        metadata["authorization_response_iss_parameter_supported"],
+        true
+    );
 }

@@ -200,6 +200,49 @@ impl OAuthServer {
     }
 }
 
+impl OAuthServer {
+    /// The token response of a complete authorization-code flow for webapp and alice.
+    pub fn webapp_tokens(&self, scope: &str) -> serde_json::Value {
+        let mut browser = Browser::new();
+        let p = pkce();
+        let redirect = self.authorize_with_consent(
+            &mut browser,
+            &[
+                ("response_type", "code"),
+                ("client_id", WEBAPP),
+                ("redirect_uri", WEBAPP_REDIRECT),
+                ("scope", scope),
+                ("code_challenge", &p.challenge),
+                ("code_challenge_method", "S256"),
+            ],
+        );
+        let code = query_value(&redirect, "code").expect("a code");
+        let response = self.token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", WEBAPP_REDIRECT),
+                ("code_verifier", &p.verifier),
+            ],
+            Some((WEBAPP, WEBAPP_SECRET)),
+        );
+        assert_eq!(response.status, 200, "{}", response.body);
+        response.json()
+    }
+
+    /// POST /token with grant_type=refresh_token as webapp (Basic).
+    pub fn refresh(&self, refresh_token: &str, scope: Option<&str>) -> Response {
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ];
+        if let Some(scope) = scope {
+            form.push(("scope", scope));
+        }
+        self.token(&form, Some((WEBAPP, WEBAPP_SECRET)))
+    }
+}
+
 pub struct Pkce {
     pub verifier: String,
     pub challenge: String,

@@ -1,0 +1,197 @@
+use std::time::Duration;
+
+use diesel::prelude::*;
+use gatehouse::storage::schema::{access_tokens, token_families};
+use serde_json::Value;
+
+use crate::on_both_backends;
+use crate::support::*;
+
+on_both_backends!(
+    refresh_tokens_rotate_and_reuse_revokes_the_family,
+    a_refresh_token_is_bound_to_its_client,
+    scope_may_narrow_but_not_widen,
+    concurrent_refreshes_cannot_both_succeed,
+    idle_lifetime_is_enforced,
+    absolute_lifetime_is_enforced,
+);
+
+fn refresh_of(body: &Value) -> String {
+    body["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned()
+}
+
+fn live_families(app: &OAuthServer) -> i64 {
+    token_families::table
+        .filter(token_families::revoked_at.is_null())
+        .count()
+        .get_result(&mut app.db.connect())
+        .unwrap()
+}
+
+fn refresh_tokens_rotate_and_reuse_revokes_the_family(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let first = app.webapp_tokens("read");
+    let r1 = refresh_of(&first);
+
+    let second = app.refresh(&r1, None);
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(second.header("cache-control"), Some("no-store"));
+    let second = second.json();
+    assert_eq!(second["token_type"], "Bearer");
+    assert_eq!(second["scope"], "read");
+    let r2 = refresh_of(&second);
+    assert_ne!(r1, r2, "rotated on use");
+    assert_ne!(first["access_token"], second["access_token"]);
+
+    let third = app.refresh(&r2, None);
+    assert_eq!(third.status, 200, "{}", third.body);
+    let r3 = refresh_of(&third.json());
+
+    // r1 was rotated long ago: reuse. The whole family dies, the newest token too.
+    let reuse = app.refresh(&r1, None);
+    assert_eq!(reuse.status, 400);
+    assert_eq!(reuse.json()["error"], "invalid_grant");
+    assert_eq!(live_families(&app), 0);
+    let newest = app.refresh(&r3, None);
+    assert_eq!(
+        newest.json()["error"],
+        "invalid_grant",
+        "the newest token is revoked too"
+    );
+    let revoked_access: i64 = access_tokens::table
+        .filter(access_tokens::revoked_at.is_not_null())
+        .count()
+        .get_result(&mut app.db.connect())
+        .unwrap();
+    assert_eq!(
+        revoked_access, 3,
+        "every access token of the family is revoked"
+    );
+
+    let garbage = app.refresh("not-a-refresh-token", None);
+    assert_eq!(garbage.json()["error"], "invalid_grant");
+}
+
+fn a_refresh_token_is_bound_to_its_client(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let token = refresh_of(&app.webapp_tokens("read"));
+    let other = app.token(
+        &[("grant_type", "refresh_token"), ("refresh_token", &token)],
+        Some((OTHER, OTHER_SECRET)),
+    );
+    assert_eq!(other.status, 400, "{}", other.body);
+    assert_eq!(other.json()["error"], "invalid_grant");
+    let public = app.token(
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &token),
+            ("client_id", SPA),
+        ],
+        None,
+    );
+    assert_eq!(public.json()["error"], "invalid_grant", "{}", public.body);
+    let anonymous = app.token(
+        &[("grant_type", "refresh_token"), ("refresh_token", &token)],
+        None,
+    );
+    assert_eq!(
+        anonymous.status, 401,
+        "a confidential client's token needs its secret"
+    );
+    let wrong_secret = app.token(
+        &[("grant_type", "refresh_token"), ("refresh_token", &token)],
+        Some((WEBAPP, "wrong")),
+    );
+    assert_eq!(wrong_secret.status, 401);
+
+    // client_secret_post works as well as Basic, and the token was not spent above.
+    let post = app.token(
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &token),
+            ("client_id", WEBAPP),
+            ("client_secret", WEBAPP_SECRET),
+        ],
+        None,
+    );
+    assert_eq!(post.status, 200, "{}", post.body);
+}
+
+fn scope_may_narrow_but_not_widen(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let token = refresh_of(&app.webapp_tokens("read write"));
+    let wider = app.refresh(&token, Some("read write profile"));
+    assert_eq!(wider.status, 400);
+    assert_eq!(wider.json()["error"], "invalid_scope");
+
+    let narrower = app.refresh(&token, Some("read"));
+    assert_eq!(narrower.status, 200, "{}", narrower.body);
+    let narrower = narrower.json();
+    assert_eq!(narrower["scope"], "read");
+    let claims = jsonwebtoken::dangerous::insecure_decode::<Value>(
+        narrower["access_token"].as_str().unwrap(),
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["scope"], "read");
+    // RFC 6749 6: the new refresh token keeps the original scope.
+    let again = app.refresh(&refresh_of(&narrower), None);
+    assert_eq!(again.json()["scope"], "read write", "{}", again.body);
+}
+
+fn concurrent_refreshes_cannot_both_succeed(db: TestDb) {
+    let app = OAuthServer::start(db);
+    for _ in 0..3 {
+        let token = refresh_of(&app.webapp_tokens("read"));
+        let statuses: Vec<u16> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| app.refresh(&token, None).status))
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert!(
+            statuses.iter().filter(|s| **s == 200).count() <= 1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 400),
+            "{statuses:?}"
+        );
+    }
+    assert_eq!(
+        live_families(&app),
+        0,
+        "every raced family was caught as reuse"
+    );
+}
+
+fn idle_lifetime_is_enforced(db: TestDb) {
+    let app = OAuthServer::start_with(db, "refresh_idle_ttl = \"2s\"");
+    let token = refresh_of(&app.webapp_tokens("read"));
+    std::thread::sleep(Duration::from_millis(3100));
+    let idle = app.refresh(&token, None);
+    assert_eq!(idle.json()["error"], "invalid_grant", "{}", idle.body);
+}
+
+fn absolute_lifetime_is_enforced(db: TestDb) {
+    let app = OAuthServer::start_with(
+        db,
+        "refresh_idle_ttl = \"3s\"\nrefresh_absolute_ttl = \"4s\"",
+    );
+    let token = refresh_of(&app.webapp_tokens("read"));
+    std::thread::sleep(Duration::from_millis(2100));
+    let used = app.refresh(&token, None);
+    assert_eq!(used.status, 200, "within both lifetimes: {}", used.body);
+    let token = refresh_of(&used.json());
+    std::thread::sleep(Duration::from_millis(2600));
+    let late = app.refresh(&token, None);
+    assert_eq!(
+        late.json()["error"],
+        "invalid_grant",
+        "idle-fresh but past the family's end: {}",
+        late.body
+    );
+}
