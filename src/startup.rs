@@ -10,6 +10,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::config::Settings;
 use crate::crypto::mac::Mac;
+use crate::crypto::secret_cache::SecretCache;
 use crate::http::{self, AppState};
 use crate::keys::KeyRing;
 use crate::oauth::client_sync::sync_clients;
@@ -69,6 +70,7 @@ impl Application {
             pool: prepared.pool,
             keys: Arc::new(prepared.keys),
             csrf_mac: Arc::new(prepared.csrf_mac),
+            secret_cache: Arc::new(SecretCache::new()),
         };
         spawn_key_refresh(state.clone());
         spawn_housekeeping(state.clone());

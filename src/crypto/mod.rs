@@ -6,3 +6,4 @@ pub mod mac;
 pub mod password;
 pub mod random;
 pub mod secret_box;
+pub mod secret_cache;

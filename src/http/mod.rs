@@ -23,6 +23,7 @@ pub use error::HttpError;
 
 use crate::config::Settings;
 use crate::crypto::mac::Mac;
+use crate::crypto::secret_cache::SecretCache;
 use crate::keys::KeyRing;
 use crate::storage::Pool;
 
@@ -34,6 +35,7 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     pub metadata: web::Bytes,
     pub csrf_mac: Arc<Mac>,
+    pub secret_cache: Arc<SecretCache>,
 }
 
 impl AppState {

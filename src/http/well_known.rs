@@ -78,7 +78,7 @@ pub fn build_metadata(settings: &Settings) -> web::Bytes {
         scopes_supported: scopes,
         response_types_supported: vec!["code"],
         response_modes_supported: vec!["query"],
-        grant_types_supported: vec!["authorization_code", "refresh_token"],
+        grant_types_supported: vec!["authorization_code", "refresh_token", "client_credentials"],
         token_endpoint_auth_methods_supported: vec![
             "client_secret_basic",
             "client_secret_post",

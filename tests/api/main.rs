@@ -5,6 +5,7 @@ mod support;
 mod authorization_code;
 mod browser;
 mod cli;
+mod client_credentials;
 mod config;
 mod health;
 mod keys;

@@ -1,7 +1,5 @@
-use std::time::Duration;
-
 use diesel::prelude::*;
-use gatehouse::storage::schema::{access_tokens, token_families};
+use gatehouse::storage::schema::{access_tokens, refresh_tokens, token_families};
 use serde_json::Value;
 
 use crate::on_both_backends;
@@ -168,30 +166,47 @@ fn concurrent_refreshes_cannot_both_succeed(db: TestDb) {
     );
 }
 
+/// Lifetimes are checked by moving stored times into the past, as waiting would, and the
+/// configured values by reading what was stored.
 fn idle_lifetime_is_enforced(db: TestDb) {
-    let app = OAuthServer::start_with(db, "refresh_idle_ttl = \"2s\"");
+    let app = OAuthServer::start_with(db, "refresh_idle_ttl = \"2h\"");
     let token = refresh_of(&app.webapp_tokens("read"));
-    std::thread::sleep(Duration::from_millis(3100));
+    let mut conn = app.db.connect();
+    let (created, idle): (i64, i64) = refresh_tokens::table
+        .select((refresh_tokens::created_at, refresh_tokens::idle_expires_at))
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(idle - created, 2 * 3600, "tokens.refresh_idle_ttl applies");
+
+    diesel::update(refresh_tokens::table)
+        .set(refresh_tokens::idle_expires_at.eq(gatehouse::storage::now_unix() - 1))
+        .execute(&mut conn)
+        .unwrap();
     let idle = app.refresh(&token, None);
+    assert_eq!(idle.status, 400);
     assert_eq!(idle.json()["error"], "invalid_grant", "{}", idle.body);
 }
 
 fn absolute_lifetime_is_enforced(db: TestDb) {
-    let app = OAuthServer::start_with(
-        db,
-        "refresh_idle_ttl = \"3s\"\nrefresh_absolute_ttl = \"4s\"",
-    );
+    let app = OAuthServer::start_with(db, "refresh_absolute_ttl = \"30d\"");
     let token = refresh_of(&app.webapp_tokens("read"));
-    std::thread::sleep(Duration::from_millis(2100));
-    let used = app.refresh(&token, None);
-    assert_eq!(used.status, 200, "within both lifetimes: {}", used.body);
-    let token = refresh_of(&used.json());
-    std::thread::sleep(Duration::from_millis(2600));
-    let late = app.refresh(&token, None);
+    let mut conn = app.db.connect();
+    let (created, expires): (i64, i64) = token_families::table
+        .select((token_families::created_at, token_families::expires_at))
+        .first(&mut conn)
+        .unwrap();
     assert_eq!(
-        late.json()["error"],
-        "invalid_grant",
-        "idle-fresh but past the family's end: {}",
-        late.body
+        expires - created,
+        30 * 86400,
+        "tokens.refresh_absolute_ttl applies"
     );
+
+    // Idle-fresh, but the family's absolute end has passed.
+    diesel::update(token_families::table)
+        .set(token_families::expires_at.eq(gatehouse::storage::now_unix() - 1))
+        .execute(&mut conn)
+        .unwrap();
+    let late = app.refresh(&token, None);
+    assert_eq!(late.status, 400);
+    assert_eq!(late.json()["error"], "invalid_grant", "{}", late.body);
 }

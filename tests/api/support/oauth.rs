@@ -20,6 +20,9 @@ pub const FIRST_PARTY_REDIRECT: &str = "https://console.example.com/cb";
 pub const OTHER: &str = "other";
 pub const OTHER_SECRET: &str = "other-secret-0123456789";
 pub const AUDIENCE: &str = "https://api.example.com";
+pub const SERVICE: &str = "service";
+pub const SERVICE_SECRET: &str = OTHER_SECRET;
+pub const SERVICE_AUDIENCE: &str = "https://service.example.com";
 
 fn secret_hash(secret: &'static str, cell: &'static OnceLock<String>) -> &'static str {
     cell.get_or_init(|| gatehouse::crypto::password::hash(secret))
@@ -61,6 +64,15 @@ grant_types = ["authorization_code"]
 scopes = ["read"]
 default_scopes = ["read"]
 skip_consent = true
+
+[[clients]]
+id = "{SERVICE}"
+name = "Batch Service"
+secret_hash = "{other_hash}"
+grant_types = ["client_credentials"]
+scopes = ["read", "write"]
+default_scopes = ["read"]
+audience = ["{SERVICE_AUDIENCE}"]
 
 [[clients]]
 id = "{OTHER}"
