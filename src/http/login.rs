@@ -3,11 +3,10 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::credentials::{self, PasswordCheck};
 use super::pages::{self, LoginPage, LogoutPage};
 use super::{forms, session, AppState};
 use crate::accounts::MAX_PASSWORD_BYTES;
-use crate::crypto::password;
-use crate::storage::users as user_store;
 
 const LOGIN_FORM: &str = "login";
 const LOGOUT_FORM: &str = "logout";
@@ -72,43 +71,28 @@ pub async fn submit(
             Some(BAD_CREDENTIALS),
         );
     }
-    let lookup_name = username.clone();
-    let user = match super::run_blocking(&state.pool, move |conn| {
-        user_store::find_by_username(conn, &lookup_name)
-    })
-    .await
-    {
-        Ok(user) => user,
-        Err(e) => return pages::failure_page(e),
-    };
-    // Argon2 runs with no database connection held. Unknown, disabled and wrong-password
-    // users cost the same verification, so neither body nor timing tells them apart.
-    let hash = user.as_ref().map(|u| u.password_hash.clone());
-    let verified = web::block(move || match hash {
-        Some(hash) => password::verify(&password_text, &hash),
-        None => password::verify_dummy(&password_text),
-    })
-    .await
-    .unwrap_or(false);
-    let known_user_id = user.as_ref().map(|u| u.id.clone());
-    let Some(user) = user.filter(|u| verified && !u.disabled) else {
-        // Only ids are logged: a username field sometimes holds a mistyped password.
-        match known_user_id {
-            Some(user_id) => {
-                tracing::info!(target: "gatehouse::audit", event = "login", outcome = "failure", %user_id)
+    let user = match credentials::check_password(&state, &username, &password_text).await {
+        Ok(PasswordCheck::Passed(user)) => user,
+        Ok(PasswordCheck::Failed { user_id }) => {
+            // Only ids are logged: a username field sometimes holds a mistyped password.
+            match user_id {
+                Some(user_id) => {
+                    tracing::info!(target: "gatehouse::audit", event = "login", outcome = "failure", %user_id)
+                }
+                None => {
+                    tracing::info!(target: "gatehouse::audit", event = "login", outcome = "failure", "unknown user")
+                }
             }
-            None => {
-                tracing::info!(target: "gatehouse::audit", event = "login", outcome = "failure", "unknown user")
-            }
+            return render(
+                &req,
+                &state,
+                StatusCode::UNAUTHORIZED,
+                &return_to,
+                &username,
+                Some(BAD_CREDENTIALS),
+            );
         }
-        return render(
-            &req,
-            &state,
-            StatusCode::UNAUTHORIZED,
-            &return_to,
-            &username,
-            Some(BAD_CREDENTIALS),
-        );
+        Err(e) => return pages::failure_page(e),
     };
     let user_id = user.id.clone();
     match super::run_blocking(&state.pool, move |conn| session::start(conn, &user)).await {

@@ -3,6 +3,7 @@
 
 mod authorize;
 mod blocking;
+mod credentials;
 mod csrf;
 mod error;
 mod forms;

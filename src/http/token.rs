@@ -5,8 +5,9 @@ use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::credentials::{self, PasswordCheck};
 use super::{forms, AppState, HttpError};
-use crate::oauth::token::{self, TokenAnswer, TokenRequest};
+use crate::oauth::token::{self, TokenAnswer, TokenRequest, UserCheck, Verified};
 
 pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
     let Some(params) = forms::form_params(&req, &body) else {
@@ -35,45 +36,37 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
         Ok(request) => request,
         Err(refusal) => return answer(refusal),
     };
-    let secret_verified = match request.client_secret() {
-        Some((client_id, secret)) => match verify_secret(&state, client_id, secret).await {
-            Ok(true) => true,
+    let mut verified = Verified::default();
+    if let Some((client_id, secret)) = request.client_secret() {
+        match credentials::check_client_secret(&state, client_id, secret).await {
+            Ok(true) => verified.client_secret = true,
             Ok(false) => return answer(TokenAnswer::invalid_client()),
             Err(e) => return failure(e),
-        },
-        None => false,
-    };
+        }
+    }
+    // Only an authenticated client may make gatehouse spend a password verification.
+    if let Some((username, password)) = request
+        .password_credentials()
+        .filter(|_| verified.client_secret)
+    {
+        match credentials::check_password(&state, username, password).await {
+            Ok(PasswordCheck::Passed(user)) => {
+                verified.user = Some(UserCheck::Passed { user_id: user.id })
+            }
+            Ok(PasswordCheck::Failed { .. }) => verified.user = Some(UserCheck::Failed),
+            Err(e) => return failure(e),
+        }
+    }
     let settings = state.settings.clone();
     let keys = state.keys.current();
     let result = super::run_blocking(&state.pool, move |conn| {
-        token::token(conn, &settings, keys, request, secret_verified)
+        token::token(conn, &settings, keys, request, verified)
     })
     .await;
     match result {
         Ok(token_answer) => answer(token_answer),
         Err(e) => failure(e),
     }
-}
-
-/// Looks the client's hash up, then checks the secret: from the cache of verified secrets
-/// when it can (microseconds, on this thread), else with argon2 on the blocking pool with no
-/// database connection held, so requests queued for a hash cannot starve the pool.
-async fn verify_secret(state: &AppState, client_id: &str, secret: &str) -> Result<bool, HttpError> {
-    let id = client_id.to_owned();
-    let hash = super::run_blocking(&state.pool, move |conn| {
-        token::client_secret_hash(conn, &id)
-    })
-    .await?;
-    if let Some(hash) = &hash {
-        if state.secret_cache.recognises(client_id, secret, hash) {
-            return Ok(true);
-        }
-    }
-    let cache = state.secret_cache.clone();
-    let (id, secret) = (client_id.to_owned(), secret.to_owned());
-    web::block(move || cache.verify(&id, &secret, hash.as_deref()))
-        .await
-        .map_err(|e| HttpError::internal(format!("blocking task failed: {e}")))
 }
 
 fn answer(answer: TokenAnswer) -> HttpResponse {

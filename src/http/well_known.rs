@@ -78,7 +78,12 @@ pub fn build_metadata(settings: &Settings) -> web::Bytes {
         scopes_supported: scopes,
         response_types_supported: vec!["code"],
         response_modes_supported: vec!["query"],
-        grant_types_supported: vec!["authorization_code", "refresh_token", "client_credentials"],
+        grant_types_supported: vec![
+            "authorization_code",
+            "refresh_token",
+            "password",
+            "client_credentials",
+        ],
         token_endpoint_auth_methods_supported: vec![
             "client_secret_basic",
             "client_secret_post",

@@ -9,6 +9,7 @@ mod client_credentials;
 mod config;
 mod health;
 mod keys;
+mod password;
 mod refresh;
 mod storage;
 mod users;

@@ -89,7 +89,12 @@ fn metadata_names_the_issuer(db: TestDb) {
     );
     assert_eq!(
         metadata["grant_types_supported"],
-        serde_json::json!(["authorization_code", "refresh_token", "client_credentials"]),
+        serde_json::json!([
+            "authorization_code",
+            "refresh_token",
+            "password",
+            "client_credentials"
+        ]),
         "exactly the grants /token serves"
     );
     assert_eq!(

@@ -23,6 +23,8 @@ pub const AUDIENCE: &str = "https://api.example.com";
 pub const SERVICE: &str = "service";
 pub const SERVICE_SECRET: &str = OTHER_SECRET;
 pub const SERVICE_AUDIENCE: &str = "https://service.example.com";
+pub const LEGACY: &str = "legacy";
+pub const LEGACY_SECRET: &str = OTHER_SECRET;
 
 fn secret_hash(secret: &'static str, cell: &'static OnceLock<String>) -> &'static str {
     cell.get_or_init(|| gatehouse::crypto::password::hash(secret))
@@ -73,6 +75,14 @@ grant_types = ["client_credentials"]
 scopes = ["read", "write"]
 default_scopes = ["read"]
 audience = ["{SERVICE_AUDIENCE}"]
+
+[[clients]]
+id = "{LEGACY}"
+name = "Legacy App"
+secret_hash = "{other_hash}"
+grant_types = ["password", "refresh_token"]
+scopes = ["read", "write"]
+default_scopes = ["read"]
 
 [[clients]]
 id = "{OTHER}"
