@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod http;
 pub mod keys;
 pub mod oauth;
+pub mod ratelimit;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

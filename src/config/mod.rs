@@ -34,6 +34,7 @@ pub struct Settings {
     pub secrets: SecretSettings,
     pub tokens: TokenSettings,
     pub keys: KeySettings,
+    pub limits: LimitSettings,
     pub log: LogSettings,
     pub clients: Vec<ClientSettings>,
 }
@@ -79,6 +80,14 @@ pub struct TokenSettings {
 pub struct KeySettings {
     pub rsa_bits: u32,
     pub refresh_interval: Duration,
+}
+
+/// Budgets of failed password attempts within a sliding window.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    pub window: Duration,
+    pub failures_per_username: u32,
+    pub failures_per_ip: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,6 +17,7 @@ pub struct RawSettings {
     pub secrets: RawSecrets,
     pub tokens: RawTokens,
     pub keys: RawKeys,
+    pub limits: RawLimits,
     pub log: RawLog,
     #[serde(default)]
     pub clients: Vec<RawClient>,
@@ -67,6 +68,14 @@ pub struct RawTokens {
 pub struct RawKeys {
     pub rsa_bits: u32,
     pub refresh_interval: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub window: String,
+    pub failures_per_username: u32,
+    pub failures_per_ip: u32,
 }
 
 #[derive(Debug, Deserialize)]

@@ -133,6 +133,20 @@ pub fn validate(
     }
     let refresh_interval = p.duration("keys.refresh_interval", &raw.keys.refresh_interval);
 
+    let limits = LimitSettings {
+        window: p.duration("limits.window", &raw.limits.window),
+        failures_per_username: raw.limits.failures_per_username,
+        failures_per_ip: raw.limits.failures_per_ip,
+    };
+    for (key, value) in [
+        ("limits.failures_per_username", limits.failures_per_username),
+        ("limits.failures_per_ip", limits.failures_per_ip),
+    ] {
+        if value == 0 {
+            p.add(key, "must be at least 1");
+        }
+    }
+
     let format = match raw.log.format.as_str() {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
@@ -182,6 +196,7 @@ pub fn validate(
             rsa_bits: raw.keys.rsa_bits,
             refresh_interval,
         },
+        limits,
         log: LogSettings {
             format,
             level: raw.log.level,

@@ -6,7 +6,9 @@ use actix_web::web;
 
 use super::{AppState, HttpError};
 use crate::crypto::password;
+use crate::ratelimit::{self, Attempt, Verdict};
 use crate::storage::users::{self as user_store, UserRow};
+use crate::storage::{now_unix, StorageError};
 
 pub enum PasswordCheck {
     Passed(UserRow),
@@ -14,20 +16,39 @@ pub enum PasswordCheck {
     Failed {
         user_id: Option<String>,
     },
+    /// Too many recent failures for this username or address: refused unchecked.
+    Limited {
+        retry_after: u64,
+    },
 }
 
 /// Unknown, disabled and wrong-password users cost the same verification, so neither the
-/// answer nor its timing tells them apart.
+/// answer nor its timing tells them apart. Attempts past a failure budget are refused before
+/// any verification, and every failure is counted.
 pub async fn check_password(
     state: &AppState,
     username: &str,
     secret: &str,
+    ip: Option<String>,
 ) -> Result<PasswordCheck, HttpError> {
-    let name = username.to_owned();
-    let user = super::run_blocking(&state.pool, move |conn| {
-        user_store::find_by_username(conn, &name)
+    let settings = state.settings.clone();
+    let (name, address) = (username.to_owned(), ip.clone());
+    let (verdict, user) = super::run_blocking(&state.pool, move |conn| {
+        let attempt = Attempt {
+            username: &name,
+            ip: address.as_deref(),
+        };
+        let verdict = ratelimit::check(conn, &settings.limits, &attempt, now_unix())?;
+        let user = match verdict {
+            Verdict::Allowed => user_store::find_by_username(conn, &name)?,
+            Verdict::Limited { .. } => None,
+        };
+        Ok::<_, StorageError>((verdict, user))
     })
     .await?;
+    if let Verdict::Limited { retry_after } = verdict {
+        return Ok(PasswordCheck::Limited { retry_after });
+    }
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let secret = secret.to_owned();
     let verified = web::block(move || match hash {
@@ -36,12 +57,24 @@ pub async fn check_password(
     })
     .await
     .map_err(|e| HttpError::internal(format!("blocking task failed: {e}")))?;
-    Ok(match user {
-        Some(user) if verified && !user.disabled => PasswordCheck::Passed(user),
-        other => PasswordCheck::Failed {
-            user_id: other.map(|u| u.id),
-        },
-    })
+    match user {
+        Some(user) if verified && !user.disabled => Ok(PasswordCheck::Passed(user)),
+        other => {
+            let settings = state.settings.clone();
+            let name = username.to_owned();
+            super::run_blocking(&state.pool, move |conn| {
+                let attempt = Attempt {
+                    username: &name,
+                    ip: ip.as_deref(),
+                };
+                ratelimit::record_failure(conn, &settings.limits, &attempt, now_unix())
+            })
+            .await?;
+            Ok(PasswordCheck::Failed {
+                user_id: other.map(|u| u.id),
+            })
+        }
+    }
 }
 
 /// Checks a client secret: from the cache of verified secrets when it can (microseconds,
@@ -66,4 +99,11 @@ pub async fn check_client_secret(
     web::block(move || cache.verify(&id, &secret, hash.as_deref()))
         .await
         .map_err(|e| HttpError::internal(format!("blocking task failed: {e}")))
+}
+
+/// The address failures are counted against: the TCP peer. (Behind a reverse proxy every
+/// request shares the proxy's address; trusting X-Forwarded-For from configured proxies is
+/// not built yet.)
+pub fn client_ip(req: &actix_web::HttpRequest) -> Option<String> {
+    req.peer_addr().map(|addr| addr.ip().to_string())
 }

@@ -71,8 +71,24 @@ pub async fn submit(
             Some(BAD_CREDENTIALS),
         );
     }
-    let user = match credentials::check_password(&state, &username, &password_text).await {
+    let ip = credentials::client_ip(&req);
+    let user = match credentials::check_password(&state, &username, &password_text, ip).await {
         Ok(PasswordCheck::Passed(user)) => user,
+        Ok(PasswordCheck::Limited { retry_after }) => {
+            tracing::info!(target: "gatehouse::audit", event = "login", outcome = "rate_limited");
+            let minutes = retry_after.div_ceil(60);
+            let message = format!("Too many failed attempts. Try again in {minutes} minute(s).");
+            let mut response =
+                pages::error_page(StatusCode::TOO_MANY_REQUESTS, "Too many attempts", &message);
+            if let Ok(value) =
+                actix_web::http::header::HeaderValue::from_str(&retry_after.to_string())
+            {
+                response
+                    .headers_mut()
+                    .insert(actix_web::http::header::RETRY_AFTER, value);
+            }
+            return response;
+        }
         Ok(PasswordCheck::Failed { user_id }) => {
             // Only ids are logged: a username field sometimes holds a mistyped password.
             match user_id {

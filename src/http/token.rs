@@ -49,9 +49,19 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
         .password_credentials()
         .filter(|_| verified.client_secret)
     {
-        match credentials::check_password(&state, username, password).await {
+        let ip = credentials::client_ip(&req);
+        match credentials::check_password(&state, username, password, ip).await {
             Ok(PasswordCheck::Passed(user)) => {
                 verified.user = Some(UserCheck::Passed { user_id: user.id })
+            }
+            Ok(PasswordCheck::Limited { retry_after }) => {
+                let description =
+                    format!("too many failed attempts; retry after {retry_after} seconds");
+                let mut response = answer(TokenAnswer::error(429, "invalid_grant", &description));
+                if let Ok(value) = header::HeaderValue::from_str(&retry_after.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                return response;
             }
             Ok(PasswordCheck::Failed { .. }) => verified.user = Some(UserCheck::Failed),
             Err(e) => return failure(e),

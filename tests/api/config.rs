@@ -180,6 +180,17 @@ fn environment_overrides_file_and_names_the_key() {
     let output = check_config(
         dir.path(),
         Some(&config),
+        &[("GATEHOUSE__LIMITS__FAILURES_PER_IP", "0")],
+    );
+    assert!(
+        stderr(&output).contains("limits.failures_per_ip: must be at least 1"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = check_config(
+        dir.path(),
+        Some(&config),
         &[("GATEHOUSE__DATABASE__POOL_SIZE", "0")],
     );
     assert!(

@@ -10,6 +10,7 @@ mod config;
 mod health;
 mod keys;
 mod password;
+mod rate_limits;
 mod refresh;
 mod storage;
 mod users;

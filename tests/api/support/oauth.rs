@@ -112,7 +112,16 @@ impl OAuthServer {
 
     /// `tokens_extra` adds lines to the `[tokens]` table, e.g. `code_ttl = "1s"`.
     pub fn start_with(db: TestDb, tokens_extra: &str) -> OAuthServer {
-        let config = write_config(&db, "gatehouse.toml", &clients_toml(tokens_extra));
+        OAuthServer::start_configured(db, tokens_extra, "")
+    }
+
+    /// `sections` is TOML placed before the clients, e.g. a `[limits]` table.
+    pub fn start_configured(db: TestDb, tokens_extra: &str, sections: &str) -> OAuthServer {
+        let config = write_config(
+            &db,
+            "gatehouse.toml",
+            &format!("{sections}\n{}", clients_toml(tokens_extra)),
+        );
         let server = TestServer::start(&db, &config);
         let user = gatehouse::accounts::add_user(&mut db.connect(), USERNAME, PASSWORD)
             .expect("create alice");

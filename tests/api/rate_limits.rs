@@ -1,0 +1,98 @@
+use diesel::prelude::*;
+use gatehouse::storage::schema::auth_failures;
+
+use crate::on_both_backends;
+use crate::support::*;
+
+on_both_backends!(
+    a_username_past_its_budget_is_refused_even_with_the_right_password,
+    an_address_past_its_budget_is_refused_for_every_username,
+);
+
+const LIMITS: &str = "[limits]\nwindow = \"15m\"\nfailures_per_username = 3\nfailures_per_ip = 6\n";
+
+fn password_grant(app: &OAuthServer, username: &str, password: &str) -> Response {
+    app.token(
+        &[
+            ("grant_type", "password"),
+            ("username", username),
+            ("password", password),
+        ],
+        Some((LEGACY, LEGACY_SECRET)),
+    )
+}
+
+fn login(app: &OAuthServer, username: &str, password: &str) -> Response {
+    let mut browser = Browser::new();
+    let page = browser.get(&app.url("/login"));
+    let csrf = hidden_field(&page.body, "csrf_token").unwrap();
+    browser.post_form(
+        &app.url("/login"),
+        &[
+            ("username", username),
+            ("password", password),
+            ("csrf_token", &csrf),
+            ("return_to", ""),
+        ],
+    )
+}
+
+fn retry_after(response: &Response) -> u64 {
+    response
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds")
+}
+
+fn a_username_past_its_budget_is_refused_even_with_the_right_password(db: TestDb) {
+    let app = OAuthServer::start_configured(db, "", LIMITS);
+    gatehouse::accounts::add_user(&mut app.db.connect(), "bob", PASSWORD).unwrap();
+
+    assert_eq!(password_grant(&app, USERNAME, "wrong-1").status, 400);
+    assert_eq!(login(&app, USERNAME, "wrong-2").status, 401);
+    // A success in between refills nothing.
+    assert_eq!(password_grant(&app, USERNAME, PASSWORD).status, 200);
+    assert_eq!(password_grant(&app, USERNAME, "wrong-3").status, 400);
+
+    let refused = password_grant(&app, USERNAME, PASSWORD);
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.header("cache-control"), Some("no-store"));
+    assert!(
+        (1..=900).contains(&retry_after(&refused)),
+        "{:?}",
+        refused.header("retry-after")
+    );
+    let page = login(&app, USERNAME, PASSWORD);
+    assert_eq!(page.status, 429, "the login page shares the budget");
+    assert!(page.body.contains("role=\"alert\""));
+    assert!(page.header("retry-after").is_some());
+
+    assert_eq!(
+        password_grant(&app, "bob", PASSWORD).status,
+        200,
+        "other usernames are unaffected"
+    );
+
+    // When the window has passed, alice may try again.
+    diesel::update(auth_failures::table)
+        .set(auth_failures::occurred_at.eq(gatehouse::storage::now_unix() - 16 * 60))
+        .execute(&mut app.db.connect())
+        .unwrap();
+    assert_eq!(password_grant(&app, USERNAME, PASSWORD).status, 200);
+}
+
+fn an_address_past_its_budget_is_refused_for_every_username(db: TestDb) {
+    let app = OAuthServer::start_configured(db, "", LIMITS);
+    for i in 0..6 {
+        let response = password_grant(&app, &format!("nobody-{i}"), "guess");
+        assert_eq!(response.status, 400, "attempt {i}");
+    }
+    let refused = password_grant(&app, USERNAME, PASSWORD);
+    assert_eq!(
+        refused.status, 429,
+        "six failures from this address: {}",
+        refused.body
+    );
+    assert!(retry_after(&refused) > 0);
+}
