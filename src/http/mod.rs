@@ -11,6 +11,7 @@ mod health;
 mod login;
 mod pages;
 mod request_id;
+mod revocation;
 mod session;
 mod token;
 mod well_known;
@@ -67,6 +68,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/logout", web::get().to(login::logout_page))
         .route("/logout", web::post().to(login::logout))
         .route("/token", web::post().to(token::token))
+        .route("/revoke", web::post().to(revocation::revoke))
+        .route("/introspect", web::post().to(revocation::introspect))
         .route("/static/gatehouse.css", web::get().to(pages::stylesheet))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))

@@ -10,29 +10,7 @@ use super::{forms, AppState, HttpError};
 use crate::oauth::token::{self, TokenAnswer, TokenRequest, UserCheck, Verified};
 
 pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
-    let Some(params) = forms::form_params(&req, &body) else {
-        return answer(TokenAnswer::error(
-            400,
-            "invalid_request",
-            "the body must be application/x-www-form-urlencoded",
-        ));
-    };
-    let mut authorization = req.headers().get_all(header::AUTHORIZATION);
-    let header_value = match (authorization.next(), authorization.next()) {
-        (None, _) => None,
-        (Some(value), None) => match value.to_str() {
-            Ok(value) => Some(value.to_owned()),
-            Err(_) => return answer(TokenAnswer::invalid_client()),
-        },
-        (Some(_), Some(_)) => {
-            return answer(TokenAnswer::error(
-                400,
-                "invalid_request",
-                "more than one Authorization header",
-            ))
-        }
-    };
-    let request = match TokenRequest::parse(&params, header_value.as_deref()) {
+    let request = match read_request(&req, &body) {
         Ok(request) => request,
         Err(refusal) => return answer(refusal),
     };
@@ -79,7 +57,37 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
     }
 }
 
-fn answer(answer: TokenAnswer) -> HttpResponse {
+/// The form body and the Authorization header of a request to /token, /revoke or
+/// /introspect, checked for what needs no database.
+pub(super) fn read_request(req: &HttpRequest, body: &[u8]) -> Result<TokenRequest, TokenAnswer> {
+    let Some(params) = forms::form_params(req, body) else {
+        return Err(TokenAnswer::error(
+            400,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    };
+    let mut authorization = req.headers().get_all(header::AUTHORIZATION);
+    let header_value = match (authorization.next(), authorization.next()) {
+        (None, _) => None,
+        (Some(value), None) => Some(
+            value
+                .to_str()
+                .map_err(|_| TokenAnswer::invalid_client())?
+                .to_owned(),
+        ),
+        (Some(_), Some(_)) => {
+            return Err(TokenAnswer::error(
+                400,
+                "invalid_request",
+                "more than one Authorization header",
+            ))
+        }
+    };
+    TokenRequest::parse(&params, header_value.as_deref())
+}
+
+pub(super) fn answer(answer: TokenAnswer) -> HttpResponse {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = HttpResponse::build(status);
     response
@@ -91,7 +99,7 @@ fn answer(answer: TokenAnswer) -> HttpResponse {
     response.json(answer.body)
 }
 
-fn failure(error: HttpError) -> HttpResponse {
+pub(super) fn failure(error: HttpError) -> HttpResponse {
     let mut response = actix_web::ResponseError::error_response(&error);
     response
         .headers_mut()

@@ -5,7 +5,7 @@ use crate::crypto::secret_box::SecretBox;
 use crate::storage::keys::{self as key_store, PublicKeyRow};
 use crate::storage::{now_unix, DbConnection, StorageError};
 
-use super::{PreparedJwks, SigningKey};
+use super::{PreparedJwks, SigningKey, TokenVerifier};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -32,6 +32,7 @@ pub enum KeyError {
 pub struct KeyState {
     pub signing: Arc<SigningKey>,
     pub jwks: PreparedJwks,
+    pub verifier: TokenVerifier,
 }
 
 /// The keys this instance holds. Other instances (and `gatehouse keys rotate`) change the
@@ -133,5 +134,6 @@ fn load_state(
     Ok(KeyState {
         signing,
         jwks: PreparedJwks::build(&published),
+        verifier: TokenVerifier::new(&published),
     })
 }

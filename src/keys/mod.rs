@@ -4,10 +4,12 @@
 mod jwks;
 mod keyring;
 mod signing;
+mod verify;
 
 pub use jwks::PreparedJwks;
 pub use keyring::{rotate, KeyError, KeyRing, KeyState};
 pub use signing::SigningKey;
+pub use verify::{TokenVerifier, VerifiedClaims};
 
 /// Separates the AEAD key for signing keys from anything else derived from secrets.system.
 pub const SEAL_PURPOSE: &str = "signing-key";

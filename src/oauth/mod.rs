@@ -12,6 +12,7 @@ mod issuer;
 pub mod pkce;
 mod registrar;
 pub mod request;
+pub mod revocation;
 pub mod scope;
 pub mod token;
 pub mod tokens;

@@ -136,6 +136,11 @@ impl TokenRequest {
         Ok(TokenRequest { body, basic })
     }
 
+    /// A body parameter sent exactly once.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.body.get(name)
+    }
+
     /// For the password grant, the username and password to verify.
     pub fn password_credentials(&self) -> Option<(&str, &str)> {
         if self.body.get("grant_type") != Some("password") {

@@ -144,3 +144,43 @@ pub fn find_refresh(
         .first(conn)
         .optional()?)
 }
+
+/// Records an access token as revoked until it expires (a family member's row is updated;
+/// any other token gets a row of its own).
+pub fn revoke_access(
+    conn: &mut DbConnection,
+    jti: &str,
+    client_id: &str,
+    expires_at: i64,
+    now: i64,
+) -> StorageResult<()> {
+    let updated = diesel::update(
+        access_tokens::table
+            .find(jti)
+            .filter(access_tokens::revoked_at.is_null()),
+    )
+    .set(access_tokens::revoked_at.eq(now))
+    .execute(conn)?;
+    if updated == 1 || find_access(conn, jti)?.is_some() {
+        return Ok(());
+    }
+    let row = AccessRow {
+        jti: jti.to_owned(),
+        family_id: None,
+        client_id: client_id.to_owned(),
+        expires_at,
+        revoked_at: Some(now),
+    };
+    match diesel::insert_into(access_tokens::table)
+        .values(&row)
+        .execute(conn)
+    {
+        Ok(_) => Ok(()),
+        // A concurrent revocation of the same token got there first.
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

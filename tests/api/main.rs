@@ -12,6 +12,7 @@ mod keys;
 mod password;
 mod rate_limits;
 mod refresh;
+mod revocation;
 mod storage;
 mod users;
 mod well_known;

@@ -84,6 +84,18 @@ fn metadata_names_the_issuer(db: TestDb) {
     );
     assert_eq!(metadata["token_endpoint"], "http://127.0.0.1:8080/token");
     assert_eq!(
+        metadata["revocation_endpoint"],
+        "http://127.0.0.1:8080/revoke"
+    );
+    assert_eq!(
+        metadata["introspection_endpoint"],
+        "http://127.0.0.1:8080/introspect"
+    );
+    assert_eq!(
+        metadata["introspection_endpoint_auth_methods_supported"],
+        serde_json::json!(["client_secret_basic", "client_secret_post"])
+    );
+    assert_eq!(
         metadata["response_types_supported"],
         serde_json::json!(["code"])
     );

@@ -1,0 +1,115 @@
+//! POST /revoke (RFC 7009) and POST /introspect (RFC 7662).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::token::{answer, failure, read_request};
+use super::{credentials, AppState};
+use crate::oauth::revocation;
+use crate::oauth::token::{TokenAnswer, TokenRequest};
+
+/// Which clients an endpoint serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Callers {
+    /// Confidential clients with their secret, and public clients by client_id (RFC 7009 2.1).
+    AnyClient,
+    /// Confidential clients only (resource servers).
+    ConfidentialOnly,
+}
+
+/// The authenticated client's id, or the answer that refuses the request.
+async fn authenticate(
+    state: &AppState,
+    request: &TokenRequest,
+    callers: Callers,
+) -> Result<String, HttpResponse> {
+    if let Some((client_id, secret)) = request.client_secret() {
+        return match credentials::check_client_secret(state, client_id, secret).await {
+            Ok(true) => Ok(client_id.to_owned()),
+            Ok(false) => Err(answer(TokenAnswer::invalid_client())),
+            Err(e) => Err(failure(e)),
+        };
+    }
+    let Some(client_id) = request
+        .param("client_id")
+        .filter(|_| callers == Callers::AnyClient)
+    else {
+        return Err(answer(TokenAnswer::invalid_client()));
+    };
+    let id = client_id.to_owned();
+    let client = super::run_blocking(&state.pool, move |conn| {
+        crate::storage::clients::find(conn, &id)
+    })
+    .await;
+    match client {
+        Ok(Some(client)) if client.enabled && client.secret_hash.is_none() => {
+            Ok(client_id.to_owned())
+        }
+        Ok(_) => Err(answer(TokenAnswer::invalid_client())),
+        Err(e) => Err(failure(e)),
+    }
+}
+
+pub async fn revoke(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let request = match read_request(&req, &body) {
+        Ok(request) => request,
+        Err(refusal) => return answer(refusal),
+    };
+    let client_id = match authenticate(&state, &request, Callers::AnyClient).await {
+        Ok(client_id) => client_id,
+        Err(refusal) => return refusal,
+    };
+    let Some(token) = request.param("token").map(str::to_owned) else {
+        return answer(TokenAnswer::error(
+            400,
+            "invalid_request",
+            "token is required",
+        ));
+    };
+    let (settings, keys) = (state.settings.clone(), state.keys.current());
+    let revoked = super::run_blocking(&state.pool, move |conn| {
+        revocation::revoke(conn, &settings, &keys, &client_id, &token)
+    })
+    .await;
+    match revoked {
+        Ok(()) => answer(TokenAnswer {
+            status: 200,
+            body: serde_json::json!({}),
+        }),
+        Err(e) => failure(e),
+    }
+}
+
+pub async fn introspect(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let request = match read_request(&req, &body) {
+        Ok(request) => request,
+        Err(refusal) => return answer(refusal),
+    };
+    let client_id = match authenticate(&state, &request, Callers::ConfidentialOnly).await {
+        Ok(client_id) => client_id,
+        Err(refusal) => return refusal,
+    };
+    let Some(token) = request.param("token").map(str::to_owned) else {
+        return answer(TokenAnswer::error(
+            400,
+            "invalid_request",
+            "token is required",
+        ));
+    };
+    let (settings, keys) = (state.settings.clone(), state.keys.current());
+    let result = super::run_blocking(&state.pool, move |conn| {
+        revocation::introspect(conn, &settings, &keys, &client_id, &token)
+    })
+    .await;
+    match result {
+        Ok(body) => answer(TokenAnswer { status: 200, body }),
+        Err(e) => failure(e),
+    }
+}

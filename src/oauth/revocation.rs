@@ -1,0 +1,122 @@
+//! RFC 7009 revocation and RFC 7662 introspection. Both recognise our two kinds of token:
+//! a JWT access token (verified with our published keys, RS256 only) and an opaque refresh
+//! token (looked up by digest).
+
+use serde_json::{json, Value};
+
+use crate::config::Settings;
+use crate::crypto::mac::digest_secret;
+use crate::keys::{KeyState, VerifiedClaims};
+use crate::storage::tokens::{self as token_store, FamilyRow, RefreshRow};
+use crate::storage::{now_unix, DbConnection, StorageResult};
+
+/// What a presented token turned out to be.
+enum Presented {
+    Access(VerifiedClaims),
+    Refresh(RefreshRow, FamilyRow),
+    Unknown,
+}
+
+fn identify(
+    conn: &mut DbConnection,
+    settings: &Settings,
+    keys: &KeyState,
+    token: &str,
+) -> StorageResult<Presented> {
+    // A JWT has two dots; an opaque refresh token (base64url) has none.
+    if token.contains('.') {
+        return Ok(match keys.verifier.verify(token, &settings.issuer) {
+            Some(claims) => Presented::Access(claims),
+            None => Presented::Unknown,
+        });
+    }
+    let Some(row) = token_store::find_refresh(conn, &digest_secret(token))? else {
+        return Ok(Presented::Unknown);
+    };
+    Ok(match token_store::find_family(conn, &row.family_id)? {
+        Some(family) => Presented::Refresh(row, family),
+        None => Presented::Unknown,
+    })
+}
+
+/// Revokes `token` if it is `client_id`'s: a refresh token takes its whole family with it
+/// (and so every access token issued from it); an access token is recorded as revoked until
+/// it expires. Unknown tokens and other clients' tokens change nothing (RFC 7009 2.2: the
+/// answer is 200 either way, so a client cannot probe for tokens).
+pub fn revoke(
+    conn: &mut DbConnection,
+    settings: &Settings,
+    keys: &KeyState,
+    client_id: &str,
+    token: &str,
+) -> StorageResult<()> {
+    let now = now_unix();
+    match identify(conn, settings, keys, token)? {
+        Presented::Refresh(row, family) if row.client_id == client_id => {
+            token_store::revoke_family(conn, &family.id, now)?;
+            tracing::info!(target: "gatehouse::audit", event = "token_revoked", kind = "refresh_token", %client_id, family_id = %family.id);
+        }
+        Presented::Access(claims) if claims.client_id == client_id => {
+            token_store::revoke_access(conn, &claims.jti, client_id, claims.exp, now)?;
+            tracing::info!(target: "gatehouse::audit", event = "token_revoked", kind = "access_token", %client_id, jti = %claims.jti);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// RFC 7662 2.2. Access tokens may be introspected by any confidential client (resource
+/// servers); a refresh token only by the client it was issued to.
+pub fn introspect(
+    conn: &mut DbConnection,
+    settings: &Settings,
+    keys: &KeyState,
+    client_id: &str,
+    token: &str,
+) -> StorageResult<Value> {
+    let inactive = json!({"active": false});
+    let now = now_unix();
+    Ok(match identify(conn, settings, keys, token)? {
+        Presented::Access(claims) => {
+            let revoked = token_store::find_access(conn, &claims.jti)?
+                .is_some_and(|row| row.revoked_at.is_some());
+            if revoked {
+                inactive
+            } else {
+                json!({
+                    "active": true,
+                    "scope": claims.scope,
+                    "client_id": claims.client_id,
+                    "sub": claims.sub,
+                    "exp": claims.exp,
+                    "iat": claims.iat,
+                    "iss": claims.iss,
+                    "aud": claims.aud,
+                    "jti": claims.jti,
+                    "token_type": "Bearer",
+                })
+            }
+        }
+        Presented::Refresh(row, family) => {
+            let live = row.client_id == client_id
+                && row.rotated_at.is_none()
+                && family.revoked_at.is_none()
+                && row.idle_expires_at.min(family.expires_at) > now;
+            if live {
+                json!({
+                    "active": true,
+                    "scope": row.scope,
+                    "client_id": row.client_id,
+                    "sub": family.user_id.unwrap_or(family.client_id),
+                    "exp": row.idle_expires_at.min(family.expires_at),
+                    "iat": row.created_at,
+                    "iss": settings.issuer,
+                    "token_type": "refresh_token",
+                })
+            } else {
+                inactive
+            }
+        }
+        Presented::Unknown => inactive,
+    })
+}

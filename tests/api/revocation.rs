@@ -1,0 +1,287 @@
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use gatehouse::crypto::secret_box::SecretBox;
+use gatehouse::keys::SigningKey;
+use serde_json::{json, Value};
+
+use crate::on_both_backends;
+use crate::support::*;
+
+on_both_backends!(
+    introspection_reports_live_tokens,
+    revoking_a_refresh_token_ends_its_whole_grant,
+    revoking_an_access_token_and_other_clients_tokens,
+    forged_and_expired_tokens_are_inactive,
+    only_the_right_clients_may_call,
+);
+
+fn form_call(
+    app: &OAuthServer,
+    path: &str,
+    form: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> Response {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form.iter())
+        .finish();
+    let mut request = http()
+        .post(&app.url(path))
+        .header("Content-Type", "application/x-www-form-urlencoded");
+    if let Some((id, secret)) = basic {
+        use base64::engine::general_purpose::STANDARD;
+        request = request.header(
+            "Authorization",
+            format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))),
+        );
+    }
+    Response::from_ureq(request.send(body.as_bytes()).unwrap())
+}
+
+/// A resource server (the service client) asks about a token.
+fn introspect(app: &OAuthServer, token: &str) -> Value {
+    let response = form_call(
+        app,
+        "/introspect",
+        &[("token", token)],
+        Some((SERVICE, SERVICE_SECRET)),
+    );
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.header("cache-control"), Some("no-store"));
+    response.json()
+}
+
+fn revoke(app: &OAuthServer, token: &str, client: (&str, &str)) -> Response {
+    form_call(app, "/revoke", &[("token", token)], Some(client))
+}
+
+fn introspection_reports_live_tokens(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let tokens = app.webapp_tokens("read");
+    let access = introspect(&app, tokens["access_token"].as_str().unwrap());
+    assert_eq!(access["active"], true);
+    assert_eq!(access["scope"], "read");
+    assert_eq!(access["client_id"], WEBAPP);
+    assert_eq!(access["sub"], app.user_id.as_str());
+    assert_eq!(access["iss"], "http://127.0.0.1:8080");
+    assert_eq!(access["aud"], json!([AUDIENCE]));
+    assert_eq!(access["token_type"], "Bearer");
+    assert!(access["exp"].as_i64().unwrap() > access["iat"].as_i64().unwrap());
+    assert!(access["jti"].is_string());
+
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let own = form_call(
+        &app,
+        "/introspect",
+        &[("token", refresh)],
+        Some((WEBAPP, WEBAPP_SECRET)),
+    )
+    .json();
+    assert_eq!(own["active"], true);
+    assert_eq!(own["token_type"], "refresh_token");
+    assert_eq!(own["client_id"], WEBAPP);
+    assert_eq!(
+        introspect(&app, refresh),
+        json!({"active": false}),
+        "another client's refresh token"
+    );
+    assert_eq!(introspect(&app, "no-such-token"), json!({"active": false}));
+}
+
+fn revoking_a_refresh_token_ends_its_whole_grant(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let first = app.webapp_tokens("read");
+    let refreshed = app
+        .refresh(first["refresh_token"].as_str().unwrap(), None)
+        .json();
+    let refresh = refreshed["refresh_token"].as_str().unwrap();
+
+    let response = revoke(&app, refresh, (WEBAPP, WEBAPP_SECRET));
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(app.refresh(refresh, None).json()["error"], "invalid_grant");
+    for token in [&first["access_token"], &refreshed["access_token"]] {
+        assert_eq!(
+            introspect(&app, token.as_str().unwrap()),
+            json!({"active": false})
+        );
+    }
+    assert_eq!(
+        revoke(&app, refresh, (WEBAPP, WEBAPP_SECRET)).status,
+        200,
+        "already revoked: still 200"
+    );
+    assert_eq!(
+        revoke(&app, "unknown-token", (WEBAPP, WEBAPP_SECRET)).status,
+        200
+    );
+}
+
+fn revoking_an_access_token_and_other_clients_tokens(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let tokens = app.webapp_tokens("read");
+    let access = tokens["access_token"].as_str().unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+
+    // Another client's attempt changes nothing.
+    assert_eq!(revoke(&app, access, (OTHER, OTHER_SECRET)).status, 200);
+    assert_eq!(revoke(&app, refresh, (OTHER, OTHER_SECRET)).status, 200);
+    assert_eq!(introspect(&app, access)["active"], true);
+    assert_eq!(app.refresh(refresh, None).status, 200);
+
+    // A client-credentials token has no family; its jti is recorded as revoked.
+    let service = app
+        .token(
+            &[("grant_type", "client_credentials")],
+            Some((SERVICE, SERVICE_SECRET)),
+        )
+        .json();
+    let service_token = service["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&app, service_token)["active"], true);
+    assert_eq!(
+        revoke(&app, service_token, (SERVICE, SERVICE_SECRET)).status,
+        200
+    );
+    assert_eq!(introspect(&app, service_token), json!({"active": false}));
+}
+
+fn sign(db: &TestDb, claims: &Value) -> String {
+    let mut conn = db.connect();
+    let row = gatehouse::storage::keys::active(&mut conn)
+        .unwrap()
+        .unwrap();
+    let seal = SecretBox::new(SYSTEM_SECRET, gatehouse::keys::SEAL_PURPOSE);
+    SigningKey::from_row(&row, &seal)
+        .unwrap()
+        .sign_access_token(claims)
+        .unwrap()
+}
+
+fn forged_and_expired_tokens_are_inactive(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let now = gatehouse::storage::now_unix();
+    let claims = |exp: i64| {
+        json!({"iss": "http://127.0.0.1:8080", "sub": "u", "aud": [AUDIENCE], "exp": exp, "iat": now,
+               "jti": format!("j{exp}"), "client_id": WEBAPP, "scope": "read"})
+    };
+    let good = sign(&app.db, &claims(now + 600));
+    assert_eq!(
+        introspect(&app, &good)["active"],
+        true,
+        "the control: our own live token"
+    );
+
+    let expired = sign(&app.db, &claims(now - 10));
+    assert_eq!(
+        introspect(&app, &expired),
+        json!({"active": false}),
+        "expired"
+    );
+
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    parts[1] = URL_SAFE_NO_PAD.encode(claims(now + 6000).to_string());
+    assert_eq!(
+        introspect(&app, &parts.join(".")),
+        json!({"active": false}),
+        "tampered"
+    );
+
+    let none_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"at+jwt"}"#);
+    let unsigned = format!(
+        "{none_header}.{}.",
+        URL_SAFE_NO_PAD.encode(claims(now + 600).to_string())
+    );
+    assert_eq!(
+        introspect(&app, &unsigned),
+        json!({"active": false}),
+        "alg=none"
+    );
+
+    // HS256 keyed with the public key (the classic algorithm-confusion forgery).
+    let jwks = get(&app.url("/.well-known/jwks.json"), &[]).json();
+    let kid = jwks["keys"][0]["kid"].as_str().unwrap().to_owned();
+    let n = URL_SAFE_NO_PAD
+        .decode(jwks["keys"][0]["n"].as_str().unwrap())
+        .unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(kid.clone());
+    let hs256 = jsonwebtoken::encode(
+        &header,
+        &claims(now + 600),
+        &jsonwebtoken::EncodingKey::from_secret(&n),
+    )
+    .unwrap();
+    assert_eq!(
+        introspect(&app, &hs256),
+        json!({"active": false}),
+        "HS256 with the public key"
+    );
+
+    // Signed by a key that was never published.
+    let stranger = SecretBox::new(
+        "another-system-secret-0123456789abcdef",
+        gatehouse::keys::SEAL_PURPOSE,
+    );
+    let (unknown_key, _) = SigningKey::generate(2048, &stranger, now).unwrap();
+    let unknown = unknown_key.sign_access_token(&claims(now + 600)).unwrap();
+    assert_eq!(
+        introspect(&app, &unknown),
+        json!({"active": false}),
+        "unknown kid"
+    );
+
+    // Another issuer's token, signed with our key.
+    let mut foreign = claims(now + 600);
+    foreign["iss"] = json!("https://evil.example.com");
+    assert_eq!(
+        introspect(&app, &sign(&app.db, &foreign)),
+        json!({"active": false}),
+        "wrong iss"
+    );
+}
+
+fn only_the_right_clients_may_call(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let token = app.webapp_tokens("read")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let public = form_call(
+        &app,
+        "/introspect",
+        &[("token", &token), ("client_id", SPA)],
+        None,
+    );
+    assert_eq!(public.status, 401, "a public client cannot introspect");
+    assert_eq!(public.json()["error"], "invalid_client");
+    let anonymous = form_call(&app, "/introspect", &[("token", &token)], None);
+    assert_eq!(anonymous.status, 401);
+    let wrong = form_call(
+        &app,
+        "/introspect",
+        &[("token", &token)],
+        Some((SERVICE, "wrong")),
+    );
+    assert_eq!(wrong.status, 401);
+    let missing = form_call(&app, "/introspect", &[], Some((SERVICE, SERVICE_SECRET)));
+    assert_eq!(missing.json()["error"], "invalid_request");
+
+    // RFC 7009 2.1: a public client revokes by client_id alone.
+    let by_public = form_call(
+        &app,
+        "/revoke",
+        &[("token", "whatever"), ("client_id", SPA)],
+        None,
+    );
+    assert_eq!(by_public.status, 200, "{}", by_public.body);
+    let unauthenticated = form_call(&app, "/revoke", &[("token", &token)], None);
+    assert_eq!(unauthenticated.status, 401);
+    let impostor = form_call(
+        &app,
+        "/revoke",
+        &[("token", &token), ("client_id", WEBAPP)],
+        None,
+    );
+    assert_eq!(
+        impostor.status, 401,
+        "a confidential client must authenticate"
+    );
+}
