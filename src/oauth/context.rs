@@ -5,7 +5,7 @@
 use std::cell::{RefCell, RefMut};
 use std::sync::Arc;
 
-use crate::config::Settings;
+use crate::config::{GrantType, Settings};
 use crate::keys::KeyState;
 use crate::storage::codes::CodeRow;
 use crate::storage::tokens::{FamilyRow, RefreshRow};
@@ -67,6 +67,8 @@ pub struct FlowContext<'c> {
     /// The client_id a public client named in the body; oxide-auth's refresh flow does not
     /// read it, so the issuer checks it against the token's client.
     pub claimed_client: Option<String>,
+    /// The grant the Issuer records a new family under.
+    pub grant_type: GrantType,
     pub notes: RefCell<Notes>,
 }
 
@@ -85,6 +87,7 @@ impl<'c> FlowContext<'c> {
             decision: None,
             verified_secret: None,
             claimed_client: None,
+            grant_type: GrantType::AuthorizationCode,
             notes: RefCell::new(Notes::default()),
         }
     }

@@ -32,7 +32,7 @@ impl Issuer for DbIssuer<'_> {
             &client,
             &grant.owner_id,
             &scope,
-            GrantType::AuthorizationCode,
+            ctx.grant_type,
             code_hash.as_deref(),
         )
         .map_err(|e| self.mint_failed(e))?;

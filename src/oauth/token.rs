@@ -11,12 +11,18 @@ use serde_json::{json, Map, Value};
 
 use super::context::FlowContext;
 use super::endpoint::GatehouseEndpoint;
+use super::issuer::DbIssuer;
+use super::registrar::DbRegistrar;
 use super::request::{FlowRequest, Params};
+use crate::config::GrantType;
 use crate::config::Settings;
 use crate::crypto::mac::digest_secret;
 use crate::keys::KeyState;
 use crate::storage::codes as code_store;
 use crate::storage::{DbConnection, StorageError};
+use oxide_auth::endpoint::{Issuer, Registrar};
+use oxide_auth::primitives::grant::Grant;
+use oxide_auth::primitives::registrar::RegistrarError;
 
 /// A token endpoint answer: status and JSON body. `Cache-Control: no-store` and
 /// `Pragma: no-cache` are added by the HTTP layer to every one of them.
@@ -313,21 +319,25 @@ fn password(
     request: &TokenRequest,
     verified: Verified,
 ) -> Result<TokenAnswer, StorageError> {
-    let Some((client_id, _)) = request.client_secret().filter(|_| verified.client_secret) else {
+    let Some((client_id, secret)) = request.client_secret().filter(|_| verified.client_secret)
+    else {
         return Ok(TokenAnswer::invalid_client());
     };
-    let ctx = FlowContext::new(conn, settings, keys);
+    let mut ctx = FlowContext::new(conn, settings, keys);
+    ctx.verified_secret = Some((client_id.to_owned(), secret.to_owned()));
+    ctx.grant_type = GrantType::Password;
+    // The client check goes through the Registrar, as in every oxide-auth flow.
+    match (DbRegistrar { ctx: &ctx }).check(client_id, Some(secret.as_bytes())) {
+        Ok(()) => {}
+        Err(RegistrarError::Unspecified) => return Ok(TokenAnswer::invalid_client()),
+        Err(_) => return Err(failure_of(&ctx)),
+    }
     let client = match ctx.client(client_id) {
         Ok(Some(client)) => client,
         Ok(None) => return Ok(TokenAnswer::invalid_client()),
-        Err(()) => {
-            return Err(ctx
-                .take_notes()
-                .failure
-                .unwrap_or_else(|| StorageError::Corrupt("client".into())))
-        }
+        Err(()) => return Err(failure_of(&ctx)),
     };
-    if !client.allows(crate::config::GrantType::Password) {
+    if !client.allows(GrantType::Password) {
         return Ok(TokenAnswer::error(
             400,
             "unauthorized_client",
@@ -356,28 +366,35 @@ fn password(
             "the requested scope is not allowed for this client",
         ));
     };
-    let minted = match super::tokens::issue_for_user(
-        &ctx,
-        &client,
-        &user_id,
-        &scope,
-        crate::config::GrantType::Password,
-        None,
-    ) {
-        Ok(minted) => minted,
-        Err(super::tokens::MintError::Storage(e)) => return Err(e),
-        Err(super::tokens::MintError::Key(e)) => return Err(StorageError::Corrupt(e.to_string())),
+    // Tokens come from the Issuer, which records the grant as a family of its own.
+    let grant = Grant {
+        owner_id: user_id,
+        client_id: client.id.clone(),
+        scope: super::scope::parse(&scope).ok_or_else(|| StorageError::Corrupt("scope".into()))?,
+        redirect_uri: url::Url::parse(&settings.issuer)
+            .map_err(|_| StorageError::Corrupt("issuer".into()))?,
+        until: chrono::Utc::now(),
+        extensions: Default::default(),
     };
+    let issued = (DbIssuer { ctx: &ctx })
+        .issue(grant)
+        .map_err(|()| failure_of(&ctx))?;
     let mut body = json!({
-        "access_token": minted.access_token,
+        "access_token": issued.token,
         "token_type": "Bearer",
         "expires_in": settings.tokens.access_ttl.as_secs(),
         "scope": scope,
     });
-    if let Some(refresh) = minted.refresh_token {
+    if let Some(refresh) = issued.refresh {
         body["refresh_token"] = Value::String(refresh);
     }
     Ok(TokenAnswer { status: 200, body })
+}
+
+fn failure_of(ctx: &FlowContext<'_>) -> StorageError {
+    ctx.take_notes()
+        .failure
+        .unwrap_or_else(|| StorageError::Corrupt("an OAuth primitive failed".into()))
 }
 
 /// RFC 6749 4.4, on oxide-auth's primitives: the client authenticated with its secret
@@ -405,7 +422,7 @@ fn client_credentials(
                 .unwrap_or_else(|| StorageError::Corrupt("client".into())))
         }
     };
-    if !client.allows(crate::config::GrantType::ClientCredentials) {
+    if !client.allows(GrantType::ClientCredentials) {
         return Ok(TokenAnswer::error(
             400,
             "unauthorized_client",
