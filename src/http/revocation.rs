@@ -4,8 +4,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::token::{answer, failure, read_request};
 use super::{credentials, AppState};
+use crate::config::Settings;
+use crate::keys::KeyState;
 use crate::oauth::revocation;
 use crate::oauth::token::{TokenAnswer, TokenRequest};
+use crate::storage::{DbConnection, StorageResult};
+use serde_json::Value;
 
 /// Which clients an endpoint serves.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -49,50 +53,25 @@ async fn authenticate(
     }
 }
 
-pub async fn revoke(
+/// The shape both endpoints share: read the form, authenticate the caller, require
+/// `token`, and run `operation` on the blocking pool.
+async fn run<F>(
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Bytes,
-) -> HttpResponse {
+    callers: Callers,
+    operation: F,
+) -> HttpResponse
+where
+    F: FnOnce(&mut DbConnection, &Settings, &KeyState, &str, &str) -> StorageResult<Value>
+        + Send
+        + 'static,
+{
     let request = match read_request(&req, &body) {
         Ok(request) => request,
         Err(refusal) => return answer(refusal),
     };
-    let client_id = match authenticate(&state, &request, Callers::AnyClient).await {
-        Ok(client_id) => client_id,
-        Err(refusal) => return refusal,
-    };
-    let Some(token) = request.param("token").map(str::to_owned) else {
-        return answer(TokenAnswer::error(
-            400,
-            "invalid_request",
-            "token is required",
-        ));
-    };
-    let (settings, keys) = (state.settings.clone(), state.keys.current());
-    let revoked = super::run_blocking(&state.pool, move |conn| {
-        revocation::revoke(conn, &settings, &keys, &client_id, &token)
-    })
-    .await;
-    match revoked {
-        Ok(()) => answer(TokenAnswer {
-            status: 200,
-            body: serde_json::json!({}),
-        }),
-        Err(e) => failure(e),
-    }
-}
-
-pub async fn introspect(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    body: web::Bytes,
-) -> HttpResponse {
-    let request = match read_request(&req, &body) {
-        Ok(request) => request,
-        Err(refusal) => return answer(refusal),
-    };
-    let client_id = match authenticate(&state, &request, Callers::ConfidentialOnly).await {
+    let client_id = match authenticate(&state, &request, callers).await {
         Ok(client_id) => client_id,
         Err(refusal) => return refusal,
     };
@@ -105,11 +84,44 @@ pub async fn introspect(
     };
     let (settings, keys) = (state.settings.clone(), state.keys.current());
     let result = super::run_blocking(&state.pool, move |conn| {
-        revocation::introspect(conn, &settings, &keys, &client_id, &token)
+        operation(conn, &settings, &keys, &client_id, &token)
     })
     .await;
     match result {
         Ok(body) => answer(TokenAnswer { status: 200, body }),
         Err(e) => failure(e),
     }
+}
+
+pub async fn revoke(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    run(
+        req,
+        state,
+        body,
+        Callers::AnyClient,
+        |conn, settings, keys, client_id, token| {
+            revocation::revoke(conn, settings, keys, client_id, token)
+                .map(|()| serde_json::json!({}))
+        },
+    )
+    .await
+}
+
+pub async fn introspect(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    run(
+        req,
+        state,
+        body,
+        Callers::ConfidentialOnly,
+        revocation::introspect,
+    )
+    .await
 }

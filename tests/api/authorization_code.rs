@@ -38,15 +38,7 @@ fn webapp_params<'a>(p: &'a Pkce, scope: &'a str) -> Vec<(&'a str, &'a str)> {
 }
 
 fn redeem(app: &OAuthServer, code: &str, verifier: &str) -> Response {
-    app.token(
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", WEBAPP_REDIRECT),
-            ("code_verifier", verifier),
-        ],
-        Some((WEBAPP, WEBAPP_SECRET)),
-    )
+    app.redeem_webapp_code(code, verifier)
 }
 
 fn code_for_webapp(app: &OAuthServer, browser: &mut Browser, p: &Pkce) -> String {
@@ -717,18 +709,8 @@ fn client_authentication_methods(db: TestDb) {
 fn wrong_credentials_rerender_the_login_page_alike(db: TestDb) {
     let app = OAuthServer::start(db);
     let mut browser = Browser::new();
-    let page = browser.get(&app.url("/login"));
-    let csrf = hidden_field(&page.body, "csrf_token").unwrap();
     let attempt = |browser: &mut Browser, username: &str, password: &str| {
-        browser.post_form(
-            &app.url("/login"),
-            &[
-                ("username", username),
-                ("password", password),
-                ("csrf_token", &csrf),
-                ("return_to", ""),
-            ],
-        )
+        app.sign_in(browser, username, password)
     };
     let wrong_password = attempt(&mut browser, USERNAME, "not the password");
     let unknown_user = attempt(&mut browser, "mallory", "not the password");

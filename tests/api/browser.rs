@@ -110,15 +110,7 @@ fn a_person_signs_in_and_approves_in_chromium() {
         Some("browser-state")
     );
     let code = query_value(&redirect, "code").expect("a code");
-    let response = app.token(
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", WEBAPP_REDIRECT),
-            ("code_verifier", &p.verifier),
-        ],
-        Some((WEBAPP, WEBAPP_SECRET)),
-    );
+    let response = app.redeem_webapp_code(&code, &p.verifier);
     assert_eq!(response.status, 200, "{}", response.body);
     assert!(response.json()["access_token"].as_str().is_some());
 }

@@ -23,18 +23,7 @@ fn password_grant(app: &OAuthServer, username: &str, password: &str) -> Response
 }
 
 fn login(app: &OAuthServer, username: &str, password: &str) -> Response {
-    let mut browser = Browser::new();
-    let page = browser.get(&app.url("/login"));
-    let csrf = hidden_field(&page.body, "csrf_token").unwrap();
-    browser.post_form(
-        &app.url("/login"),
-        &[
-            ("username", username),
-            ("password", password),
-            ("csrf_token", &csrf),
-            ("return_to", ""),
-        ],
-    )
+    app.sign_in(&mut Browser::new(), username, password)
 }
 
 fn retry_after(response: &Response) -> u64 {

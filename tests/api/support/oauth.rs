@@ -248,17 +248,37 @@ impl OAuthServer {
             ],
         );
         let code = query_value(&redirect, "code").expect("a code");
-        let response = self.token(
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", WEBAPP_REDIRECT),
-                ("code_verifier", &p.verifier),
-            ],
-            Some((WEBAPP, WEBAPP_SECRET)),
-        );
+        let response = self.redeem_webapp_code(&code, &p.verifier);
         assert_eq!(response.status, 200, "{}", response.body);
         response.json()
+    }
+
+    /// Redeems a code webapp received for WEBAPP_REDIRECT, with Basic credentials.
+    pub fn redeem_webapp_code(&self, code: &str, verifier: &str) -> Response {
+        self.token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", WEBAPP_REDIRECT),
+                ("code_verifier", verifier),
+            ],
+            Some((WEBAPP, WEBAPP_SECRET)),
+        )
+    }
+
+    /// Submits the sign-in form directly (no pending authorization request).
+    pub fn sign_in(&self, browser: &mut Browser, username: &str, password: &str) -> Response {
+        let page = browser.get(&self.url("/login"));
+        let csrf = hidden_field(&page.body, "csrf_token").expect("csrf_token");
+        browser.post_form(
+            &self.url("/login"),
+            &[
+                ("username", username),
+                ("password", password),
+                ("csrf_token", &csrf),
+                ("return_to", ""),
+            ],
+        )
     }
 
     /// POST /token with grant_type=refresh_token as webapp (Basic).
