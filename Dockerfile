@@ -6,6 +6,7 @@ COPY src src
 COPY migrations migrations
 COPY config config
 COPY templates templates
+COPY static static
 RUN cargo build --release --locked
 
 # Runtime stage: the binary and curl for the healthcheck, running as an unprivileged user.
