@@ -79,8 +79,15 @@ pub fn set_disabled(
     username: &str,
     disabled: bool,
 ) -> Result<(), AccountError> {
-    if !user_store::set_disabled(conn, username, disabled, now_unix())? {
+    let now = now_unix();
+    if !user_store::set_disabled(conn, username, disabled, now)? {
         return Err(AccountError::NoSuchUser(username.to_owned()));
+    }
+    // A disabled user keeps no working token: every grant of theirs is revoked.
+    if disabled {
+        if let Some(user) = user_store::find_by_username(conn, username)? {
+            crate::storage::tokens::revoke_user_families(conn, &user.id, now)?;
+        }
     }
     Ok(())
 }

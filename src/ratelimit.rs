@@ -2,6 +2,10 @@
 //! client IP, kept in the database so that every instance counts the same failures.
 //! Successes reset nothing: an attacker's budget for one username is not refilled by a
 //! legitimate login elsewhere, and a locked username stays locked until the window passes.
+//!
+//! An attempt is recorded *before* its password is checked and counted with every attempt
+//! committed before it, so concurrent guesses cannot all slip past one stale count; a
+//! refused attempt and a successful one take their provisional rows back.
 
 use crate::config::LimitSettings;
 use crate::storage::auth_failures;
@@ -12,9 +16,15 @@ pub struct Attempt<'a> {
     pub ip: Option<&'a str>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The rows an attempt in progress holds; settle it with `succeeded` or keep it as a failure.
+#[derive(Debug)]
+pub struct Pending {
+    row_ids: Vec<String>,
+}
+
+#[derive(Debug)]
 pub enum Verdict {
-    Allowed,
+    Allowed(Pending),
     /// Refused without checking the password; retry after this many seconds.
     Limited {
         retry_after: u64,
@@ -32,36 +42,37 @@ fn buckets(attempt: &Attempt<'_>, limits: &LimitSettings) -> Vec<(String, u32)> 
     buckets
 }
 
-pub fn check(
+/// Records the attempt, then allows it only if, counting it, no budget is exceeded.
+pub fn begin(
     conn: &mut DbConnection,
     limits: &LimitSettings,
     attempt: &Attempt<'_>,
     now: i64,
 ) -> StorageResult<Verdict> {
     let window = limits.window.as_secs() as i64;
-    let mut retry_after = 0;
-    for (bucket, budget) in buckets(attempt, limits) {
-        let (failures, oldest) = auth_failures::count_since(conn, &bucket, now - window)?;
-        if failures >= i64::from(budget) {
-            let frees_at = oldest.unwrap_or(now) + window;
+    let buckets = buckets(attempt, limits);
+    let names: Vec<String> = buckets.iter().map(|(b, _)| b.clone()).collect();
+    let row_ids = auth_failures::record(conn, &names, now)?;
+    let mut retry_after = 0u64;
+    for (bucket, budget) in &buckets {
+        let count = auth_failures::count_since(conn, bucket, now - window)?;
+        if count > i64::from(*budget) {
+            // The attempt may go through once enough of the oldest failures leave the window.
+            let excess = count - i64::from(*budget);
+            let frees_at = auth_failures::nth_oldest_since(conn, bucket, now - window, excess)?
+                .unwrap_or(now)
+                + window;
             retry_after = retry_after.max((frees_at - now).max(1) as u64);
         }
     }
-    Ok(match retry_after {
-        0 => Verdict::Allowed,
-        retry_after => Verdict::Limited { retry_after },
-    })
+    if retry_after > 0 {
+        auth_failures::delete(conn, &row_ids)?;
+        return Ok(Verdict::Limited { retry_after });
+    }
+    Ok(Verdict::Allowed(Pending { row_ids }))
 }
 
-pub fn record_failure(
-    conn: &mut DbConnection,
-    limits: &LimitSettings,
-    attempt: &Attempt<'_>,
-    now: i64,
-) -> StorageResult<()> {
-    let buckets: Vec<String> = buckets(attempt, limits)
-        .into_iter()
-        .map(|(b, _)| b)
-        .collect();
-    auth_failures::record(conn, &buckets, now)
+/// The password was right: the provisional failure rows go.
+pub fn succeeded(conn: &mut DbConnection, pending: Pending) -> StorageResult<()> {
+    auth_failures::delete(conn, &pending.row_ids)
 }

@@ -133,8 +133,10 @@ fn spawn_housekeeping(state: AppState) {
         let mut ticker = tokio::time::interval(HOUSEKEEPING_PERIOD);
         loop {
             ticker.tick().await;
-            let swept = http::run_blocking(&state.pool, |conn| {
+            let window = state.settings.limits.window.as_secs() as i64;
+            let swept = http::run_blocking(&state.pool, move |conn| {
                 let now = storage::now_unix();
+                storage::auth_failures::delete_before(conn, now - window)?;
                 let sessions = storage::sessions::delete_expired(conn, now)?;
                 let codes = storage::codes::delete_expired_before(
                     conn,

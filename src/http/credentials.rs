@@ -32,23 +32,24 @@ pub async fn check_password(
     ip: Option<String>,
 ) -> Result<PasswordCheck, HttpError> {
     let settings = state.settings.clone();
-    let (name, address) = (username.to_owned(), ip.clone());
+    let name = username.to_owned();
     let (verdict, user) = super::run_blocking(&state.pool, move |conn| {
         let attempt = Attempt {
             username: &name,
-            ip: address.as_deref(),
+            ip: ip.as_deref(),
         };
-        let verdict = ratelimit::check(conn, &settings.limits, &attempt, now_unix())?;
+        let verdict = ratelimit::begin(conn, &settings.limits, &attempt, now_unix())?;
         let user = match verdict {
-            Verdict::Allowed => user_store::find_by_username(conn, &name)?,
+            Verdict::Allowed(_) => user_store::find_by_username(conn, &name)?,
             Verdict::Limited { .. } => None,
         };
         Ok::<_, StorageError>((verdict, user))
     })
     .await?;
-    if let Verdict::Limited { retry_after } = verdict {
-        return Ok(PasswordCheck::Limited { retry_after });
-    }
+    let pending = match verdict {
+        Verdict::Allowed(pending) => pending,
+        Verdict::Limited { retry_after } => return Ok(PasswordCheck::Limited { retry_after }),
+    };
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let secret = secret.to_owned();
     let verified = web::block(move || match hash {
@@ -58,22 +59,15 @@ pub async fn check_password(
     .await
     .map_err(|e| HttpError::internal(format!("blocking task failed: {e}")))?;
     match user {
-        Some(user) if verified && !user.disabled => Ok(PasswordCheck::Passed(user)),
-        other => {
-            let settings = state.settings.clone();
-            let name = username.to_owned();
-            super::run_blocking(&state.pool, move |conn| {
-                let attempt = Attempt {
-                    username: &name,
-                    ip: ip.as_deref(),
-                };
-                ratelimit::record_failure(conn, &settings.limits, &attempt, now_unix())
-            })
-            .await?;
-            Ok(PasswordCheck::Failed {
-                user_id: other.map(|u| u.id),
-            })
+        Some(user) if verified && !user.disabled => {
+            super::run_blocking(&state.pool, move |conn| ratelimit::succeeded(conn, pending))
+                .await?;
+            Ok(PasswordCheck::Passed(user))
         }
+        // The attempt's rows stay: it counts as a failure.
+        other => Ok(PasswordCheck::Failed {
+            user_id: other.map(|u| u.id),
+        }),
     }
 }
 
@@ -106,4 +100,21 @@ pub async fn check_client_secret(
 /// not built yet.)
 pub fn client_ip(req: &actix_web::HttpRequest) -> Option<String> {
     req.peer_addr().map(|addr| addr.ip().to_string())
+}
+
+/// Whether an enabled client lists `grant` among its grant types.
+pub async fn client_allows(
+    state: &AppState,
+    client_id: &str,
+    grant: crate::config::GrantType,
+) -> Result<bool, HttpError> {
+    let id = client_id.to_owned();
+    let row = super::run_blocking(&state.pool, move |conn| {
+        crate::storage::clients::find(conn, &id)
+    })
+    .await?;
+    Ok(match row.filter(|r| r.enabled) {
+        Some(row) => crate::oauth::client::Client::from_row(row)?.allows(grant),
+        None => false,
+    })
 }

@@ -7,6 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::credentials::{self, PasswordCheck};
 use super::{forms, AppState, HttpError};
+use crate::config::GrantType;
 use crate::oauth::token::{self, TokenAnswer, TokenRequest, UserCheck, Verified};
 
 pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
@@ -22,10 +23,20 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
             Err(e) => return failure(e),
         }
     }
-    // Only an authenticated client may make gatehouse spend a password verification.
+    // Only an authenticated client that may use the password grant makes gatehouse check
+    // a password (or count a failure against a user).
+    let may_check_password = match request.client_secret().filter(|_| verified.client_secret) {
+        Some((client_id, _)) if request.password_credentials().is_some() => {
+            match credentials::client_allows(&state, client_id, GrantType::Password).await {
+                Ok(allowed) => allowed,
+                Err(e) => return failure(e),
+            }
+        }
+        _ => false,
+    };
     if let Some((username, password)) = request
         .password_credentials()
-        .filter(|_| verified.client_secret)
+        .filter(|_| may_check_password)
     {
         let ip = credentials::client_ip(&req);
         match credentials::check_password(&state, username, password, ip).await {

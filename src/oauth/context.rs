@@ -48,6 +48,8 @@ pub struct Notes {
     /// A more precise description for an error that oxide-auth reports without one.
     pub error_description: Option<&'static str>,
     pub redeemed_code: Option<CodeRow>,
+    /// A confidential client's token was presented without that client's credentials.
+    pub unauthenticated: bool,
     /// The refresh token being exchanged and its family, found by `recover_refresh`.
     pub presented_refresh: Option<(RefreshRow, FamilyRow)>,
     /// A storage failure behind a primitive's `Err(())`, kept for the log.

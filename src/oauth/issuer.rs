@@ -100,6 +100,21 @@ impl Issuer for DbIssuer<'_> {
         {
             return Ok(self.refuse("the refresh token was issued to another client"));
         }
+        // oxide-auth recovers the token before it authenticates a client that sent no
+        // credentials; nothing below (reuse detection revokes) may happen for a confidential
+        // client's token until that client has proven who it is.
+        let client = ctx.client(&row.client_id)?;
+        let confidential = client.as_ref().is_some_and(|c| !c.is_public());
+        if confidential {
+            match &ctx.verified_secret {
+                Some((id, _)) if *id == row.client_id => {}
+                Some(_) => return Ok(self.refuse("the refresh token was issued to another client")),
+                None => {
+                    ctx.notes.borrow_mut().unauthenticated = true;
+                    return Ok(None);
+                }
+            }
+        }
         if row.rotated_at.is_some() {
             self.reuse_detected(&family);
             return Ok(None);
@@ -110,9 +125,17 @@ impl Issuer for DbIssuer<'_> {
         if row.idle_expires_at <= ctx.now || family.expires_at <= ctx.now {
             return Ok(self.refuse("the refresh token has expired"));
         }
-        let client = ctx.client(&row.client_id)?;
         if !client.is_some_and(|c| c.allows(GrantType::RefreshToken)) {
             return Ok(self.refuse("this client may no longer use refresh tokens"));
+        }
+        if let Some(user_id) = &family.user_id {
+            let user =
+                crate::storage::users::find(&mut ctx.conn(), user_id).map_err(|e| ctx.fail(e))?;
+            if user.is_none_or(|u| u.disabled) {
+                token_store::revoke_family(&mut ctx.conn(), &family.id, ctx.now)
+                    .map_err(|e| ctx.fail(e))?;
+                return Ok(self.refuse("the user is disabled"));
+            }
         }
         let grant = Grant {
             owner_id: family

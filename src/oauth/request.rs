@@ -35,10 +35,12 @@ impl Params {
 
     /// The first parameter name that appears more than once (RFC 6749 3.1 and 3.2).
     pub fn first_repeated(&self) -> Option<&str> {
+        // One pass: bodies may hold thousands of fields and this runs on an async worker.
+        let mut seen = std::collections::HashSet::with_capacity(self.0.len());
         self.0
             .iter()
             .map(|(k, _)| k.as_str())
-            .find(|k| self.is_repeated(k))
+            .find(|k| !seen.insert(*k))
     }
 
     pub fn without(&self, keys: &[&str]) -> Params {

@@ -461,6 +461,9 @@ fn finish(
     if let Some(failure) = notes.failure {
         return Err(failure);
     }
+    if notes.unauthenticated {
+        return Ok(TokenAnswer::invalid_client());
+    }
     let response = match (result, notes.invalid_grant) {
         (Ok(response), _) => response,
         // A primitive refused (e.g. a refresh token rotated concurrently) and said why.

@@ -67,7 +67,7 @@ pub fn create_family(
 
 /// Marks `old_hash` rotated and records its successor and the new access token, atomically.
 /// Returns false, writing nothing, when the token had been rotated already (by a concurrent
-/// request, or long ago): the caller must treat that as reuse.
+/// request, or long ago) or its family was revoked meanwhile: the caller must refuse.
 pub fn rotate_refresh(
     conn: &mut DbConnection,
     old_hash: &str,
@@ -76,6 +76,19 @@ pub fn rotate_refresh(
     access: &AccessRow,
 ) -> StorageResult<bool> {
     conn.transaction(|conn| {
+        // Lock the family row first (the same row revoke_family updates), so a revocation
+        // and a rotation always happen one after the other, and never rotate into a
+        // revoked family.
+        let family_live = diesel::update(
+            token_families::table
+                .find(&successor.family_id)
+                .filter(token_families::revoked_at.is_null()),
+        )
+        .set(token_families::revoked_at.eq(token_families::revoked_at))
+        .execute(conn)?;
+        if family_live == 0 {
+            return Ok(false);
+        }
         let rotated = diesel::update(
             refresh_tokens::table
                 .find(old_hash)
@@ -183,4 +196,21 @@ pub fn revoke_access(
         )) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Revokes every family of a user (a disabled user keeps no working token).
+pub fn revoke_user_families(
+    conn: &mut DbConnection,
+    user_id: &str,
+    now: i64,
+) -> StorageResult<usize> {
+    let families: Vec<String> = token_families::table
+        .filter(token_families::user_id.eq(user_id))
+        .filter(token_families::revoked_at.is_null())
+        .select(token_families::id)
+        .load(conn)?;
+    for family in &families {
+        revoke_family(conn, family, now)?;
+    }
+    Ok(families.len())
 }

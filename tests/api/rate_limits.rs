@@ -85,3 +85,51 @@ fn an_address_past_its_budget_is_refused_for_every_username(db: TestDb) {
     );
     assert!(retry_after(&refused) > 0);
 }
+
+on_both_backends!(
+    concurrent_guesses_cannot_outrun_the_budget,
+    a_client_without_the_password_grant_counts_nothing
+);
+
+fn concurrent_guesses_cannot_outrun_the_budget(db: TestDb) {
+    let app = OAuthServer::start_configured(db, "", LIMITS);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let guesses: Vec<_> = (0..12)
+            .map(|i| {
+                let app = &app;
+                s.spawn(move || password_grant(app, USERNAME, &format!("guess-{i}")).status)
+            })
+            .collect();
+        guesses.into_iter().map(|g| g.join().unwrap()).collect()
+    });
+    let checked = statuses.iter().filter(|s| **s == 400).count();
+    assert!(
+        checked <= 3,
+        "at most the budget of passwords is checked: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 400 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(password_grant(&app, USERNAME, PASSWORD).status, 429);
+}
+
+fn a_client_without_the_password_grant_counts_nothing(db: TestDb) {
+    let app = OAuthServer::start_configured(db, "", LIMITS);
+    for _ in 0..5 {
+        let response = app.token(
+            &[
+                ("grant_type", "password"),
+                ("username", USERNAME),
+                ("password", "guess"),
+            ],
+            Some((SERVICE, SERVICE_SECRET)),
+        );
+        assert_eq!(response.json()["error"], "unauthorized_client");
+    }
+    assert_eq!(
+        password_grant(&app, USERNAME, PASSWORD).status,
+        200,
+        "alice is not locked out"
+    );
+}

@@ -210,3 +210,39 @@ fn absolute_lifetime_is_enforced(db: TestDb) {
     assert_eq!(late.status, 400);
     assert_eq!(late.json()["error"], "invalid_grant", "{}", late.body);
 }
+
+on_both_backends!(
+    a_disabled_user_keeps_no_working_token,
+    an_unauthenticated_replay_revokes_nothing
+);
+
+fn a_disabled_user_keeps_no_working_token(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let tokens = app.webapp_tokens("read");
+    gatehouse::accounts::set_disabled(&mut app.db.connect(), USERNAME, true).unwrap();
+    let refreshed = app.refresh(tokens["refresh_token"].as_str().unwrap(), None);
+    assert_eq!(
+        refreshed.json()["error"],
+        "invalid_grant",
+        "{}",
+        refreshed.body
+    );
+    assert_eq!(
+        live_families(&app),
+        0,
+        "disabling revokes the user's grants"
+    );
+}
+
+fn an_unauthenticated_replay_revokes_nothing(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let r1 = refresh_of(&app.webapp_tokens("read"));
+    let r2 = refresh_of(&app.refresh(&r1, None).json());
+    let anonymous = app.token(
+        &[("grant_type", "refresh_token"), ("refresh_token", &r1)],
+        None,
+    );
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    assert_eq!(live_families(&app), 1, "no credentials, no revocation");
+    assert_eq!(app.refresh(&r2, None).status, 200);
+}
