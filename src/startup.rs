@@ -134,9 +134,13 @@ fn spawn_housekeeping(state: AppState) {
         loop {
             ticker.tick().await;
             let window = state.settings.limits.window.as_secs() as i64;
+            // A family's last access token may outlive the family by one access_ttl; its
+            // revocation must be remembered until then.
+            let access_ttl = state.settings.tokens.access_ttl.as_secs() as i64;
             let swept = http::run_blocking(&state.pool, move |conn| {
                 let now = storage::now_unix();
                 storage::auth_failures::delete_before(conn, now - window)?;
+                storage::tokens::delete_expired_before(conn, now - access_ttl)?;
                 let sessions = storage::sessions::delete_expired(conn, now)?;
                 let codes = storage::codes::delete_expired_before(
                     conn,

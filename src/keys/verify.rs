@@ -51,7 +51,8 @@ impl TokenVerifier {
     /// for anything else (malformed, unknown kid, `alg` other than RS256, bad signature).
     pub fn verify(&self, token: &str, issuer: &str) -> Option<VerifiedClaims> {
         let header = decode_header(token).ok()?;
-        if header.alg != Algorithm::RS256 {
+        // RFC 9068 4: only access tokens (typ at+jwt), and only RS256.
+        if header.alg != Algorithm::RS256 || header.typ.as_deref() != Some("at+jwt") {
             return None;
         }
         let key = self.keys.get(header.kid.as_deref()?)?;

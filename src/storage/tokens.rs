@@ -214,3 +214,24 @@ pub fn revoke_user_families(
     }
     Ok(families.len())
 }
+
+/// Deletes families (and, by cascade, their refresh and access rows) that ended before
+/// `cutoff`, and revoked-token rows of access tokens that expired before it.
+pub fn delete_expired_before(conn: &mut DbConnection, cutoff: i64) -> StorageResult<usize> {
+    conn.transaction(|conn| {
+        let families: Vec<String> = token_families::table
+            .filter(token_families::expires_at.lt(cutoff))
+            .select(token_families::id)
+            .load(conn)?;
+        diesel::delete(refresh_tokens::table.filter(refresh_tokens::family_id.eq_any(&families)))
+            .execute(conn)?;
+        diesel::delete(access_tokens::table.filter(access_tokens::family_id.eq_any(&families)))
+            .execute(conn)?;
+        diesel::delete(access_tokens::table.filter(access_tokens::expires_at.lt(cutoff)))
+            .execute(conn)?;
+        Ok(
+            diesel::delete(token_families::table.filter(token_families::id.eq_any(&families)))
+                .execute(conn)?,
+        )
+    })
+}

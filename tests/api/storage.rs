@@ -97,6 +97,40 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
     gatehouse::storage::codes::insert(&mut conn, &code("ancient", now - 2 * 24 * 3600)).unwrap();
     gatehouse::storage::codes::insert(&mut conn, &code("recent", now - 60)).unwrap();
 
+    let old_family = gatehouse::storage::tokens::FamilyRow {
+        id: "old-family".into(),
+        client_id: "demo".into(),
+        user_id: Some(user.id.clone()),
+        grant_type: "authorization_code".into(),
+        scope: "read".into(),
+        created_at: now - 100 * 86400,
+        expires_at: now - 86400,
+        revoked_at: None,
+    };
+    let old_refresh = gatehouse::storage::tokens::RefreshRow {
+        token_hash: "old-refresh".into(),
+        family_id: "old-family".into(),
+        client_id: "demo".into(),
+        scope: "read".into(),
+        created_at: now - 2 * 86400,
+        idle_expires_at: now - 86400,
+        rotated_at: None,
+    };
+    let old_access = gatehouse::storage::tokens::AccessRow {
+        jti: "old-jti".into(),
+        family_id: Some("old-family".into()),
+        client_id: "demo".into(),
+        expires_at: now - 86400,
+        revoked_at: None,
+    };
+    gatehouse::storage::tokens::create_family(
+        &mut conn,
+        &old_family,
+        Some(&old_refresh),
+        &old_access,
+    )
+    .unwrap();
+
     let _server = TestServer::start(&db, &config);
     let swept = eventually(std::time::Duration::from_secs(15), || {
         let sessions: Vec<String> = browser_sessions::table
@@ -107,10 +141,13 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
             .select(authorization_codes::code_hash)
             .load(&mut conn)
             .unwrap();
-        (sessions == ["live"] && codes == ["recent"]).then_some(())
+        let families: i64 = token_families::table.count().get_result(&mut conn).unwrap();
+        let refreshes: i64 = refresh_tokens::table.count().get_result(&mut conn).unwrap();
+        (sessions == ["live"] && codes == ["recent"] && families == 0 && refreshes == 0)
+            .then_some(())
     });
     assert!(
         swept.is_some(),
-        "the expired session and the day-old code are deleted, the others kept"
+        "the expired session, the day-old code and the ended family are deleted, the others kept"
     );
 }
