@@ -56,11 +56,6 @@ impl HashLimiter {
     }
 }
 
-/// How many argon2 computations may run at once.
-pub fn concurrency_limit() -> usize {
-    HashLimiter::global().limit
-}
-
 /// A PHC string such as `$argon2id$v=19$m=19456,t=2,p=1$...`.
 pub fn hash(secret: &str) -> String {
     HashLimiter::global().run(|| hash_unbounded(secret))

@@ -6,6 +6,8 @@ use actix_web::web;
 
 use super::{AppState, HttpError};
 use crate::crypto::password;
+use crate::oauth::client::Client;
+use crate::oauth::token;
 use crate::ratelimit::{self, Attempt, Verdict};
 use crate::storage::users::{self as user_store, UserRow};
 use crate::storage::{now_unix, StorageError};
@@ -72,27 +74,28 @@ pub async fn check_password(
 }
 
 /// Checks a client secret: from the cache of verified secrets when it can (microseconds,
-/// on this thread), else with argon2.
+/// on this thread), else with argon2. Returns the client it authenticated, so the grant
+/// need not read it again.
 pub async fn check_client_secret(
     state: &AppState,
     client_id: &str,
     secret: &str,
-) -> Result<bool, HttpError> {
+) -> Result<Option<Client>, HttpError> {
     let id = client_id.to_owned();
-    let hash = super::run_blocking(&state.pool, move |conn| {
-        crate::oauth::token::client_secret_hash(conn, &id)
-    })
-    .await?;
-    if let Some(hash) = &hash {
-        if state.secret_cache.recognises(client_id, secret, hash) {
-            return Ok(true);
+    let client =
+        super::run_blocking(&state.pool, move |conn| token::enabled_client(conn, &id)).await?;
+    let hash = client.as_ref().and_then(|c| c.secret_hash.clone());
+    let verified = match &hash {
+        Some(hash) if state.secret_cache.recognises(client_id, secret, hash) => true,
+        _ => {
+            let cache = state.secret_cache.clone();
+            let (id, secret) = (client_id.to_owned(), secret.to_owned());
+            web::block(move || cache.verify(&id, &secret, hash.as_deref()))
+                .await
+                .map_err(|e| HttpError::internal(format!("blocking task failed: {e}")))?
         }
-    }
-    let cache = state.secret_cache.clone();
-    let (id, secret) = (client_id.to_owned(), secret.to_owned());
-    web::block(move || cache.verify(&id, &secret, hash.as_deref()))
-        .await
-        .map_err(|e| HttpError::internal(format!("blocking task failed: {e}")))
+    };
+    Ok(client.filter(|_| verified))
 }
 
 /// The address failures are counted against: the TCP peer. (Behind a reverse proxy every
@@ -100,21 +103,4 @@ pub async fn check_client_secret(
 /// not built yet.)
 pub fn client_ip(req: &actix_web::HttpRequest) -> Option<String> {
     req.peer_addr().map(|addr| addr.ip().to_string())
-}
-
-/// Whether an enabled client lists `grant` among its grant types.
-pub async fn client_allows(
-    state: &AppState,
-    client_id: &str,
-    grant: crate::config::GrantType,
-) -> Result<bool, HttpError> {
-    let id = client_id.to_owned();
-    let row = super::run_blocking(&state.pool, move |conn| {
-        crate::storage::clients::find(conn, &id)
-    })
-    .await?;
-    Ok(match row.filter(|r| r.enabled) {
-        Some(row) => crate::oauth::client::Client::from_row(row)?.allows(grant),
-        None => false,
-    })
 }

@@ -49,6 +49,18 @@ fn render(
     })
 }
 
+/// The answer to every failed sign-in: the form again, with one message for all causes.
+fn refuse(req: &HttpRequest, state: &AppState, return_to: &str, username: &str) -> HttpResponse {
+    render(
+        req,
+        state,
+        StatusCode::UNAUTHORIZED,
+        return_to,
+        username,
+        Some(BAD_CREDENTIALS),
+    )
+}
+
 pub async fn submit(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -62,14 +74,7 @@ pub async fn submit(
     let username = params.get("username").unwrap_or_default().to_owned();
     let password_text = params.get("password").unwrap_or_default().to_owned();
     if username.is_empty() || password_text.is_empty() || password_text.len() > MAX_PASSWORD_BYTES {
-        return render(
-            &req,
-            &state,
-            StatusCode::UNAUTHORIZED,
-            &return_to,
-            &username,
-            Some(BAD_CREDENTIALS),
-        );
+        return refuse(&req, &state, &return_to, &username);
     }
     let ip = credentials::client_ip(&req);
     let user = match credentials::check_password(&state, &username, &password_text, ip).await {
@@ -99,14 +104,7 @@ pub async fn submit(
                     tracing::info!(target: "gatehouse::audit", event = "login", outcome = "failure", "unknown user")
                 }
             }
-            return render(
-                &req,
-                &state,
-                StatusCode::UNAUTHORIZED,
-                &return_to,
-                &username,
-                Some(BAD_CREDENTIALS),
-            );
+            return refuse(&req, &state, &return_to, &username);
         }
         Err(e) => return pages::failure_page(e),
     };

@@ -28,8 +28,8 @@ async fn authenticate(
 ) -> Result<String, HttpResponse> {
     if let Some((client_id, secret)) = request.client_secret() {
         return match credentials::check_client_secret(state, client_id, secret).await {
-            Ok(true) => Ok(client_id.to_owned()),
-            Ok(false) => Err(answer(TokenAnswer::invalid_client())),
+            Ok(Some(client)) => Ok(client.id),
+            Ok(None) => Err(answer(TokenAnswer::invalid_client())),
             Err(e) => Err(failure(e)),
         };
     }

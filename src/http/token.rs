@@ -18,22 +18,17 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
     let mut verified = Verified::default();
     if let Some((client_id, secret)) = request.client_secret() {
         match credentials::check_client_secret(&state, client_id, secret).await {
-            Ok(true) => verified.client_secret = true,
-            Ok(false) => return answer(TokenAnswer::invalid_client()),
+            Ok(Some(client)) => verified.client = Some(client),
+            Ok(None) => return answer(TokenAnswer::invalid_client()),
             Err(e) => return failure(e),
         }
     }
     // Only an authenticated client that may use the password grant makes gatehouse check
     // a password (or count a failure against a user).
-    let may_check_password = match request.client_secret().filter(|_| verified.client_secret) {
-        Some((client_id, _)) if request.password_credentials().is_some() => {
-            match credentials::client_allows(&state, client_id, GrantType::Password).await {
-                Ok(allowed) => allowed,
-                Err(e) => return failure(e),
-            }
-        }
-        _ => false,
-    };
+    let may_check_password = verified
+        .client
+        .as_ref()
+        .is_some_and(|c| c.allows(GrantType::Password));
     if let Some((username, password)) = request
         .password_credentials()
         .filter(|_| may_check_password)

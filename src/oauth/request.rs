@@ -16,10 +16,6 @@ impl Params {
         Params(url::form_urlencoded::parse(encoded).into_owned().collect())
     }
 
-    pub fn from_pairs(pairs: Vec<(String, String)>) -> Params {
-        Params(pairs)
-    }
-
     /// The value of a parameter sent exactly once.
     pub fn get(&self, key: &str) -> Option<&str> {
         let mut values = self.0.iter().filter(|(k, _)| k == key);

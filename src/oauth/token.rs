@@ -9,6 +9,7 @@ use oxide_auth::endpoint::{AccessTokenFlow, RefreshFlow};
 use oxide_auth_actix::{OAuthResponse, WebError};
 use serde_json::{json, Map, Value};
 
+use super::client::Client;
 use super::context::FlowContext;
 use super::endpoint::GatehouseEndpoint;
 use super::issuer::DbIssuer;
@@ -167,22 +168,24 @@ impl TokenRequest {
     }
 }
 
-/// The stored secret hash of an enabled client, for verification off the connection.
-pub fn client_secret_hash(
+/// An enabled client, read once per request by the HTTP layer to verify its secret off the
+/// connection; the grant then reuses it instead of reading it again.
+pub fn enabled_client(
     conn: &mut DbConnection,
     client_id: &str,
-) -> Result<Option<String>, StorageError> {
-    Ok(crate::storage::clients::find(conn, client_id)?
-        .filter(|c| c.enabled)
-        .and_then(|c| c.secret_hash))
+) -> Result<Option<Client>, StorageError> {
+    match crate::storage::clients::find(conn, client_id)? {
+        Some(row) if row.enabled => Ok(Some(Client::from_row(row)?)),
+        _ => Ok(None),
+    }
 }
 
 /// What the HTTP layer verified before the grant runs, each with no database connection
 /// held while argon2 ran.
 #[derive(Debug, Clone, Default)]
 pub struct Verified {
-    /// `request.client_secret()` is the client's.
-    pub client_secret: bool,
+    /// The client whose secret, `request.client_secret()`, was verified.
+    pub client: Option<Client>,
     /// For the password grant: the outcome of checking `request.password_credentials()`.
     pub user: Option<UserCheck>,
 }
@@ -196,6 +199,31 @@ pub enum UserCheck {
     },
 }
 
+/// The client the caller authenticated, with the secret it presented.
+struct Authenticated {
+    secret: Option<(String, String)>,
+    client: Option<Client>,
+}
+
+/// What every grant runs with.
+struct GrantRun<'r> {
+    conn: &'r mut DbConnection,
+    settings: &'r Settings,
+    keys: Arc<KeyState>,
+    auth: Authenticated,
+}
+
+impl GrantRun<'_> {
+    /// A flow context that already knows the authenticated client, so neither the
+    /// registrar nor the grant reads it or verifies its secret again.
+    fn context(&mut self) -> FlowContext<'_> {
+        let mut ctx = FlowContext::new(self.conn, self.settings, self.keys.clone());
+        ctx.verified_secret = self.auth.secret.clone();
+        ctx.notes.borrow_mut().client = self.auth.client.clone();
+        ctx
+    }
+}
+
 /// Runs the grant with what the caller verified beforehand.
 pub fn token(
     conn: &mut DbConnection,
@@ -204,33 +232,26 @@ pub fn token(
     request: TokenRequest,
     verified: Verified,
 ) -> Result<TokenAnswer, StorageError> {
-    let secret_verified = verified.client_secret;
-    let verified_secret = request
-        .client_secret()
-        .filter(|_| secret_verified)
-        .map(|(id, secret)| (id.to_owned(), secret.to_owned()));
+    let auth = Authenticated {
+        secret: verified
+            .client
+            .as_ref()
+            .zip(request.client_secret())
+            .map(|(client, (_, secret))| (client.id.clone(), secret.to_owned())),
+        client: verified.client,
+    };
+    let grant = GrantRun {
+        conn,
+        settings,
+        keys,
+        auth,
+    };
     match request.body.get("grant_type") {
         None => Ok(TokenAnswer::invalid_request("grant_type is required")),
-        Some("authorization_code") => authorization_code(
-            conn,
-            settings,
-            keys,
-            request.body,
-            request.basic,
-            verified_secret,
-        ),
-        Some("refresh_token") => refresh_token(
-            conn,
-            settings,
-            keys,
-            request.body,
-            request.basic,
-            verified_secret,
-        ),
-        Some("password") => password(conn, settings, keys, &request, verified),
-        Some("client_credentials") => {
-            client_credentials(conn, settings, keys, &request, secret_verified)
-        }
+        Some("authorization_code") => authorization_code(grant, request.body, request.basic),
+        Some("refresh_token") => refresh_token(grant, request.body, request.basic),
+        Some("password") => password(grant, &request, verified.user),
+        Some("client_credentials") => client_credentials(grant, &request),
         Some(_) => Ok(TokenAnswer::error(
             400,
             "unsupported_grant_type",
@@ -240,26 +261,22 @@ pub fn token(
 }
 
 fn authorization_code(
-    conn: &mut DbConnection,
-    settings: &Settings,
-    keys: Arc<KeyState>,
+    mut grant: GrantRun<'_>,
     mut body: Params,
     basic: Option<BasicCredentials>,
-    verified_secret: Option<(String, String)>,
 ) -> Result<TokenAnswer, StorageError> {
     // RFC 6749 4.1.3: redirect_uri is required only if the authorization request had one;
     // oxide-auth always requires it, so supply the bound one when it was not sent.
     if body.get("redirect_uri").is_none() {
         if let Some(code) = body.get("code") {
-            if let Some(row) = code_store::find(conn, &digest_secret(code))? {
+            if let Some(row) = code_store::find(grant.conn, &digest_secret(code))? {
                 if !row.redirect_uri_sent {
                     body = body.with("redirect_uri", &row.redirect_uri);
                 }
             }
         }
     }
-    let mut ctx = FlowContext::new(conn, settings, keys);
-    ctx.verified_secret = verified_secret;
+    let ctx = grant.context();
     let request = FlowRequest::new(
         &Params::default(),
         &body,
@@ -276,12 +293,9 @@ fn authorization_code(
 /// from a Basic header, so credentials sent in the body are moved there first; a public
 /// client's `client_id` is checked against the token's client by the issuer.
 fn refresh_token(
-    conn: &mut DbConnection,
-    settings: &Settings,
-    keys: Arc<KeyState>,
+    mut grant: GrantRun<'_>,
     body: Params,
     basic: Option<BasicCredentials>,
-    verified_secret: Option<(String, String)>,
 ) -> Result<TokenAnswer, StorageError> {
     let posted = match (body.get("client_id"), body.get("client_secret")) {
         (Some(client_id), Some(secret)) if basic.is_none() => Some(BasicCredentials {
@@ -290,8 +304,7 @@ fn refresh_token(
         }),
         _ => None,
     };
-    let mut ctx = FlowContext::new(conn, settings, keys);
-    ctx.verified_secret = verified_secret;
+    let mut ctx = grant.context();
     let (basic, body) = match posted {
         Some(posted) => (Some(posted), body.without(&["client_id", "client_secret"])),
         None => {
@@ -313,30 +326,23 @@ fn refresh_token(
 /// grant_types list `password`; the user was verified by the caller (unknown users cost a
 /// dummy verification, so body and timing match a wrong password).
 fn password(
-    conn: &mut DbConnection,
-    settings: &Settings,
-    keys: Arc<KeyState>,
+    mut grant: GrantRun<'_>,
     request: &TokenRequest,
-    verified: Verified,
+    user: Option<UserCheck>,
 ) -> Result<TokenAnswer, StorageError> {
-    let Some((client_id, secret)) = request.client_secret().filter(|_| verified.client_secret)
+    let (Some(client), Some((_, secret))) = (grant.auth.client.clone(), request.client_secret())
     else {
         return Ok(TokenAnswer::invalid_client());
     };
-    let mut ctx = FlowContext::new(conn, settings, keys);
-    ctx.verified_secret = Some((client_id.to_owned(), secret.to_owned()));
+    let mut ctx = grant.context();
     ctx.grant_type = GrantType::Password;
-    // The client check goes through the Registrar, as in every oxide-auth flow.
-    match (DbRegistrar { ctx: &ctx }).check(client_id, Some(secret.as_bytes())) {
+    // The client check goes through the Registrar, as in every oxide-auth flow (free here:
+    // the secret was verified before the grant ran).
+    match (DbRegistrar { ctx: &ctx }).check(&client.id, Some(secret.as_bytes())) {
         Ok(()) => {}
         Err(RegistrarError::Unspecified) => return Ok(TokenAnswer::invalid_client()),
         Err(_) => return Err(failure_of(&ctx)),
     }
-    let client = match ctx.client(client_id) {
-        Ok(Some(client)) => client,
-        Ok(None) => return Ok(TokenAnswer::invalid_client()),
-        Err(()) => return Err(failure_of(&ctx)),
-    };
     if !client.allows(GrantType::Password) {
         return Ok(TokenAnswer::error(
             400,
@@ -344,7 +350,7 @@ fn password(
             "this client may not use the password grant",
         ));
     }
-    let user_id = match verified.user {
+    let user_id = match user {
         None => {
             return Ok(TokenAnswer::invalid_request(
                 "username and password are required",
@@ -367,22 +373,22 @@ fn password(
         ));
     };
     // Tokens come from the Issuer, which records the grant as a family of its own.
-    let grant = Grant {
+    let oauth_grant = Grant {
         owner_id: user_id,
         client_id: client.id.clone(),
         scope: super::scope::parse(&scope).ok_or_else(|| StorageError::Corrupt("scope".into()))?,
-        redirect_uri: url::Url::parse(&settings.issuer)
+        redirect_uri: url::Url::parse(&ctx.settings.issuer)
             .map_err(|_| StorageError::Corrupt("issuer".into()))?,
         until: chrono::Utc::now(),
         extensions: Default::default(),
     };
     let issued = (DbIssuer { ctx: &ctx })
-        .issue(grant)
+        .issue(oauth_grant)
         .map_err(|()| failure_of(&ctx))?;
     let mut body = json!({
         "access_token": issued.token,
         "token_type": "Bearer",
-        "expires_in": settings.tokens.access_ttl.as_secs(),
+        "expires_in": ctx.settings.tokens.access_ttl.as_secs(),
         "scope": scope,
     });
     if let Some(refresh) = issued.refresh {
@@ -402,26 +408,13 @@ fn failure_of(ctx: &FlowContext<'_>) -> StorageError {
 /// grant. oxide-auth's own client-credentials flow insists on binding a redirect URI and
 /// answers unknown clients with a 500, so it is not used.
 fn client_credentials(
-    conn: &mut DbConnection,
-    settings: &Settings,
-    keys: Arc<KeyState>,
+    mut grant: GrantRun<'_>,
     request: &TokenRequest,
-    secret_verified: bool,
 ) -> Result<TokenAnswer, StorageError> {
-    let Some((client_id, _)) = request.client_secret().filter(|_| secret_verified) else {
+    let Some(client) = grant.auth.client.clone() else {
         return Ok(TokenAnswer::invalid_client());
     };
-    let ctx = FlowContext::new(conn, settings, keys);
-    let client = match ctx.client(client_id) {
-        Ok(Some(client)) => client,
-        Ok(None) => return Ok(TokenAnswer::invalid_client()),
-        Err(()) => {
-            return Err(ctx
-                .take_notes()
-                .failure
-                .unwrap_or_else(|| StorageError::Corrupt("client".into())))
-        }
-    };
+    let ctx = grant.context();
     if !client.allows(GrantType::ClientCredentials) {
         return Ok(TokenAnswer::error(
             400,
@@ -446,7 +439,7 @@ fn client_credentials(
         body: json!({
             "access_token": minted.access_token,
             "token_type": "Bearer",
-            "expires_in": settings.tokens.access_ttl.as_secs(),
+            "expires_in": ctx.settings.tokens.access_ttl.as_secs(),
             "scope": scope,
         }),
     })

@@ -66,10 +66,6 @@ impl ConnectionManager {
         Ok(ConnectionManager { backend, target })
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     pub fn connect(&self) -> StorageResult<DbConnection> {
         match self.backend {
             Backend::Postgres => Ok(DbConnection::Postgresql(PgConnection::establish(
