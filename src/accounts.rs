@@ -61,35 +61,41 @@ pub fn add_user(
     Ok(user)
 }
 
+/// Returns the updated user.
 pub fn set_password(
     conn: &mut DbConnection,
     username: &str,
     new_password: &str,
-) -> Result<(), AccountError> {
+) -> Result<UserRow, AccountError> {
     validate_password(new_password)?;
     let hash = password::hash(new_password);
     if !user_store::set_password_hash(conn, username, &hash, now_unix())? {
         return Err(AccountError::NoSuchUser(username.to_owned()));
     }
-    Ok(())
+    existing(conn, username)
 }
 
+/// Returns the updated user.
 pub fn set_disabled(
     conn: &mut DbConnection,
     username: &str,
     disabled: bool,
-) -> Result<(), AccountError> {
+) -> Result<UserRow, AccountError> {
     let now = now_unix();
     if !user_store::set_disabled(conn, username, disabled, now)? {
         return Err(AccountError::NoSuchUser(username.to_owned()));
     }
+    let user = existing(conn, username)?;
     // A disabled user keeps no working token: every grant of theirs is revoked.
     if disabled {
-        if let Some(user) = user_store::find_by_username(conn, username)? {
-            crate::storage::tokens::revoke_user_families(conn, &user.id, now)?;
-        }
+        crate::storage::tokens::revoke_user_families(conn, &user.id, now)?;
     }
-    Ok(())
+    Ok(user)
+}
+
+fn existing(conn: &mut DbConnection, username: &str) -> Result<UserRow, AccountError> {
+    user_store::find_by_username(conn, username)?
+        .ok_or_else(|| AccountError::NoSuchUser(username.to_owned()))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! Dependencies point one way: `http` -> `oauth` -> `keys`/`storage` -> `config`/`crypto`.
 
 pub mod accounts;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod crypto;

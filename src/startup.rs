@@ -8,14 +8,21 @@ use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
+use actix_web::http::header;
+
 use crate::config::Settings;
 use crate::crypto::mac::Mac;
 use crate::crypto::secret_cache::SecretCache;
 use crate::http::{self, AppState};
 use crate::keys::KeyRing;
 use crate::oauth::client_sync::sync_clients;
+use crate::ratelimit::ClientRateLimiter;
 use crate::storage::{self, Pool};
 use crate::telemetry::RequestSpan;
+
+/// Two years, the HSTS preload list's minimum; no includeSubDomains, which would bind every
+/// other host of the operator's domain.
+const HSTS: &str = "max-age=63072000";
 
 pub struct Application {
     server: Server,
@@ -64,6 +71,8 @@ impl Application {
             )
         })?;
         let addr = listener.local_addr()?;
+        let route_settings = http::RouteSettings::new(&settings);
+        let client_rate = ClientRateLimiter::new(&settings);
         let state = AppState {
             metadata: http::build_metadata(&settings),
             settings: Arc::new(settings),
@@ -71,23 +80,37 @@ impl Application {
             keys: Arc::new(prepared.keys),
             csrf_mac: Arc::new(prepared.csrf_mac),
             secret_cache: Arc::new(SecretCache::new()),
+            client_rate: Arc::new(client_rate),
         };
+        crate::audit::start_writer(state.pool.clone());
         spawn_key_refresh(state.clone());
         spawn_housekeeping(state.clone());
-        let workers = state.settings.server.workers;
+        let server_settings = state.settings.server.clone();
+        let hsts = server_settings.tls.is_some();
         let data = web::Data::new(state);
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .wrap(middleware::from_fn(http::limit_body_time))
                 .wrap(middleware::from_fn(http::echo_request_id))
                 .wrap(TracingLogger::<RequestSpan>::new())
-                .configure(http::routes)
+                .wrap(middleware::Condition::new(
+                    hsts,
+                    middleware::DefaultHeaders::new()
+                        .add((header::STRICT_TRANSPORT_SECURITY, HSTS)),
+                ))
+                .configure(|cfg| http::routes(cfg, &route_settings))
         })
-        .listen(listener)?;
-        if let Some(workers) = workers {
-            server = server.workers(workers);
-        }
-        tracing::info!(addr = %addr, "listening");
+        .workers(server_settings.worker_count())
+        .max_connections(server_settings.max_connections_per_worker())
+        .client_request_timeout(server_settings.header_timeout)
+        .keep_alive(server_settings.keep_alive);
+        let server = match &server_settings.tls {
+            Some(tls) => server.listen_rustls_0_23(listener, rustls::ServerConfig::clone(tls))?,
+            None => server.listen(listener)?,
+        };
+        let scheme = if hsts { "https" } else { "http" };
+        tracing::info!(addr = %addr, scheme, "listening");
         Ok(Application {
             server: server.run(),
             port: addr.port(),
@@ -137,9 +160,11 @@ fn spawn_housekeeping(state: AppState) {
             // A family's last access token may outlive the family by one access_ttl; its
             // revocation must be remembered until then.
             let access_ttl = state.settings.tokens.access_ttl.as_secs() as i64;
+            let audit_retention = state.settings.audit.retention.as_secs() as i64;
             let swept = http::run_blocking(&state.pool, move |conn| {
                 let now = storage::now_unix();
                 storage::auth_failures::delete_before(conn, now - window)?;
+                storage::audit::delete_before(conn, now - audit_retention)?;
                 storage::tokens::delete_expired_before(conn, now - access_ttl)?;
                 let sessions = storage::sessions::delete_expired(conn, now)?;
                 let codes = storage::codes::delete_expired_before(

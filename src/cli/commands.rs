@@ -2,7 +2,8 @@ use std::io::BufRead;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{Cli, ClientsCommand, Command, KeysCommand, UsersCommand};
+use super::{AuditCommand, Cli, ClientsCommand, Command, KeysCommand, UsersCommand};
+use crate::audit::AuditEvent;
 use crate::config::{ConfigError, Settings};
 use crate::startup::{self, Application};
 use crate::storage::clients::ClientRow;
@@ -36,6 +37,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Clients(ClientsCommand::List) => list_clients(&settings),
         Command::Keys(KeysCommand::List) => list_keys(&settings),
         Command::Keys(KeysCommand::Rotate) => rotate_key(&settings),
+        Command::Audit(AuditCommand::Tail { lines, json }) => audit_tail(&settings, lines, json),
         Command::CheckConfig | Command::HashSecret { .. } => Ok(()),
     })
 }
@@ -88,7 +90,9 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     let prepared = startup::prepare(&settings)?;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings, prepared)?;
-        app.run_until_stopped().await?;
+        let outcome = app.run_until_stopped().await;
+        crate::audit::stop_writer(Duration::from_secs(5));
+        outcome?;
         Ok(())
     })
 }
@@ -162,6 +166,7 @@ fn users(settings: &Settings, command: UsersCommand) -> anyhow::Result<()> {
             accounts::validate_username(&name)?;
             let password = read_secret(password_stdin, "Password")?;
             let user = accounts::add_user(&mut conn, &name, &password)?;
+            admin_event("user_added", &user.id, &mut conn)?;
             println!("{}", user.id);
         }
         UsersCommand::SetPassword {
@@ -169,10 +174,17 @@ fn users(settings: &Settings, command: UsersCommand) -> anyhow::Result<()> {
             password_stdin,
         } => {
             let password = read_secret(password_stdin, "New password")?;
-            accounts::set_password(&mut conn, &name, &password)?;
+            let user = accounts::set_password(&mut conn, &name, &password)?;
+            admin_event("password_changed", &user.id, &mut conn)?;
         }
-        UsersCommand::Disable { name } => accounts::set_disabled(&mut conn, &name, true)?,
-        UsersCommand::Enable { name } => accounts::set_disabled(&mut conn, &name, false)?,
+        UsersCommand::Disable { name } => {
+            let user = accounts::set_disabled(&mut conn, &name, true)?;
+            admin_event("user_disabled", &user.id, &mut conn)?;
+        }
+        UsersCommand::Enable { name } => {
+            let user = accounts::set_disabled(&mut conn, &name, false)?;
+            admin_event("user_enabled", &user.id, &mut conn)?;
+        }
         UsersCommand::List => {
             println!("{:<36} {:<9} {:<22} USERNAME", "ID", "STATE", "CREATED");
             for user in storage::users::list(&mut conn)? {
@@ -186,6 +198,48 @@ fn users(settings: &Settings, command: UsersCommand) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+fn admin_event(event: &'static str, user_id: &str, conn: &mut DbConnection) -> anyhow::Result<()> {
+    AuditEvent::new(event, "success")
+        .user(Some(user_id))
+        .detail("via the CLI")
+        .record_now(conn)?;
+    Ok(())
+}
+
+fn audit_tail(settings: &Settings, lines: u32, json: bool) -> anyhow::Result<()> {
+    let mut conn = connect(settings)?;
+    let rows = storage::audit::latest(&mut conn, i64::from(lines))?;
+    for row in rows {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "time": timestamp(row.occurred_at),
+                    "event": row.event,
+                    "outcome": row.outcome,
+                    "user_id": row.user_id,
+                    "client_id": row.client_id,
+                    "ip": row.ip,
+                    "detail": row.detail,
+                })
+            );
+            continue;
+        }
+        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+        println!(
+            "{}  {:<22} {:<9} user={} client={} ip={} {}",
+            timestamp(row.occurred_at),
+            row.event,
+            row.outcome,
+            or_dash(&row.user_id),
+            or_dash(&row.client_id),
+            or_dash(&row.ip),
+            row.detail.unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -244,6 +298,9 @@ fn rotate_key(settings: &Settings) -> anyhow::Result<()> {
     let window =
         settings.tokens.access_ttl + settings.keys.refresh_interval + Duration::from_secs(60);
     let kid = crate::keys::rotate(&mut conn, &secret, settings.keys.rsa_bits, window)?;
+    AuditEvent::new("key_rotated", "success")
+        .detail(format!("kid={kid}; via the CLI"))
+        .record_now(&mut conn)?;
     println!("{kid}");
     Ok(())
 }

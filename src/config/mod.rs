@@ -6,6 +6,7 @@ mod validate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use raw::RawSettings;
@@ -36,13 +37,44 @@ pub struct Settings {
     pub keys: KeySettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    pub audit: AuditSettings,
     pub clients: Vec<ClientSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Audit rows older than this are deleted by housekeeping.
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub bind: SocketAddr,
     pub workers: Option<usize>,
+    /// Present when `tls_cert` and `tls_key` are set: loaded and checked at validation, so
+    /// a bad certificate stops the start with the key's name.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub max_body_bytes: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub keep_alive: Duration,
+    pub max_connections: usize,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl ServerSettings {
+    /// actix counts connections per worker; the setting is for the whole process.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+
+    pub fn max_connections_per_worker(&self) -> usize {
+        self.max_connections.div_ceil(self.worker_count()).max(1)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +120,9 @@ pub struct LimitSettings {
     pub window: Duration,
     pub failures_per_username: u32,
     pub failures_per_ip: u32,
+    /// Per client id, per instance, at /token, /revoke and /introspect.
+    pub client_requests_per_second: u32,
+    pub client_burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,8 +19,15 @@ pub struct RawSettings {
     pub keys: RawKeys,
     pub limits: RawLimits,
     pub log: RawLog,
+    pub audit: RawAudit,
     #[serde(default)]
     pub clients: Vec<RawClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub retention: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -30,6 +37,13 @@ pub struct RawServer {
     pub workers: Option<usize>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    pub max_body_bytes: usize,
+    pub header_timeout: String,
+    pub body_timeout: String,
+    pub keep_alive: String,
+    pub max_connections: usize,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +90,8 @@ pub struct RawLimits {
     pub window: String,
     pub failures_per_username: u32,
     pub failures_per_ip: u32,
+    pub client_requests_per_second: u32,
+    pub client_burst: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +151,7 @@ impl RawSettings {
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("tokens.audience")
+                    .with_list_parse_key("server.trusted_proxies")
                     .source(Some(env)),
             )
             .build()?

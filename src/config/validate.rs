@@ -69,15 +69,41 @@ pub fn validate(
     if raw.server.workers == Some(0) {
         p.add("server.workers", "must be at least 1");
     }
-    for (key, value) in [
-        ("server.tls_cert", &raw.server.tls_cert),
-        ("server.tls_key", &raw.server.tls_key),
-    ] {
-        if value.is_some() {
-            p.add(
-                key,
-                "serving TLS directly is not available in this version; terminate TLS in a reverse proxy",
-            );
+    let tls = match (&raw.server.tls_cert, &raw.server.tls_key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            p.add("server.tls_key", "must be set when server.tls_cert is");
+            None
+        }
+        (None, Some(_)) => {
+            p.add("server.tls_cert", "must be set when server.tls_key is");
+            None
+        }
+        (Some(cert), Some(key)) => match crate::crypto::tls::server_config(cert, key) {
+            Ok(config) => Some(Arc::new(config)),
+            Err(problem) => {
+                p.add(problem.key, problem.message);
+                None
+            }
+        },
+    };
+    if !(1024..=16 * 1024 * 1024).contains(&raw.server.max_body_bytes) {
+        p.add("server.max_body_bytes", "must be between 1024 and 16777216");
+    }
+    let header_timeout = p.duration("server.header_timeout", &raw.server.header_timeout);
+    let body_timeout = p.duration("server.body_timeout", &raw.server.body_timeout);
+    let keep_alive = p.duration("server.keep_alive", &raw.server.keep_alive);
+    if raw.server.max_connections == 0 {
+        p.add("server.max_connections", "must be at least 1");
+    }
+    let mut trusted_proxies = Vec::with_capacity(raw.server.trusted_proxies.len());
+    for (i, proxy) in raw.server.trusted_proxies.iter().enumerate() {
+        match parse_network(proxy) {
+            Some(net) => trusted_proxies.push(net),
+            None => p.add(
+                format!("server.trusted_proxies[{i}]"),
+                format!("`{proxy}` is not an IP address or CIDR range"),
+            ),
         }
     }
 
@@ -137,10 +163,17 @@ pub fn validate(
         window: p.duration("limits.window", &raw.limits.window),
         failures_per_username: raw.limits.failures_per_username,
         failures_per_ip: raw.limits.failures_per_ip,
+        client_requests_per_second: raw.limits.client_requests_per_second,
+        client_burst: raw.limits.client_burst,
     };
     for (key, value) in [
         ("limits.failures_per_username", limits.failures_per_username),
         ("limits.failures_per_ip", limits.failures_per_ip),
+        (
+            "limits.client_requests_per_second",
+            limits.client_requests_per_second,
+        ),
+        ("limits.client_burst", limits.client_burst),
     ] {
         if value == 0 {
             p.add(key, "must be at least 1");
@@ -162,6 +195,10 @@ pub fn validate(
         );
     }
 
+    let audit = AuditSettings {
+        retention: p.duration("audit.retention", &raw.audit.retention),
+    };
+
     let mut clients = Vec::with_capacity(raw.clients.len());
     for (i, client) in raw.clients.iter().enumerate() {
         let key = format!("clients[{i}]");
@@ -182,6 +219,13 @@ pub fn validate(
         server: ServerSettings {
             bind,
             workers: raw.server.workers,
+            tls,
+            max_body_bytes: raw.server.max_body_bytes,
+            header_timeout,
+            body_timeout,
+            keep_alive,
+            max_connections: raw.server.max_connections,
+            trusted_proxies,
         },
         database: DatabaseSettings {
             url: raw.database.url,
@@ -201,7 +245,18 @@ pub fn validate(
             format,
             level: raw.log.level,
         },
+        audit,
         clients,
+    })
+}
+
+/// An address is a network of one.
+fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
     })
 }
 
@@ -368,7 +423,12 @@ fn check_client(
                     p.add(format!("{key}.allowed_origins[{j}]"), message);
                 }
             }
-            origins.clone()
+            // As a browser writes them in the Origin header: lowercase host, no default port.
+            origins
+                .iter()
+                .filter_map(|o| url::Url::parse(o).ok())
+                .map(|u| u.origin().ascii_serialization())
+                .collect()
         }
         None => default_origins(&c.redirect_uris),
     };

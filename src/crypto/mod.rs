@@ -7,3 +7,4 @@ pub mod password;
 pub mod random;
 pub mod secret_box;
 pub mod secret_cache;
+pub mod tls;

@@ -5,6 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::pages::{self, ConsentPage, ScopeView};
 use super::{forms, session, AppState};
+use crate::audit::AuditEvent;
 use crate::oauth::authorize::{self, AuthorizeOutcome, FORM_FIELDS};
 use crate::oauth::context::Decision;
 use crate::oauth::request::Params;
@@ -70,7 +71,21 @@ async fn run(
             "This request cannot be completed",
             message,
         ),
-        AuthorizeOutcome::Redirect(url) => pages::see_other(url.as_str()),
+        AuthorizeOutcome::Redirect(url) => {
+            if let (Some(decision), Some(owner)) = (decision, &owner) {
+                let outcome = match decision {
+                    Decision::Allow => "granted",
+                    Decision::Deny => "denied",
+                };
+                AuditEvent::new("consent", outcome)
+                    .user(Some(&owner.user_id))
+                    .client(params.get("client_id"))
+                    .ip(state.client_ip(req).as_deref())
+                    .detail(format!("scope={}", params.get("scope").unwrap_or_default()))
+                    .record();
+            }
+            pages::see_other(url.as_str())
+        }
         AuthorizeOutcome::Login => {
             let return_to = format!("/authorize?{}", params.encode());
             let login = format!(

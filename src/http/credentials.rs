@@ -97,10 +97,3 @@ pub async fn check_client_secret(
     };
     Ok(client.filter(|_| verified))
 }
-
-/// The address failures are counted against: the TCP peer. (Behind a reverse proxy every
-/// request shares the proxy's address; trusting X-Forwarded-For from configured proxies is
-/// not built yet.)
-pub fn client_ip(req: &actix_web::HttpRequest) -> Option<String> {
-    req.peer_addr().map(|addr| addr.ip().to_string())
-}

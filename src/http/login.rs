@@ -7,6 +7,7 @@ use super::credentials::{self, PasswordCheck};
 use super::pages::{self, LoginPage, LogoutPage};
 use super::{forms, session, AppState};
 use crate::accounts::MAX_PASSWORD_BYTES;
+use crate::audit::AuditEvent;
 
 const LOGIN_FORM: &str = "login";
 const LOGOUT_FORM: &str = "logout";
@@ -76,11 +77,14 @@ pub async fn submit(
     if username.is_empty() || password_text.is_empty() || password_text.len() > MAX_PASSWORD_BYTES {
         return refuse(&req, &state, &return_to, &username);
     }
-    let ip = credentials::client_ip(&req);
-    let user = match credentials::check_password(&state, &username, &password_text, ip).await {
+    let ip = state.client_ip(&req);
+    let login_event = |outcome| AuditEvent::new("login", outcome).ip(ip.as_deref());
+    let user = match credentials::check_password(&state, &username, &password_text, ip.clone())
+        .await
+    {
         Ok(PasswordCheck::Passed(user)) => user,
         Ok(PasswordCheck::Limited { retry_after }) => {
-            tracing::info!(target: "gatehouse::audit", event = "login", outcome = "rate_limited");
+            login_event("refused").detail("rate limited").record();
             let minutes = retry_after.div_ceil(60);
             let message = format!("Too many failed attempts. Try again in {minutes} minute(s).");
             let mut response =
@@ -95,14 +99,11 @@ pub async fn submit(
             return response;
         }
         Ok(PasswordCheck::Failed { user_id }) => {
-            // Only ids are logged: a username field sometimes holds a mistyped password.
+            // Only ids are recorded: a username field sometimes holds a mistyped password.
+            let event = login_event("failure").user(user_id.as_deref());
             match user_id {
-                Some(user_id) => {
-                    tracing::info!(target: "gatehouse::audit", event = "login", outcome = "failure", %user_id)
-                }
-                None => {
-                    tracing::info!(target: "gatehouse::audit", event = "login", outcome = "failure", "unknown user")
-                }
+                Some(_) => event.record(),
+                None => event.detail("unknown user").record(),
             }
             return refuse(&req, &state, &return_to, &username);
         }
@@ -111,7 +112,7 @@ pub async fn submit(
     let user_id = user.id.clone();
     match super::run_blocking(&state.pool, move |conn| session::start(conn, &user)).await {
         Ok(cookie) => {
-            tracing::info!(target: "gatehouse::audit", event = "login", outcome = "success", %user_id);
+            login_event("success").user(Some(&user_id)).record();
             let mut response = pages::see_other(if return_to.is_empty() {
                 "/login/done"
             } else {

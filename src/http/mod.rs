@@ -3,6 +3,9 @@
 
 mod authorize;
 mod blocking;
+mod body_timeout;
+mod client_ip;
+mod cors;
 mod credentials;
 mod csrf;
 mod error;
@@ -38,6 +41,7 @@ pub struct AppState {
     pub metadata: web::Bytes,
     pub csrf_mac: Arc<Mac>,
     pub secret_cache: Arc<SecretCache>,
+    pub client_rate: Arc<crate::ratelimit::ClientRateLimiter>,
 }
 
 impl AppState {
@@ -48,17 +52,38 @@ impl AppState {
         }
     }
 
+    /// The client's address: the TCP peer, or what a trusted proxy forwarded.
+    pub fn client_ip(&self, req: &actix_web::HttpRequest) -> Option<String> {
+        client_ip::client_ip(req, &self.settings.server.trusted_proxies)
+    }
+
     /// Cookies are `Secure` whenever the issuer is https.
     pub fn secure_cookies(&self) -> bool {
         self.settings.issuer.starts_with("https://")
     }
 }
 
-/// Request bodies larger than this are refused with 413 before any handler runs.
-pub const MAX_FORM_BYTES: usize = 16 * 1024;
+/// Everything a worker's `App` needs besides `AppState`, computed once.
+#[derive(Clone)]
+pub struct RouteSettings {
+    pub max_body_bytes: usize,
+    pub cors_origins: Arc<std::collections::HashSet<String>>,
+}
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::PayloadConfig::new(MAX_FORM_BYTES))
+impl RouteSettings {
+    pub fn new(settings: &Settings) -> RouteSettings {
+        RouteSettings {
+            max_body_bytes: settings.server.max_body_bytes,
+            cors_origins: cors::client_origins(settings),
+        }
+    }
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig, route_settings: &RouteSettings) {
+    use actix_web::http::Method;
+    let cors = |methods: &[Method]| cors::for_client_origins(&route_settings.cors_origins, methods);
+    // Larger bodies are refused with 413 before any handler runs.
+    cfg.app_data(web::PayloadConfig::new(route_settings.max_body_bytes))
         .route("/authorize", web::get().to(authorize::authorize))
         .route("/consent", web::get().to(authorize::authorize))
         .route("/consent", web::post().to(authorize::consent_submit))
@@ -67,18 +92,32 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/login/done", web::get().to(login::done))
         .route("/logout", web::get().to(login::logout_page))
         .route("/logout", web::post().to(login::logout))
-        .route("/token", web::post().to(token::token))
-        .route("/revoke", web::post().to(revocation::revoke))
+        .service(
+            web::resource("/token")
+                .wrap(cors(&[Method::POST]))
+                .route(web::post().to(token::token)),
+        )
+        .service(
+            web::resource("/revoke")
+                .wrap(cors(&[Method::POST]))
+                .route(web::post().to(revocation::revoke)),
+        )
         .route("/introspect", web::post().to(revocation::introspect))
         .route("/static/gatehouse.css", web::get().to(pages::stylesheet))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
-        .route("/.well-known/jwks.json", web::get().to(well_known::jwks))
-        .route(
-            "/.well-known/oauth-authorization-server",
-            web::get().to(well_known::metadata),
+        .service(
+            web::resource("/.well-known/jwks.json")
+                .wrap(cors(&[Method::GET]))
+                .route(web::get().to(well_known::jwks)),
+        )
+        .service(
+            web::resource("/.well-known/oauth-authorization-server")
+                .wrap(cors(&[Method::GET]))
+                .route(web::get().to(well_known::metadata)),
         );
 }
 
+pub use body_timeout::limit_body_time;
 pub use request_id::echo_request_id;
 pub use well_known::build_metadata;

@@ -67,9 +67,9 @@ where
         + Send
         + 'static,
 {
-    let request = match read_request(&req, &body) {
+    let request = match read_request(&req, &state, &body) {
         Ok(request) => request,
-        Err(refusal) => return answer(refusal),
+        Err(refusal) => return *refusal,
     };
     let client_id = match authenticate(&state, &request, callers).await {
         Ok(client_id) => client_id,
@@ -98,14 +98,18 @@ pub async fn revoke(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
+    let ip = state.client_ip(&req);
     run(
         req,
         state,
         body,
         Callers::AnyClient,
-        |conn, settings, keys, client_id, token| {
-            revocation::revoke(conn, settings, keys, client_id, token)
-                .map(|()| serde_json::json!({}))
+        move |conn, settings, keys, client_id, token| {
+            let revoked = revocation::revoke(conn, settings, keys, client_id, token)?;
+            if let Some(event) = revoked {
+                event.ip(ip.as_deref()).record();
+            }
+            Ok(serde_json::json!({}))
         },
     )
     .await

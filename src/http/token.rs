@@ -7,15 +7,20 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::credentials::{self, PasswordCheck};
 use super::{forms, AppState, HttpError};
+use crate::audit::AuditEvent;
 use crate::config::GrantType;
 use crate::oauth::token::{self, TokenAnswer, TokenRequest, UserCheck, Verified};
 
 pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
-    let request = match read_request(&req, &body) {
+    let request = match read_request(&req, &state, &body) {
         Ok(request) => request,
-        Err(refusal) => return answer(refusal),
+        Err(refusal) => return *refusal,
     };
-    let mut verified = Verified::default();
+    let ip = state.client_ip(&req);
+    let mut verified = Verified {
+        client_ip: ip.clone(),
+        ..Verified::default()
+    };
     if let Some((client_id, secret)) = request.client_secret() {
         match credentials::check_client_secret(&state, client_id, secret).await {
             Ok(Some(client)) => verified.client = Some(client),
@@ -33,45 +38,94 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
         .password_credentials()
         .filter(|_| may_check_password)
     {
-        let ip = credentials::client_ip(&req);
-        match credentials::check_password(&state, username, password, ip).await {
+        let login_event = |outcome| {
+            AuditEvent::new("login", outcome)
+                .client(request.claimed_client_id())
+                .ip(ip.as_deref())
+        };
+        match credentials::check_password(&state, username, password, ip.clone()).await {
             Ok(PasswordCheck::Passed(user)) => {
                 verified.user = Some(UserCheck::Passed { user_id: user.id })
             }
             Ok(PasswordCheck::Limited { retry_after }) => {
-                let description =
-                    format!("too many failed attempts; retry after {retry_after} seconds");
-                let mut response = answer(TokenAnswer::error(429, "invalid_grant", &description));
-                if let Ok(value) = header::HeaderValue::from_str(&retry_after.to_string()) {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-                return response;
+                login_event("refused")
+                    .detail("password grant; rate limited")
+                    .record();
+                return too_many_requests(
+                    "invalid_grant",
+                    &format!("too many failed attempts; retry after {retry_after} seconds"),
+                    retry_after,
+                );
             }
-            Ok(PasswordCheck::Failed { .. }) => verified.user = Some(UserCheck::Failed),
+            Ok(PasswordCheck::Failed { user_id }) => {
+                login_event("failure")
+                    .user(user_id.as_deref())
+                    .detail("password grant")
+                    .record();
+                verified.user = Some(UserCheck::Failed)
+            }
             Err(e) => return failure(e),
         }
     }
     let settings = state.settings.clone();
     let keys = state.keys.current();
+    let grant_type = request.param("grant_type").unwrap_or_default().to_owned();
+    let client_id = request.claimed_client_id().map(str::to_owned);
     let result = super::run_blocking(&state.pool, move |conn| {
         token::token(conn, &settings, keys, request, verified)
     })
     .await;
     match result {
-        Ok(token_answer) => answer(token_answer),
+        Ok(token_answer) => {
+            if token_answer.status == 200 {
+                record_issued(
+                    &token_answer,
+                    &grant_type,
+                    client_id.as_deref(),
+                    ip.as_deref(),
+                );
+            }
+            answer(token_answer)
+        }
         Err(e) => failure(e),
     }
 }
 
+fn record_issued(
+    issued: &TokenAnswer,
+    grant_type: &str,
+    client_id: Option<&str>,
+    ip: Option<&str>,
+) {
+    // A client_credentials token's subject is the client itself, not a user.
+    let user_id = match grant_type {
+        "client_credentials" => None,
+        _ => issued.body["access_token"]
+            .as_str()
+            .and_then(crate::oauth::tokens::subject_of),
+    };
+    AuditEvent::new("token_issued", "success")
+        .user(user_id.as_deref())
+        .client(client_id)
+        .ip(ip)
+        .detail(format!("grant_type={grant_type}"))
+        .record();
+}
+
 /// The form body and the Authorization header of a request to /token, /revoke or
-/// /introspect, checked for what needs no database.
-pub(super) fn read_request(req: &HttpRequest, body: &[u8]) -> Result<TokenRequest, TokenAnswer> {
+/// /introspect, checked for what needs no database, within the claimed client's rate.
+pub(super) fn read_request(
+    req: &HttpRequest,
+    state: &AppState,
+    body: &[u8],
+) -> Result<TokenRequest, Box<HttpResponse>> {
+    let refuse = |refusal: TokenAnswer| Box::new(answer(refusal));
     let Some(params) = forms::form_params(req, body) else {
-        return Err(TokenAnswer::error(
+        return Err(refuse(TokenAnswer::error(
             400,
             "invalid_request",
             "the body must be application/x-www-form-urlencoded",
-        ));
+        )));
     };
     let mut authorization = req.headers().get_all(header::AUTHORIZATION);
     let header_value = match (authorization.next(), authorization.next()) {
@@ -79,18 +133,37 @@ pub(super) fn read_request(req: &HttpRequest, body: &[u8]) -> Result<TokenReques
         (Some(value), None) => Some(
             value
                 .to_str()
-                .map_err(|_| TokenAnswer::invalid_client())?
+                .map_err(|_| refuse(TokenAnswer::invalid_client()))?
                 .to_owned(),
         ),
         (Some(_), Some(_)) => {
-            return Err(TokenAnswer::error(
+            return Err(refuse(TokenAnswer::error(
                 400,
                 "invalid_request",
                 "more than one Authorization header",
-            ))
+            )))
         }
     };
-    TokenRequest::parse(&params, header_value.as_deref())
+    let request = TokenRequest::parse(&params, header_value.as_deref()).map_err(refuse)?;
+    let client_id = request.claimed_client_id().unwrap_or_default();
+    if let Err(retry_after) = state.client_rate.check(client_id) {
+        return Err(Box::new(too_many_requests(
+            "temporarily_unavailable",
+            &format!("too many requests from this client; retry after {retry_after} seconds"),
+            retry_after,
+        )));
+    }
+    Ok(request)
+}
+
+/// 429 with Retry-After (RFC 6585). RFC 6749 defines no error code for it; the body says
+/// which limit was hit.
+pub(super) fn too_many_requests(error: &str, description: &str, retry_after: u64) -> HttpResponse {
+    let mut response = answer(TokenAnswer::error(429, error, description));
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+    response
 }
 
 pub(super) fn answer(answer: TokenAnswer) -> HttpResponse {

@@ -75,7 +75,12 @@ impl Authorizer for DbAuthorizer<'_> {
                 Ok(Some(grant))
             }
             Redemption::Replay(row) => {
-                tracing::warn!(client_id = %row.client_id, user_id = %row.user_id, "authorization code replayed; revoking the tokens issued from it");
+                crate::audit::AuditEvent::new("code_replay_detected", "detected")
+                    .user(Some(&row.user_id))
+                    .client(Some(&row.client_id))
+                    .ip(ctx.client_ip.as_deref())
+                    .detail("an authorization code was presented again; the tokens issued from it are revoked")
+                    .record();
                 if let Some(family_id) = &row.family_id {
                     token_store::revoke_family(&mut ctx.conn(), family_id, ctx.now)
                         .map_err(|e| ctx.fail(e))?;

@@ -38,6 +38,14 @@ pub fn sync_clients(conn: &mut DbConnection, settings: &Settings) -> StorageResu
         });
     }
     let report = client_store::sync(conn, &rows)?;
+    if report.added + report.updated + report.disabled > 0 {
+        crate::audit::AuditEvent::new("clients_synced", "success")
+            .detail(format!(
+                "added={} updated={} disabled={}",
+                report.added, report.updated, report.disabled
+            ))
+            .record_now(conn)?;
+    }
     tracing::info!(
         configured = rows.len(),
         added = report.added,

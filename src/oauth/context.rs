@@ -71,6 +71,8 @@ pub struct FlowContext<'c> {
     pub claimed_client: Option<String>,
     /// The grant the Issuer records a new family under.
     pub grant_type: GrantType,
+    /// The caller's address, for the audit trail.
+    pub client_ip: Option<String>,
     pub notes: RefCell<Notes>,
 }
 
@@ -90,6 +92,7 @@ impl<'c> FlowContext<'c> {
             verified_secret: None,
             claimed_client: None,
             grant_type: GrantType::AuthorizationCode,
+            client_ip: None,
             notes: RefCell::new(Notes::default()),
         }
     }

@@ -164,13 +164,15 @@ impl DbIssuer<'_> {
 
     fn reuse_detected(&self, family: &FamilyRow) {
         let ctx = self.ctx;
-        tracing::warn!(
-            target: "gatehouse::audit",
-            event = "refresh_reuse_detected",
-            client_id = %family.client_id,
-            family_id = %family.id,
-            "a rotated refresh token was presented again; revoking its family"
-        );
+        crate::audit::AuditEvent::new("refresh_reuse_detected", "detected")
+            .user(family.user_id.as_deref())
+            .client(Some(&family.client_id))
+            .ip(ctx.client_ip.as_deref())
+            .detail(format!(
+                "family={}; a rotated refresh token was presented again; its family is revoked",
+                family.id
+            ))
+            .record();
         if let Err(e) = token_store::revoke_family(&mut ctx.conn(), &family.id, ctx.now) {
             ctx.fail(e);
         }

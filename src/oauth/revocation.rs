@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 
+use crate::audit::AuditEvent;
 use crate::config::Settings;
 use crate::crypto::mac::digest_secret;
 use crate::keys::{KeyState, VerifiedClaims};
@@ -42,27 +43,35 @@ fn identify(
 /// Revokes `token` if it is `client_id`'s: a refresh token takes its whole family with it
 /// (and so every access token issued from it); an access token is recorded as revoked until
 /// it expires. Unknown tokens and other clients' tokens change nothing (RFC 7009 2.2: the
-/// answer is 200 either way, so a client cannot probe for tokens).
+/// answer is 200 either way, so a client cannot probe for tokens). Returns the audit event
+/// of a revocation, for the caller to complete with what it knows (the address).
 pub fn revoke(
     conn: &mut DbConnection,
     settings: &Settings,
     keys: &KeyState,
     client_id: &str,
     token: &str,
-) -> StorageResult<()> {
+) -> StorageResult<Option<AuditEvent>> {
     let now = now_unix();
+    let revoked = AuditEvent::new("token_revoked", "success").client(Some(client_id));
     match identify(conn, settings, keys, token)? {
         Presented::Refresh(row, family) if row.client_id == client_id => {
             token_store::revoke_family(conn, &family.id, now)?;
-            tracing::info!(target: "gatehouse::audit", event = "token_revoked", kind = "refresh_token", %client_id, family_id = %family.id);
+            Ok(Some(revoked.user(family.user_id.as_deref()).detail(
+                format!("refresh_token; family={} and its access tokens", family.id),
+            )))
         }
         Presented::Access(claims) if claims.client_id == client_id => {
             token_store::revoke_access(conn, &claims.jti, client_id, claims.exp, now)?;
-            tracing::info!(target: "gatehouse::audit", event = "token_revoked", kind = "access_token", %client_id, jti = %claims.jti);
+            let user = (claims.sub != claims.client_id).then_some(claims.sub.as_str());
+            Ok(Some(
+                revoked
+                    .user(user)
+                    .detail(format!("access_token; jti={}", claims.jti)),
+            ))
         }
-        _ => {}
+        _ => Ok(None),
     }
-    Ok(())
 }
 
 /// RFC 7662 2.2. Access tokens may be introspected by any confidential client (resource

@@ -156,6 +156,14 @@ impl TokenRequest {
         self.body.get("username").zip(self.body.get("password"))
     }
 
+    /// The client this request says it comes from, authenticated or not.
+    pub fn claimed_client_id(&self) -> Option<&str> {
+        match &self.basic {
+            Some(basic) => Some(&basic.client_id),
+            None => self.body.get("client_id"),
+        }
+    }
+
     /// The client id and secret presented, by Basic or in the body.
     pub fn client_secret(&self) -> Option<(&str, &str)> {
         match &self.basic {
@@ -188,6 +196,8 @@ pub struct Verified {
     pub client: Option<Client>,
     /// For the password grant: the outcome of checking `request.password_credentials()`.
     pub user: Option<UserCheck>,
+    /// The caller's address, for the audit trail.
+    pub client_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +213,7 @@ pub enum UserCheck {
 struct Authenticated {
     secret: Option<(String, String)>,
     client: Option<Client>,
+    client_ip: Option<String>,
 }
 
 /// What every grant runs with.
@@ -219,6 +230,7 @@ impl GrantRun<'_> {
     fn context(&mut self) -> FlowContext<'_> {
         let mut ctx = FlowContext::new(self.conn, self.settings, self.keys.clone());
         ctx.verified_secret = self.auth.secret.clone();
+        ctx.client_ip = self.auth.client_ip.clone();
         ctx.notes.borrow_mut().client = self.auth.client.clone();
         ctx
     }
@@ -239,6 +251,7 @@ pub fn token(
             .zip(request.client_secret())
             .map(|(client, (_, secret))| (client.id.clone(), secret.to_owned())),
         client: verified.client,
+        client_ip: verified.client_ip,
     };
     let grant = GrantRun {
         conn,

@@ -1,6 +1,7 @@
 //! Storage: diesel only. One code path for PostgreSQL and SQLite through diesel's
 //! `MultiConnection`; the backend is chosen from the URL scheme, never guessed.
 
+pub mod audit;
 pub mod auth_failures;
 pub mod clients;
 pub mod codes;

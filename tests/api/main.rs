@@ -2,11 +2,13 @@
 
 mod support;
 
+mod audit;
 mod authorization_code;
 mod browser;
 mod cli;
 mod client_credentials;
 mod config;
+mod cors;
 mod health;
 mod keys;
 mod password;
@@ -14,5 +16,6 @@ mod rate_limits;
 mod refresh;
 mod revocation;
 mod storage;
+mod transport;
 mod users;
 mod well_known;

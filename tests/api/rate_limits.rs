@@ -133,3 +133,110 @@ fn a_client_without_the_password_grant_counts_nothing(db: TestDb) {
         "alice is not locked out"
     );
 }
+
+on_both_backends!(
+    a_client_past_its_request_rate_gets_429_and_others_do_not,
+    forwarded_addresses_count_only_from_trusted_proxies,
+);
+
+fn a_client_past_its_request_rate_gets_429_and_others_do_not(db: TestDb) {
+    // One request a second after a burst of five: twenty quick requests overrun it unless
+    // they take fifteen seconds.
+    let app = OAuthServer::start_configured(
+        db,
+        "",
+        "[limits]\nclient_requests_per_second = 1\nclient_burst = 5\n",
+    );
+    let answers: Vec<Response> = (0..20)
+        .map(|_| {
+            app.token(
+                &[("grant_type", "client_credentials")],
+                Some((SERVICE, SERVICE_SECRET)),
+            )
+        })
+        .collect();
+    assert!(
+        answers[..5].iter().all(|a| a.status == 200),
+        "the burst is served"
+    );
+    let limited = answers
+        .iter()
+        .find(|a| a.status == 429)
+        .expect("past the rate a request is refused");
+    assert_eq!(limited.json()["error"], "temporarily_unavailable");
+    assert_eq!(limited.header("cache-control"), Some("no-store"));
+    assert!(retry_after(limited) >= 1);
+
+    // Another client has its own budget; /revoke and /introspect draw from the same one.
+    assert_eq!(password_grant(&app, USERNAME, PASSWORD).status, 200);
+    let revocations: Vec<u16> = (0..20)
+        .map(|_| {
+            http()
+                .post(&app.url("/revoke"))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(format!("token=x&client_id={SERVICE}").as_bytes())
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+        .collect();
+    assert!(revocations.contains(&429), "{revocations:?}");
+}
+
+fn password_grant_from(app: &OAuthServer, username: &str, forwarded_for: &str) -> Response {
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{LEGACY}:{LEGACY_SECRET}"),
+    );
+    let body = format!("grant_type=password&username={username}&password=guess");
+    let response = http()
+        .post(&app.url("/token"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Authorization", format!("Basic {basic}"))
+        .header("X-Forwarded-For", forwarded_for)
+        .send(body.as_bytes())
+        .unwrap();
+    Response::from_ureq(response)
+}
+
+fn forwarded_addresses_count_only_from_trusted_proxies(db: TestDb) {
+    let limits = "[limits]\nfailures_per_username = 100\nfailures_per_ip = 2\n";
+    let app = OAuthServer::start_full(db, "trusted_proxies = [\"127.0.0.0/8\"]", "", limits);
+    // Behind a trusted proxy each forwarded client has its own budget.
+    for i in 0..2 {
+        let answer = password_grant_from(&app, &format!("a-{i}"), "203.0.113.1");
+        assert_eq!(answer.status, 400);
+    }
+    assert_eq!(
+        password_grant_from(&app, "a-3", "198.51.100.7, 203.0.113.1").status,
+        429,
+        "the nearest untrusted hop is the client"
+    );
+    assert_eq!(password_grant_from(&app, "b-1", "203.0.113.2").status, 400);
+    let recorded: Vec<String> = auth_failures::table
+        .select(auth_failures::bucket)
+        .load(&mut app.db.connect())
+        .unwrap();
+    assert!(
+        recorded.iter().any(|b| b.ends_with("203.0.113.1")),
+        "{recorded:?}"
+    );
+    assert!(
+        !recorded.iter().any(|b| b.ends_with("127.0.0.1")),
+        "{recorded:?}"
+    );
+}
+
+#[test]
+fn forwarded_addresses_from_an_untrusted_peer_are_ignored() {
+    let db = TestDb::create(Backend::Sqlite).unwrap();
+    let limits = "[limits]\nfailures_per_username = 100\nfailures_per_ip = 2\n";
+    let app = OAuthServer::start_configured(db, "", limits);
+    assert_eq!(password_grant_from(&app, "a-1", "203.0.113.1").status, 400);
+    assert_eq!(password_grant_from(&app, "a-2", "203.0.113.2").status, 400);
+    assert_eq!(
+        password_grant_from(&app, "a-3", "203.0.113.3").status,
+        429,
+        "a client cannot escape its budget by forging X-Forwarded-For"
+    );
+}

@@ -139,14 +139,29 @@ impl Drop for TestDb {
 
 /// The configuration a test server runs with; `extra` is appended TOML.
 pub fn write_config(db: &TestDb, name: &str, extra: &str) -> PathBuf {
+    write_config_with(db, name, "", extra)
+}
+
+/// As `write_config`, with `server` lines added to the `[server]` table and an issuer
+/// given by `issuer = ...` in them replacing the default.
+pub fn write_config_with(db: &TestDb, name: &str, server: &str, extra: &str) -> PathBuf {
     let path = db.dir.path().join(name);
+    let (issuer, server): (Vec<&str>, Vec<&str>) = server
+        .lines()
+        .partition(|l| l.trim_start().starts_with("issuer"));
+    let issuer = issuer
+        .first()
+        .copied()
+        .unwrap_or("issuer = \"http://127.0.0.1:8080\"");
+    let server = server.join("\n");
     let text = format!(
         r#"
-issuer = "http://127.0.0.1:8080"
+{issuer}
 
 [server]
 bind = "127.0.0.1:0"
 workers = 1
+{server}
 
 [database]
 url = "{url}"
@@ -247,16 +262,18 @@ impl TestServer {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                     if event["message"] == "listening" {
-                        let _ = addr_tx.send(event["addr"].as_str().unwrap_or_default().to_owned());
+                        let scheme = event["scheme"].as_str().unwrap_or("http");
+                        let addr = event["addr"].as_str().unwrap_or_default();
+                        let _ = addr_tx.send(format!("{scheme}://{addr}"));
                     }
                 }
                 sink.lock().expect("log lock").push(line);
             }
         });
         match addr_rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => Ok(TestServer {
+            Ok(base_url) => Ok(TestServer {
                 child,
-                base_url: format!("http://{addr}"),
+                base_url,
                 logs,
             }),
             Err(_) => {

@@ -117,9 +117,15 @@ impl OAuthServer {
 
     /// `sections` is TOML placed before the clients, e.g. a `[limits]` table.
     pub fn start_configured(db: TestDb, tokens_extra: &str, sections: &str) -> OAuthServer {
-        let config = write_config(
+        OAuthServer::start_full(db, "", tokens_extra, sections)
+    }
+
+    /// `server` adds lines to the `[server]` table (see `write_config_with`).
+    pub fn start_full(db: TestDb, server: &str, tokens_extra: &str, sections: &str) -> OAuthServer {
+        let config = write_config_with(
             &db,
             "gatehouse.toml",
+            server,
             &format!("{sections}\n{}", clients_toml(tokens_extra)),
         );
         let server = TestServer::start(&db, &config);

@@ -1,0 +1,194 @@
+//! The audit trail: who did what, from where, with what outcome, and never a secret. Each
+//! event is a log line under the target `gatehouse::audit` and a row in `audit_events`.
+//!
+//! The server queues rows to one writer thread, which appends them in batches: recording an
+//! event costs the request a channel send, not a database write. If the queue is full (the
+//! database is down or far behind), the event is still in the log and the overflow is
+//! counted and warned about. Admin commands write their row directly.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::storage::audit::{self as audit_store, AuditRow};
+use crate::storage::{now_unix, DbConnection, Pool, StorageResult};
+
+pub const TARGET: &str = "gatehouse::audit";
+
+const QUEUE_CAPACITY: usize = 65_536;
+const BATCH: usize = 512;
+
+/// One event, built at the place it happens.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    event: &'static str,
+    outcome: &'static str,
+    user_id: Option<String>,
+    client_id: Option<String>,
+    ip: Option<String>,
+    detail: Option<String>,
+}
+
+impl AuditEvent {
+    /// `event` names what happened (`login`, `token_issued`, ...); `outcome` how it ended
+    /// (`success`, `failure`, `denied`, `refused`, `detected`).
+    pub fn new(event: &'static str, outcome: &'static str) -> AuditEvent {
+        AuditEvent {
+            event,
+            outcome,
+            user_id: None,
+            client_id: None,
+            ip: None,
+            detail: None,
+        }
+    }
+
+    pub fn user(mut self, user_id: Option<&str>) -> AuditEvent {
+        self.user_id = user_id.map(str::to_owned);
+        self
+    }
+
+    pub fn client(mut self, client_id: Option<&str>) -> AuditEvent {
+        self.client_id = client_id.map(str::to_owned);
+        self
+    }
+
+    pub fn ip(mut self, ip: Option<&str>) -> AuditEvent {
+        self.ip = ip.map(str::to_owned);
+        self
+    }
+
+    /// Free text for what the columns do not hold (a grant type, a key id). Never a secret.
+    pub fn detail(mut self, detail: impl Into<String>) -> AuditEvent {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Logs the event and queues its row for the writer thread.
+    pub fn record(self) {
+        self.log();
+        let row = self.into_row();
+        let Some(sink) = SINK.get() else { return };
+        let sender = sink
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(sender) = sender else { return };
+        if let Err(TrySendError::Full(_)) = sender.try_send(row) {
+            let dropped = sink.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    "audit queue full: events are in the log but not in the audit table"
+                );
+            }
+        }
+    }
+
+    /// Logs the event and writes its row now, on `conn` (for admin commands).
+    pub fn record_now(self, conn: &mut DbConnection) -> StorageResult<()> {
+        self.log();
+        audit_store::insert_all(conn, &[self.into_row()])
+    }
+
+    fn log(&self) {
+        tracing::info!(
+            target: TARGET,
+            event = self.event,
+            outcome = self.outcome,
+            user_id = self.user_id.as_deref(),
+            client_id = self.client_id.as_deref(),
+            ip = self.ip.as_deref(),
+            detail = self.detail.as_deref(),
+            "audit"
+        );
+    }
+
+    fn into_row(self) -> AuditRow {
+        AuditRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            occurred_at: now_unix(),
+            event: self.event.to_owned(),
+            outcome: self.outcome.to_owned(),
+            user_id: self.user_id,
+            client_id: self.client_id,
+            ip: self.ip,
+            detail: self.detail,
+        }
+    }
+}
+
+struct Sink {
+    sender: Mutex<Option<SyncSender<AuditRow>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    dropped: AtomicU64,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Starts the writer thread that appends queued rows through `pool`. Once per process.
+pub fn start_writer(pool: Pool) {
+    let (sender, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+    let writer = match std::thread::Builder::new()
+        .name("audit-writer".into())
+        .spawn(move || write_rows(&pool, &receiver))
+    {
+        Ok(writer) => writer,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the audit writer; audit events go to the log only");
+            return;
+        }
+    };
+    let sink = Sink {
+        sender: Mutex::new(Some(sender)),
+        writer: Mutex::new(Some(writer)),
+        dropped: AtomicU64::new(0),
+    };
+    if SINK.set(sink).is_err() {
+        tracing::warn!("the audit writer was already running");
+    }
+}
+
+/// Closes the queue and waits, a bounded time, for the writer to append what is in it.
+pub fn stop_writer(wait: Duration) {
+    let Some(sink) = SINK.get() else { return };
+    drop(sink.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
+    let Some(writer) = sink.writer.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + wait;
+    while !writer.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if writer.is_finished() {
+        let _ = writer.join();
+    } else {
+        tracing::warn!("stopping with audit rows not yet written; they are in the log");
+    }
+}
+
+fn write_rows(pool: &Pool, receiver: &Receiver<AuditRow>) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        batch.extend(receiver.try_iter().take(BATCH - 1));
+        // A database outage holds the batch back and retries; the queue meanwhile fills and
+        // then overflows into the log only.
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let written = pool.get().map_err(|e| e.to_string()).and_then(|mut conn| {
+                audit_store::insert_all(&mut conn, &batch).map_err(|e| e.to_string())
+            });
+            match written {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, rows = batch.len(), "cannot write audit rows; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}

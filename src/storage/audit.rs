@@ -1,0 +1,50 @@
+//! The audit trail's table: append, read the latest, forget past the retention.
+
+use diesel::prelude::*;
+
+use super::schema::audit_events;
+use super::{DbConnection, StorageResult};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = audit_events)]
+pub struct AuditRow {
+    /// A UUIDv7: ids sort in the order events were recorded.
+    pub id: String,
+    pub occurred_at: i64,
+    pub event: String,
+    pub outcome: String,
+    pub user_id: Option<String>,
+    pub client_id: Option<String>,
+    pub ip: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// Appends rows in one transaction (one insert each: MultiConnection has no batch insert).
+pub fn insert_all(conn: &mut DbConnection, rows: &[AuditRow]) -> StorageResult<()> {
+    conn.transaction(|conn| {
+        for row in rows {
+            diesel::insert_into(audit_events::table)
+                .values(row)
+                .execute(conn)?;
+        }
+        Ok(())
+    })
+}
+
+/// The newest `limit` rows, oldest first.
+pub fn latest(conn: &mut DbConnection, limit: i64) -> StorageResult<Vec<AuditRow>> {
+    let mut rows: Vec<AuditRow> = audit_events::table
+        .order((audit_events::occurred_at.desc(), audit_events::id.desc()))
+        .limit(limit)
+        .select(AuditRow::as_select())
+        .load(conn)?;
+    rows.reverse();
+    Ok(rows)
+}
+
+pub fn delete_before(conn: &mut DbConnection, before: i64) -> StorageResult<usize> {
+    Ok(
+        diesel::delete(audit_events::table.filter(audit_events::occurred_at.lt(before)))
+            .execute(conn)?,
+    )
+}

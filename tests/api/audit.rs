@@ -1,0 +1,147 @@
+//! The audit trail: events with user, client, address and outcome, in the log under
+//! `gatehouse::audit` and in the audit table, which `gatehouse audit tail` shows.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::Value;
+
+use crate::on_both_backends;
+use crate::support::*;
+
+on_both_backends!(every_security_event_is_in_the_audit_trail);
+
+fn revoke(app: &OAuthServer, token: &str) -> Response {
+    let basic = STANDARD.encode(format!("{WEBAPP}:{WEBAPP_SECRET}"));
+    let response = http()
+        .post(&app.url("/revoke"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Authorization", format!("Basic {basic}"))
+        .send(format!("token={token}").as_bytes())
+        .unwrap();
+    Response::from_ureq(response)
+}
+
+fn audit_tail(app: &OAuthServer) -> Vec<Value> {
+    let config = app.db.dir.path().join("gatehouse.toml");
+    let output = run_cli(&app.db, &config, &["audit", "tail", "-n", "200", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
+fn find<'a>(events: &'a [Value], event: &str, outcome: &str) -> Option<&'a Value> {
+    events
+        .iter()
+        .find(|e| e["event"] == event && e["outcome"] == outcome)
+}
+
+fn every_security_event_is_in_the_audit_trail(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let config = app.db.dir.path().join("gatehouse.toml");
+
+    assert_eq!(
+        app.sign_in(&mut Browser::new(), USERNAME, "wrong password")
+            .status,
+        401
+    );
+    let tokens = app.webapp_tokens("read");
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let rotated = app.refresh(&refresh, None);
+    assert_eq!(rotated.status, 200);
+    assert_eq!(app.refresh(&refresh, None).status, 400, "reuse");
+    let service = app.token(
+        &[("grant_type", "client_credentials")],
+        Some((SERVICE, SERVICE_SECRET)),
+    );
+    assert_eq!(service.status, 200);
+    let second = app.webapp_tokens("read");
+    assert_eq!(
+        revoke(&app, second["refresh_token"].as_str().unwrap()).status,
+        200
+    );
+    let rotation = run_cli(&app.db, &config, &["keys", "rotate"]);
+    assert!(rotation.status.success(), "{}", stderr(&rotation));
+    let new_kid = stdout(&rotation).trim().to_owned();
+
+    // Rows are appended by a writer thread; wait until the last of them is in.
+    let events = eventually(std::time::Duration::from_secs(10), || {
+        let events = audit_tail(&app);
+        find(&events, "token_revoked", "success").map(|_| events.clone())
+    })
+    .expect("the revocation reached the audit table");
+
+    let user = Some(app.user_id.as_str());
+    let failed = find(&events, "login", "failure").expect("failed login");
+    assert_eq!(failed["user_id"].as_str(), user);
+    assert_eq!(failed["ip"], "127.0.0.1");
+    let login = find(&events, "login", "success").expect("login");
+    assert_eq!(login["user_id"].as_str(), user);
+    assert_eq!(login["ip"], "127.0.0.1");
+    let consent = find(&events, "consent", "granted").expect("consent");
+    assert_eq!(consent["client_id"], WEBAPP);
+    assert_eq!(consent["user_id"].as_str(), user);
+    let issued: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "token_issued")
+        .collect();
+    let by_grant = |grant: &str| {
+        issued
+            .iter()
+            .find(|e| e["detail"].as_str() == Some(&format!("grant_type={grant}")))
+            .unwrap_or_else(|| panic!("token_issued for {grant}: {issued:?}"))
+    };
+    assert_eq!(by_grant("authorization_code")["user_id"].as_str(), user);
+    assert_eq!(by_grant("authorization_code")["client_id"], WEBAPP);
+    assert_eq!(by_grant("refresh_token")["user_id"].as_str(), user);
+    assert_eq!(by_grant("client_credentials")["client_id"], SERVICE);
+    assert!(by_grant("client_credentials")["user_id"].is_null());
+    let reuse = find(&events, "refresh_reuse_detected", "detected").expect("reuse");
+    assert_eq!(reuse["client_id"], WEBAPP);
+    assert_eq!(reuse["user_id"].as_str(), user);
+    assert_eq!(reuse["ip"], "127.0.0.1");
+    let revoked = find(&events, "token_revoked", "success").expect("revocation");
+    assert_eq!(revoked["client_id"], WEBAPP);
+    let rotated_key = find(&events, "key_rotated", "success").expect("key rotation");
+    assert!(rotated_key["detail"].as_str().unwrap().contains(&new_kid));
+    let synced = find(&events, "clients_synced", "success").expect("clients synced at start");
+    assert!(
+        synced["detail"].as_str().unwrap().contains("added=6"),
+        "{synced}"
+    );
+
+    // The same events are log lines under the audit target; neither holds a secret.
+    let logs = app.server.logs();
+    let audit_lines: Vec<&String> = logs
+        .iter()
+        .filter(|line| line.contains("\"target\":\"gatehouse::audit\""))
+        .collect();
+    for event in [
+        "login",
+        "consent",
+        "token_issued",
+        "refresh_reuse_detected",
+        "token_revoked",
+    ] {
+        assert!(
+            audit_lines
+                .iter()
+                .any(|line| line.contains(&format!("\"event\":\"{event}\""))),
+            "{event} is not in the log"
+        );
+    }
+    let everything = format!("{events:?}{audit_lines:?}");
+    for secret in [PASSWORD, WEBAPP_SECRET, SERVICE_SECRET, refresh.as_str()] {
+        assert!(
+            !everything.contains(secret),
+            "a secret is in the audit trail"
+        );
+    }
+
+    // The plain listing shows the newest events last.
+    let output = run_cli(&app.db, &config, &["audit", "tail", "-n", "1"]);
+    let last = stdout(&output);
+    assert_eq!(last.lines().count(), 1, "{last}");
+    assert!(last.contains("key_rotated"), "{last}");
+}
