@@ -94,6 +94,7 @@ impl Application {
                 .wrap(middleware::from_fn(http::limit_body_time))
                 .wrap(middleware::from_fn(http::echo_request_id))
                 .wrap(TracingLogger::<RequestSpan>::new())
+                .wrap(middleware::from_fn(http::track_requests))
                 .wrap(middleware::Condition::new(
                     hsts,
                     middleware::DefaultHeaders::new()

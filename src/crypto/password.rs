@@ -1,6 +1,7 @@
 //! Argon2id for user passwords and client secrets, with parameters no weaker than OWASP's
 //! recommendation (m = 19 MiB, t = 2, p = 1).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -23,6 +24,8 @@ struct HashLimiter {
     running: Mutex<usize>,
     freed: Condvar,
     limit: usize,
+    /// Threads waiting for a core, for the metrics.
+    queued: AtomicUsize,
 }
 
 impl HashLimiter {
@@ -31,6 +34,7 @@ impl HashLimiter {
             running: Mutex::new(0),
             freed: Condvar::new(),
             limit,
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -44,8 +48,12 @@ impl HashLimiter {
     fn run<T>(&self, work: impl FnOnce() -> T) -> T {
         {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            while *running >= self.limit {
-                running = self.freed.wait(running).unwrap_or_else(|p| p.into_inner());
+            if *running >= self.limit {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+                while *running >= self.limit {
+                    running = self.freed.wait(running).unwrap_or_else(|p| p.into_inner());
+                }
+                self.queued.fetch_sub(1, Ordering::Relaxed);
             }
             *running += 1;
         }
@@ -54,6 +62,13 @@ impl HashLimiter {
         self.freed.notify_one();
         result
     }
+}
+
+/// Hashes running and hashes waiting for a core, for the metrics.
+pub fn hash_load() -> (usize, usize) {
+    let limiter = HashLimiter::global();
+    let running = *limiter.running.lock().unwrap_or_else(|p| p.into_inner());
+    (running, limiter.queued.load(Ordering::Relaxed))
 }
 
 /// A PHC string such as `$argon2id$v=19$m=19456,t=2,p=1$...`.

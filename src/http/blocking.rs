@@ -12,7 +12,11 @@ where
 {
     let pool = pool.clone();
     actix_web::web::block(move || -> Result<T, HttpError> {
-        let mut conn = pool.get().map_err(StorageError::from)?;
+        let metrics = crate::metrics::global();
+        metrics.pool_wait_started();
+        let conn = pool.get();
+        metrics.pool_wait_ended();
+        let mut conn = conn.map_err(StorageError::from)?;
         work(&mut conn).map_err(Into::into)
     })
     .await

@@ -12,6 +12,7 @@ mod error;
 mod forms;
 mod health;
 mod login;
+mod metrics;
 mod pages;
 mod request_id;
 mod revocation;
@@ -106,6 +107,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, route_settings: &RouteSettings) {
         .route("/static/gatehouse.css", web::get().to(pages::stylesheet))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(metrics::metrics))
         .service(
             web::resource("/.well-known/jwks.json")
                 .wrap(cors(&[Method::GET]))
@@ -119,5 +121,6 @@ pub fn routes(cfg: &mut web::ServiceConfig, route_settings: &RouteSettings) {
 }
 
 pub use body_timeout::limit_body_time;
+pub use metrics::track_requests;
 pub use request_id::echo_request_id;
 pub use well_known::build_metadata;

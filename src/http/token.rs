@@ -97,6 +97,7 @@ fn record_issued(
     client_id: Option<&str>,
     ip: Option<&str>,
 ) {
+    crate::metrics::global().token_issued(grant_type);
     // A client_credentials token's subject is the client itself, not a user.
     let user_id = match grant_type {
         "client_credentials" => None,
@@ -167,6 +168,9 @@ pub(super) fn too_many_requests(error: &str, description: &str, retry_after: u64
 }
 
 pub(super) fn answer(answer: TokenAnswer) -> HttpResponse {
+    if let Some(error) = answer.body["error"].as_str() {
+        crate::metrics::global().protocol_error(error);
+    }
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = HttpResponse::build(status);
     response

@@ -75,6 +75,7 @@ impl Authorizer for DbAuthorizer<'_> {
                 Ok(Some(grant))
             }
             Redemption::Replay(row) => {
+                crate::metrics::global().code_replay_detected();
                 crate::audit::AuditEvent::new("code_replay_detected", "detected")
                     .user(Some(&row.user_id))
                     .client(Some(&row.client_id))

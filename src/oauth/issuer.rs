@@ -164,6 +164,7 @@ impl DbIssuer<'_> {
 
     fn reuse_detected(&self, family: &FamilyRow) {
         let ctx = self.ctx;
+        crate::metrics::global().refresh_reuse_detected();
         crate::audit::AuditEvent::new("refresh_reuse_detected", "detected")
             .user(family.user_id.as_deref())
             .client(Some(&family.client_id))

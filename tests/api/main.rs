@@ -11,6 +11,7 @@ mod config;
 mod cors;
 mod health;
 mod keys;
+mod metrics;
 mod password;
 mod rate_limits;
 mod refresh;
