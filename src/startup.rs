@@ -87,6 +87,7 @@ impl Application {
         spawn_housekeeping(state.clone());
         let server_settings = state.settings.server.clone();
         let hsts = server_settings.tls.is_some();
+        let track_requests = server_settings.metrics;
         let data = web::Data::new(state);
         let server = HttpServer::new(move || {
             App::new()
@@ -94,7 +95,10 @@ impl Application {
                 .wrap(middleware::from_fn(http::limit_body_time))
                 .wrap(middleware::from_fn(http::echo_request_id))
                 .wrap(TracingLogger::<RequestSpan>::new())
-                .wrap(middleware::from_fn(http::track_requests))
+                .wrap(middleware::Condition::new(
+                    track_requests,
+                    middleware::from_fn(http::track_requests),
+                ))
                 .wrap(middleware::Condition::new(
                     hsts,
                     middleware::DefaultHeaders::new()

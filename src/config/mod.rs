@@ -60,6 +60,8 @@ pub struct ServerSettings {
     pub keep_alive: Duration,
     pub max_connections: usize,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Serve GET /metrics and time every request for it.
+    pub metrics: bool,
 }
 
 impl ServerSettings {

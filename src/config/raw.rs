@@ -44,6 +44,7 @@ pub struct RawServer {
     pub max_connections: usize,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    pub metrics: bool,
 }
 
 #[derive(Debug, Deserialize)]

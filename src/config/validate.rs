@@ -226,6 +226,7 @@ pub fn validate(
             keep_alive,
             max_connections: raw.server.max_connections,
             trusted_proxies,
+            metrics: raw.server.metrics,
         },
         database: DatabaseSettings {
             url: raw.database.url,

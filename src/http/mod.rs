@@ -68,6 +68,7 @@ impl AppState {
 #[derive(Clone)]
 pub struct RouteSettings {
     pub max_body_bytes: usize,
+    pub metrics: bool,
     pub cors_origins: Arc<std::collections::HashSet<String>>,
 }
 
@@ -75,6 +76,7 @@ impl RouteSettings {
     pub fn new(settings: &Settings) -> RouteSettings {
         RouteSettings {
             max_body_bytes: settings.server.max_body_bytes,
+            metrics: settings.server.metrics,
             cors_origins: cors::client_origins(settings),
         }
     }
@@ -107,7 +109,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, route_settings: &RouteSettings) {
         .route("/static/gatehouse.css", web::get().to(pages::stylesheet))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(metrics::metrics))
+        .configure(|cfg| {
+            if route_settings.metrics {
+                cfg.route("/metrics", web::get().to(metrics::metrics));
+            }
+        })
         .service(
             web::resource("/.well-known/jwks.json")
                 .wrap(cors(&[Method::GET]))

@@ -1,0 +1,314 @@
+//! `cargo bench --bench load`: gatehouse against the limits of this machine, in one run.
+//!
+//! Starts the release binary on SQLite (and PostgreSQL when reachable), drives each
+//! scenario for a fixed time at fixed concurrency, measures the baselines in the same run
+//! (B1 raw RS256 signing on every core, B2 the server's own /healthz, B3 argon2id
+//! verifications on every core), and writes BENCHMARKS.md and benchmarks.svg.
+//!
+//! Options: `--seconds N` per scenario (5), `--runs N` (3, the median is reported),
+//! `--sqlite-only`, `--smoke` (every scenario once for half a second, nothing written to
+//! the repository, failing on any error: what CI runs so the benchmark cannot rot).
+
+mod client;
+mod report;
+mod scenarios;
+mod server;
+
+use std::time::{Duration, Instant};
+
+use scenarios::{Outcome, Scenario};
+use server::{Backend, Server, Workspace};
+
+pub const CONNECTIONS: usize = 8;
+
+pub struct Options {
+    seconds: f64,
+    runs: usize,
+    smoke: bool,
+    sqlite_only: bool,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let args: Vec<String> = std::env::args().collect();
+        let value = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        let smoke = args.iter().any(|a| a == "--smoke");
+        Options {
+            seconds: value("--seconds").unwrap_or(if smoke { 0.5 } else { 5.0 }),
+            runs: value("--runs").map_or(if smoke { 1 } else { 3 }, |r| r.max(1.0) as usize),
+            smoke,
+            sqlite_only: args.iter().any(|a| a == "--sqlite-only"),
+        }
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds)
+    }
+
+    fn warmup(&self) -> Duration {
+        Duration::from_secs_f64((self.seconds / 5.0).min(1.0))
+    }
+}
+
+/// One scenario in one run.
+#[derive(Clone)]
+pub struct Measured {
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub peak_rss_mib: f64,
+    pub server_cpu: f64,
+    pub loadgen_cpu: f64,
+}
+
+/// Everything one backend produced in one run.
+pub struct RunResult {
+    pub scenarios: Vec<(Scenario, Measured)>,
+    pub p99_half_rate_ms: f64,
+    pub half_rate: f64,
+    pub metrics_off_per_second: f64,
+}
+
+pub struct BackendResult {
+    pub backend: Backend,
+    pub runs: Vec<RunResult>,
+    pub ready_ms: Vec<f64>,
+    pub idle_rss_mib: f64,
+}
+
+fn main() {
+    let options = Options::parse();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut backends = vec![Backend::Sqlite];
+    let admin_url = std::env::var("GATEHOUSE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    if !options.sqlite_only {
+        if server::postgres_reachable(&admin_url) {
+            backends.push(Backend::Postgres { admin_url });
+        } else {
+            eprintln!("PostgreSQL is not reachable at {admin_url}: measuring SQLite only");
+        }
+    }
+
+    let mut b1 = Vec::new();
+    let mut b3 = Vec::new();
+    let mut results: Vec<BackendResult> = backends
+        .iter()
+        .map(|backend| BackendResult {
+            backend: backend.clone(),
+            runs: Vec::new(),
+            ready_ms: Vec::new(),
+            idle_rss_mib: 0.0,
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for run in 0..options.runs {
+        eprintln!("run {}/{}", run + 1, options.runs);
+        b1.push(scenarios::rsa_baseline(cores, options.duration()));
+        b3.push(scenarios::argon2_baseline(cores, options.duration()));
+        eprintln!(
+            "  B1 RS256 signatures/s: {:.0}   B3 argon2id verifications/s: {:.1}",
+            b1[run], b3[run]
+        );
+        for result in &mut results {
+            let backend = result.backend.clone();
+            match run_backend(&options, &backend, result, &mut failures) {
+                Ok(run_result) => result.runs.push(run_result),
+                Err(e) => failures.push(format!("{}: {e}", result.backend.name())),
+            }
+        }
+    }
+
+    if !failures.is_empty() {
+        eprintln!("\nFAILED:");
+        for failure in &failures {
+            eprintln!("  {failure}");
+        }
+        std::process::exit(1);
+    }
+    let markdown = report::markdown(&options, cores, &b1, &b3, &results);
+    let svg = report::svg(&b1, &b3, &results);
+    let dir = if options.smoke {
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-smoke")
+    } else {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    let written = std::fs::write(dir.join("BENCHMARKS.md"), &markdown)
+        .and_then(|()| std::fs::write(dir.join("benchmarks.svg"), &svg));
+    if let Err(e) = written {
+        eprintln!("cannot write the report into {}: {e}", dir.display());
+        std::process::exit(1);
+    }
+    println!("{markdown}");
+    eprintln!("written: {}", dir.join("BENCHMARKS.md").display());
+}
+
+fn run_backend(
+    options: &Options,
+    backend: &Backend,
+    result: &mut BackendResult,
+    failures: &mut Vec<String>,
+) -> Result<RunResult, String> {
+    let port = server::free_port();
+    let workspace = Workspace::create(backend, port)?;
+    // The first start generates the signing key; later starts find it.
+    drop(Server::start(&workspace, port)?);
+    for _ in 0..3 {
+        let server = Server::start(&workspace, port)?;
+        result
+            .ready_ms
+            .push(server.ready_after.as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(if options.smoke {
+            100
+        } else {
+            1000
+        }));
+        result.idle_rss_mib = result.idle_rss_mib.max(server.rss_kib().0 as f64 / 1024.0);
+    }
+
+    let mut scenarios = Vec::new();
+    for scenario in Scenario::ALL {
+        let server = Server::start(&workspace, port)?;
+        let (outcome, measured) = measure(options, &server, |addr| {
+            scenarios::closed_loop(
+                addr,
+                scenario,
+                CONNECTIONS,
+                options.warmup(),
+                options.duration(),
+            )
+        });
+        report_outcome(backend, scenario.name(), &outcome, &measured, failures);
+        scenarios.push((scenario, measured));
+    }
+
+    // p99 of /token at half the peak client-credentials rate, paced so a stall shows.
+    let peak = scenarios
+        .iter()
+        .find(|(s, _)| *s == Scenario::ClientCredentials)
+        .map_or(100.0, |(_, m)| m.per_second);
+    let half_rate = (peak / 2.0).max(1.0);
+    let server = Server::start(&workspace, port)?;
+    let (paced, _) = measure(options, &server, |addr| {
+        scenarios::paced(
+            addr,
+            Scenario::ClientCredentials,
+            CONNECTIONS,
+            half_rate,
+            options.warmup(),
+            options.duration(),
+        )
+    });
+    let measured_p99 = paced.percentile_ms(0.99);
+    report_outcome(
+        backend,
+        "client_credentials at half rate",
+        &paced,
+        &Measured {
+            per_second: paced.per_second(),
+            p50_ms: paced.percentile_ms(0.5),
+            p99_ms: measured_p99,
+            peak_rss_mib: 0.0,
+            server_cpu: 0.0,
+            loadgen_cpu: 0.0,
+        },
+        failures,
+    );
+    drop(server);
+
+    // The cost of /metrics: the same scenario with metrics switched off.
+    let metrics_off = {
+        let config = workspace.path().join("gatehouse.toml");
+        let text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
+        std::fs::write(
+            &config,
+            text.replace("[server]\n", "[server]\nmetrics = false\n"),
+        )
+        .map_err(|e| e.to_string())?;
+        let server = Server::start(&workspace, port)?;
+        let (outcome, measured) = measure(options, &server, |addr| {
+            scenarios::closed_loop(
+                addr,
+                Scenario::ClientCredentials,
+                CONNECTIONS,
+                options.warmup(),
+                options.duration(),
+            )
+        });
+        report_outcome(
+            backend,
+            "client_credentials without /metrics",
+            &outcome,
+            &measured,
+            failures,
+        );
+        std::fs::write(&config, text).map_err(|e| e.to_string())?;
+        measured.per_second
+    };
+
+    Ok(RunResult {
+        scenarios,
+        p99_half_rate_ms: measured_p99,
+        half_rate,
+        metrics_off_per_second: metrics_off,
+    })
+}
+
+/// Runs `drive` against `server` and adds what /proc says about both processes.
+fn measure(
+    options: &Options,
+    server: &Server,
+    drive: impl FnOnce(std::net::SocketAddr) -> Outcome,
+) -> (Outcome, Measured) {
+    let own_stat = "/proc/self/stat";
+    let (server_before, own_before) = (server.cpu_seconds(), server::process_cpu_seconds(own_stat));
+    let started = Instant::now();
+    let outcome = drive(server.addr);
+    let wall = started.elapsed().as_secs_f64();
+    let server_cpu = server.cpu_seconds() - server_before;
+    let loadgen_cpu = server::process_cpu_seconds(own_stat) - own_before;
+    let _ = options;
+    let measured = Measured {
+        per_second: outcome.per_second(),
+        p50_ms: outcome.percentile_ms(0.5),
+        p99_ms: outcome.percentile_ms(0.99),
+        peak_rss_mib: server.rss_kib().1 as f64 / 1024.0,
+        server_cpu: server_cpu / wall,
+        loadgen_cpu: loadgen_cpu / wall,
+    };
+    (outcome, measured)
+}
+
+fn report_outcome(
+    backend: &Backend,
+    name: &str,
+    outcome: &Outcome,
+    measured: &Measured,
+    failures: &mut Vec<String>,
+) {
+    eprintln!(
+        "  {:<10} {:<38} {:>9.1}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  server {:.2} cores  loadgen {:.2} cores",
+        backend.name(),
+        name,
+        measured.per_second,
+        measured.p50_ms,
+        measured.p99_ms,
+        measured.server_cpu,
+        measured.loadgen_cpu
+    );
+    if outcome.errors > 0 || outcome.ops == 0 {
+        failures.push(format!(
+            "{} {name}: {} operations, {} errors; first: {}",
+            backend.name(),
+            outcome.ops,
+            outcome.errors,
+            outcome.first_error.as_deref().unwrap_or("none")
+        ));
+    }
+}

@@ -1,0 +1,353 @@
+//! BENCHMARKS.md and benchmarks.svg from the measurements.
+
+use std::fmt::Write as _;
+
+use crate::scenarios::Scenario;
+use crate::{BackendResult, Measured, Options, CONNECTIONS};
+
+#[derive(Clone, Copy)]
+enum Baseline {
+    B1,
+    B2,
+    B3,
+}
+
+impl Baseline {
+    fn name(self) -> &'static str {
+        match self {
+            Baseline::B1 => "B1",
+            Baseline::B2 => "B2",
+            Baseline::B3 => "B3",
+        }
+    }
+}
+
+/// The baseline each scenario is judged against and the ratio it must reach (issue #6).
+fn target(scenario: Scenario) -> Option<(Baseline, f64)> {
+    match scenario {
+        Scenario::Healthz => None,
+        Scenario::Jwks | Scenario::Metadata => Some((Baseline::B2, 0.9)),
+        Scenario::ClientCredentials => Some((Baseline::B1, 0.85)),
+        Scenario::Refresh => Some((Baseline::B1, 0.5)),
+        Scenario::AuthorizationCode => Some((Baseline::B1, 0.4)),
+        Scenario::Password => Some((Baseline::B3, 0.9)),
+        Scenario::Introspection => Some((Baseline::B2, 0.5)),
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// The measurement of the run with the median throughput, and the median ratio.
+struct Row {
+    scenario: Scenario,
+    measured: Measured,
+    baseline: Option<(Baseline, f64, f64)>,
+    ratio: Option<f64>,
+}
+
+fn rows(b1: &[f64], b3: &[f64], result: &BackendResult) -> Vec<Row> {
+    Scenario::ALL
+        .iter()
+        .map(|&scenario| {
+            let mut per_run: Vec<(f64, Measured, Option<f64>)> = result
+                .runs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, run)| {
+                    let measured = run
+                        .scenarios
+                        .iter()
+                        .find(|(s, _)| *s == scenario)?
+                        .1
+                        .clone();
+                    let b2 = run
+                        .scenarios
+                        .iter()
+                        .find(|(s, _)| *s == Scenario::Healthz)
+                        .map_or(0.0, |(_, m)| m.per_second);
+                    let ratio = target(scenario).map(|(base, _)| {
+                        let value = match base {
+                            Baseline::B1 => b1.get(i).copied().unwrap_or(0.0),
+                            Baseline::B2 => b2,
+                            Baseline::B3 => b3.get(i).copied().unwrap_or(0.0),
+                        };
+                        measured.per_second / value.max(f64::MIN_POSITIVE)
+                    });
+                    Some((measured.per_second, measured, ratio))
+                })
+                .collect();
+            per_run.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut ratios: Vec<f64> = per_run.iter().filter_map(|r| r.2).collect();
+            let ratio = (!ratios.is_empty()).then(|| median(&mut ratios));
+            let measured = per_run
+                .get(per_run.len() / 2)
+                .map(|r| r.1.clone())
+                .unwrap_or(Measured {
+                    per_second: 0.0,
+                    p50_ms: 0.0,
+                    p99_ms: 0.0,
+                    peak_rss_mib: 0.0,
+                    server_cpu: 0.0,
+                    loadgen_cpu: 0.0,
+                });
+            let baseline = target(scenario).map(|(base, goal)| {
+                let mut values: Vec<f64> = match base {
+                    Baseline::B1 => b1.to_vec(),
+                    Baseline::B3 => b3.to_vec(),
+                    Baseline::B2 => result
+                        .runs
+                        .iter()
+                        .filter_map(|run| {
+                            run.scenarios
+                                .iter()
+                                .find(|(s, _)| *s == Scenario::Healthz)
+                                .map(|(_, m)| m.per_second)
+                        })
+                        .collect(),
+                };
+                (base, median(&mut values), goal)
+            });
+            Row {
+                scenario,
+                measured,
+                baseline,
+                ratio,
+            }
+        })
+        .collect()
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU".to_owned(), |(_, m)| m.trim().to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or("?".to_owned(), |kib| {
+            format!("{:.0} GiB", kib / 1024.0 / 1024.0)
+        });
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!(
+        "{model}, {cores} cores, {memory}; Linux {}; {rustc}",
+        kernel.trim()
+    )
+}
+
+fn versions() -> String {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock"))
+        .unwrap_or_default();
+    let version = |name: &str| {
+        let marker = format!("name = \"{name}\"\nversion = \"");
+        lock.split(&marker)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    format!(
+        "gatehouse {}, aws-lc-rs {}, actix-web {}, diesel {}, argon2 {}, libsqlite3-sys {}",
+        env!("CARGO_PKG_VERSION"),
+        version("aws-lc-rs"),
+        version("actix-web"),
+        version("diesel"),
+        version("argon2"),
+        version("libsqlite3-sys")
+    )
+}
+
+pub fn markdown(
+    options: &Options,
+    cores: usize,
+    b1: &[f64],
+    b3: &[f64],
+    results: &[BackendResult],
+) -> String {
+    let mut out = String::new();
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Measured by `cargo bench --bench load` on {now}: {} run(s) of {:.1} s per scenario (after a {:.1} s warm-up), {CONNECTIONS} keep-alive connections, the load generator on the same machine.\n",
+        options.runs,
+        options.seconds,
+        (options.seconds / 5.0).min(1.0)
+    );
+    let _ = writeln!(out, "- Machine: {}", machine());
+    let _ = writeln!(out, "- Versions: {}", versions());
+    let _ = writeln!(
+        out,
+        "- B1 raw RS256 signatures/s on {cores} cores (aws-lc-rs, RSA-2048): median {:.0} (runs: {})",
+        median(&mut b1.to_vec()),
+        b1.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "- B3 argon2id verifications/s on {cores} cores (m=19456 KiB, t=2, p=1): median {:.1} (runs: {})\n",
+        median(&mut b3.to_vec()),
+        b3.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", ")
+    );
+    let _ = writeln!(out, "![ratio to baseline per scenario](benchmarks.svg)\n");
+    for result in results {
+        let _ = writeln!(out, "## {}\n", result.backend.name());
+        let _ = writeln!(
+            out,
+            "| scenario | ops/s | p50 ms | p99 ms | peak RSS MiB | server CPU (cores) | load generator CPU (cores) | baseline | ratio | target | |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|");
+        let mut peak_rss: f64 = 0.0;
+        for row in rows(b1, b3, result) {
+            let m = &row.measured;
+            peak_rss = peak_rss.max(m.peak_rss_mib);
+            let (baseline, target_text, met) = match (row.baseline, row.ratio) {
+                (Some((base, value, goal)), Some(ratio)) => (
+                    format!("{} = {value:.0}/s", base.name()),
+                    format!("≥ {goal}"),
+                    verdict(ratio >= goal),
+                ),
+                _ => ("(is B2)".to_owned(), String::new(), ""),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                row.scenario.name(),
+                m.per_second,
+                m.p50_ms,
+                m.p99_ms,
+                m.peak_rss_mib,
+                m.server_cpu,
+                m.loadgen_cpu,
+                baseline,
+                row.ratio.map_or(String::new(), |r| format!("{r:.2}")),
+                target_text,
+                met
+            );
+        }
+        let mut p99: Vec<f64> = result.runs.iter().map(|r| r.p99_half_rate_ms).collect();
+        let mut half: Vec<f64> = result.runs.iter().map(|r| r.half_rate).collect();
+        let mut overhead: Vec<f64> = result
+            .runs
+            .iter()
+            .filter_map(|run| {
+                let on = run
+                    .scenarios
+                    .iter()
+                    .find(|(s, _)| *s == Scenario::ClientCredentials)?
+                    .1
+                    .per_second;
+                Some((run.metrics_off_per_second - on) / run.metrics_off_per_second * 100.0)
+            })
+            .collect();
+        let mut ready = result.ready_ms.clone();
+        let (p99, half, overhead, ready) = (
+            median(&mut p99),
+            median(&mut half),
+            median(&mut overhead),
+            median(&mut ready),
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "- p99 of /token (client_credentials) at half the peak rate ({half:.0}/s, paced): {p99:.2} ms (target ≤ 5 ms: {})",
+            verdict(p99 <= 5.0)
+        );
+        let _ = writeln!(
+            out,
+            "- RSS idle: {:.1} MiB (target ≤ 25: {}); peak under every scenario: {peak_rss:.1} MiB (target ≤ 120: {})",
+            result.idle_rss_mib,
+            verdict(result.idle_rss_mib <= 25.0),
+            verdict(peak_rss <= 120.0)
+        );
+        let _ = writeln!(
+            out,
+            "- Ready to serve, from process start with an existing key: median {ready:.0} ms (target ≤ 300: {})",
+            verdict(ready <= 300.0)
+        );
+        let _ = writeln!(
+            out,
+            "- Cost of /metrics under client_credentials (throughput lost with `server.metrics = true`): {overhead:.1} % (target < 5 %: {})\n",
+            verdict(overhead < 5.0)
+        );
+    }
+    out
+}
+
+pub fn svg(b1: &[f64], b3: &[f64], results: &[BackendResult]) -> String {
+    let bars: Vec<(String, f64, f64)> = results
+        .iter()
+        .flat_map(|result| {
+            rows(b1, b3, result)
+                .into_iter()
+                .filter_map(|row| {
+                    let (_, _, goal) = row.baseline?;
+                    Some((
+                        format!("{} · {}", result.backend.name(), row.scenario.name()),
+                        row.ratio?,
+                        goal,
+                    ))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let (label_width, bar_width, row_height) = (300.0, 420.0, 24.0);
+    let max_ratio = bars
+        .iter()
+        .map(|b| b.1.max(b.2))
+        .fold(1.0_f64, f64::max)
+        .ceil();
+    let scale = bar_width / max_ratio;
+    let height = 50.0 + row_height * bars.len() as f64;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="12">"#,
+        w = label_width + bar_width + 60.0
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="10" y="18" font-size="14" font-weight="bold">Throughput as a fraction of its baseline (B1 RSA, B2 /healthz, B3 argon2id); tick = target</text>"#
+    );
+    for (i, (label, ratio, goal)) in bars.iter().enumerate() {
+        let y = 34.0 + row_height * i as f64;
+        let colour = if ratio >= goal { "#2e7d32" } else { "#e65100" };
+        let _ = writeln!(
+            out,
+            r#"<text x="{x}" y="{ty}" text-anchor="end">{label}</text><rect x="{bx}" y="{y}" width="{bw:.1}" height="16" fill="{colour}"/><line x1="{gx:.1}" x2="{gx:.1}" y1="{y1}" y2="{y2}" stroke="black" stroke-width="2"/><text x="{vx:.1}" y="{ty}">{ratio:.2}</text>"#,
+            x = label_width - 8.0,
+            ty = y + 12.0,
+            bx = label_width,
+            bw = ratio * scale,
+            gx = label_width + goal * scale,
+            y1 = y - 2.0,
+            y2 = y + 18.0,
+            vx = label_width + ratio.max(*goal) * scale + 6.0,
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}

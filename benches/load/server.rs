@@ -1,0 +1,285 @@
+//! The gatehouse under test: a release binary started on a fresh port against a prepared
+//! database, observed through /proc (CPU time, resident memory).
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+pub const USER: &str = "bench";
+pub const PASSWORD: &str = "bench password 0123";
+pub const SECRET: &str = "bench-client-secret-0123456789";
+const SYSTEM_SECRET: &str = "bench-system-secret-0123456789abcdef0123456789";
+
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres { admin_url: String },
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres { .. } => "PostgreSQL",
+        }
+    }
+}
+
+/// A directory with the configuration and (for SQLite) the database; a PostgreSQL
+/// database is dropped when this is.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    pg: Option<(String, String)>,
+}
+
+impl Workspace {
+    pub fn create(backend: &Backend, port: u16) -> Result<Workspace, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let (url, pg) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("gatehouse.db").display()),
+                None,
+            ),
+            Backend::Postgres { admin_url } => {
+                let name = format!("gatehouse_bench_{}", std::process::id());
+                postgres_admin(
+                    admin_url,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                )?;
+                postgres_admin(admin_url, &format!("CREATE DATABASE {name}"))?;
+                let mut url = url::Url::parse(admin_url).map_err(|e| e.to_string())?;
+                url.set_path(&name);
+                (url.to_string(), Some((admin_url.clone(), name)))
+            }
+        };
+        let config = dir.path().join("gatehouse.toml");
+        std::fs::write(&config, config_text(&url, port)).map_err(|e| e.to_string())?;
+        let workspace = Workspace { dir, config, pg };
+        workspace.cli(&["migrate"], None)?;
+        workspace.cli(&["users", "add", USER, "--password-stdin"], Some(PASSWORD))?;
+        Ok(workspace)
+    }
+
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        if let Some(input) = stdin {
+            let _ = child
+                .stdin
+                .take()
+                .map(|mut s| s.write_all(format!("{input}\n").as_bytes()));
+        }
+        let output = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !output.status.success() {
+            return Err(format!(
+                "gatehouse {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(self.dir.path())
+            .arg("--config")
+            .arg(&self.config);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("GATEHOUSE") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if let Some((admin_url, name)) = &self.pg {
+            let _ = postgres_admin(
+                admin_url,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+        }
+    }
+}
+
+fn postgres_admin(admin_url: &str, sql: &str) -> Result<(), String> {
+    use diesel::{Connection, RunQueryDsl};
+    let mut conn = diesel::PgConnection::establish(admin_url).map_err(|e| e.to_string())?;
+    diesel::sql_query(sql)
+        .execute(&mut conn)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+pub fn postgres_reachable(admin_url: &str) -> bool {
+    use diesel::Connection;
+    diesel::PgConnection::establish(admin_url).is_ok()
+}
+
+/// A free port on loopback (the server binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18080)
+}
+
+/// The defaults, plus the clients the scenarios use, with limits out of the way: the
+/// benchmark measures throughput, not the rate limiter.
+fn config_text(url: &str, port: u16) -> String {
+    let hash = gatehouse::crypto::password::hash(SECRET);
+    format!(
+        r#"
+issuer = "http://127.0.0.1:{port}"
+
+[server]
+bind = "127.0.0.1:{port}"
+
+[database]
+url = "{url}"
+
+[secrets]
+system = "{SYSTEM_SECRET}"
+
+[tokens]
+audience = ["https://api.example.com"]
+
+[limits]
+client_requests_per_second = 100000000
+client_burst = 100000000
+failures_per_username = 100000000
+failures_per_ip = 100000000
+
+[log]
+format = "json"
+level = "info"
+
+[[clients]]
+id = "service"
+secret_hash = "{hash}"
+grant_types = ["client_credentials"]
+scopes = ["read", "write"]
+default_scopes = ["read"]
+
+[[clients]]
+id = "legacy"
+secret_hash = "{hash}"
+grant_types = ["password", "refresh_token"]
+scopes = ["read", "write"]
+default_scopes = ["read"]
+
+[[clients]]
+id = "webapp"
+name = "Bench Web App"
+secret_hash = "{hash}"
+redirect_uris = ["https://app.example.com/callback"]
+grant_types = ["authorization_code", "refresh_token"]
+scopes = ["read", "write"]
+default_scopes = ["read"]
+"#
+    )
+}
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    /// From spawning the process to the first 200 from /healthz.
+    pub ready_after: Duration,
+}
+
+impl Server {
+    pub fn start(workspace: &Workspace, port: u16) -> Result<Server, String> {
+        let log = std::fs::File::create(workspace.path().join("server.log"))
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let child = workspace
+            .command()
+            .arg("serve")
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut server = Server {
+            child,
+            addr,
+            ready_after: Duration::ZERO,
+        };
+        loop {
+            if let Ok(mut conn) = super::client::Conn::open(addr) {
+                if conn.get("/healthz", "").is_ok_and(|r| r.status == 200) {
+                    server.ready_after = started.elapsed();
+                    return Ok(server);
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err("gatehouse did not become ready within 30 s".into());
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(format!("gatehouse exited: {status}"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now and at its peak, in KiB.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        process_cpu_seconds(&format!("/proc/{}/stat", self.pid()))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User plus system CPU time of a process, from /proc/PID/stat (clock ticks of 1/100 s).
+pub fn process_cpu_seconds(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // The command name may hold spaces; fields are counted after its closing parenthesis.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
