@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::credentials::{self, PasswordCheck};
 use super::pages::{self, LoginPage, LogoutPage};
 use super::{forms, session, AppState};
-use crate::accounts::MAX_PASSWORD_BYTES;
+use crate::accounts::{self, MAX_PASSWORD_BYTES};
 
 const LOGIN_FORM: &str = "login";
 const LOGOUT_FORM: &str = "logout";
@@ -74,6 +74,12 @@ pub async fn submit(
     let username = params.get("username").unwrap_or_default().to_owned();
     let password_text = params.get("password").unwrap_or_default().to_owned();
     if username.is_empty() || password_text.is_empty() || password_text.len() > MAX_PASSWORD_BYTES {
+        return refuse(&req, &state, &return_to, &username);
+    }
+    // A name no account can have is refused without a lookup: a NUL byte, for one, is not
+    // text to PostgreSQL, and a 10 KB name need not become a rate-limit bucket.
+    if accounts::validate_username(&username).is_err() {
+        tracing::info!(target: "gatehouse::audit", event = "login", outcome = "failure", "unknown user");
         return refuse(&req, &state, &return_to, &username);
     }
     let ip = credentials::client_ip(&req);

@@ -8,6 +8,7 @@ mod cli;
 mod client_credentials;
 mod config;
 mod health;
+mod hostile_input;
 mod keys;
 mod password;
 mod rate_limits;
