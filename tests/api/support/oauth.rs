@@ -215,19 +215,30 @@ impl OAuthServer {
 
     /// POST /token with a form and optional Basic credentials.
     pub fn token(&self, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> Response {
+        self.post_form("/token", form, basic)
+    }
+
+    /// POST a urlencoded form to `path` with optional Basic credentials.
+    pub fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Response {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form.iter())
             .finish();
         let mut request = http()
-            .post(&self.url("/token"))
+            .post(&self.url(path))
             .header("Content-Type", "application/x-www-form-urlencoded");
         if let Some((id, secret)) = basic {
-            request = request.header(
-                "Authorization",
-                format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))),
-            );
+            request = request.header("Authorization", basic_auth(id, secret));
         }
-        Response::from_ureq(request.send(body.as_bytes()).expect("POST /token"))
+        Response::from_ureq(
+            request
+                .send(body.as_bytes())
+                .unwrap_or_else(|e| panic!("POST {path}: {e}")),
+        )
     }
 }
 
@@ -292,6 +303,11 @@ impl OAuthServer {
         }
         self.token(&form, Some((WEBAPP, WEBAPP_SECRET)))
     }
+}
+
+/// An `Authorization: Basic` value for `id` and `secret`.
+pub fn basic_auth(id: &str, secret: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
 }
 
 pub struct Pkce {
