@@ -9,6 +9,7 @@ mod client_credentials;
 mod config;
 mod health;
 mod hostile_input;
+mod injection;
 mod keys;
 mod password;
 mod rate_limits;
