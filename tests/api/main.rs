@@ -15,6 +15,7 @@ mod password;
 mod rate_limits;
 mod refresh;
 mod revocation;
+mod secrets_in_logs;
 mod storage;
 mod users;
 mod well_known;

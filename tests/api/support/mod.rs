@@ -139,6 +139,11 @@ impl Drop for TestDb {
 
 /// The configuration a test server runs with; `extra` is appended TOML.
 pub fn write_config(db: &TestDb, name: &str, extra: &str) -> PathBuf {
+    write_config_logging(db, name, "info,gatehouse=debug", extra)
+}
+
+/// `write_config` with another `log.level` tracing filter.
+pub fn write_config_logging(db: &TestDb, name: &str, log_level: &str, extra: &str) -> PathBuf {
     let path = db.dir.path().join(name);
     let text = format!(
         r#"
@@ -160,7 +165,7 @@ refresh_interval = "1s"
 
 [log]
 format = "json"
-level = "info,gatehouse=debug"
+level = "{log_level}"
 
 {extra}
 "#,
@@ -242,6 +247,12 @@ fn collect_lines(
 impl TestServer {
     pub fn start(db: &TestDb, config: &Path) -> TestServer {
         TestServer::try_start(db, config).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    /// Starts the server with extra environment variables (e.g. `RUST_LOG`).
+    pub fn start_with_env(db: &TestDb, config: &Path, env: &[(&str, &str)]) -> TestServer {
+        TestServer::try_start_with_env(db, config, env)
+            .unwrap_or_else(|e| panic!("server did not start: {e}"))
     }
 
     /// Starts the server and waits for its `listening` log line; on failure returns what

@@ -1,6 +1,7 @@
 //! An authorization server with a known set of clients and a user, and the steps of the
 //! authorization-code flow as a browser and a client would take them.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -103,6 +104,7 @@ pub struct OAuthServer {
     pub db: TestDb,
     pub server: TestServer,
     pub user_id: String,
+    pub config: PathBuf,
 }
 
 impl OAuthServer {
@@ -117,18 +119,31 @@ impl OAuthServer {
 
     /// `sections` is TOML placed before the clients, e.g. a `[limits]` table.
     pub fn start_configured(db: TestDb, tokens_extra: &str, sections: &str) -> OAuthServer {
-        let config = write_config(
+        OAuthServer::start_logging(db, tokens_extra, sections, "info,gatehouse=debug", &[])
+    }
+
+    /// `start_configured` with a `log.level` filter and extra environment variables.
+    pub fn start_logging(
+        db: TestDb,
+        tokens_extra: &str,
+        sections: &str,
+        log_level: &str,
+        env: &[(&str, &str)],
+    ) -> OAuthServer {
+        let config = write_config_logging(
             &db,
             "gatehouse.toml",
+            log_level,
             &format!("{sections}\n{}", clients_toml(tokens_extra)),
         );
-        let server = TestServer::start(&db, &config);
+        let server = TestServer::start_with_env(&db, &config, env);
         let user = gatehouse::accounts::add_user(&mut db.connect(), USERNAME, PASSWORD)
             .expect("create alice");
         OAuthServer {
             db,
             server,
             user_id: user.id,
+            config,
         }
     }
 
