@@ -11,6 +11,7 @@ mod health;
 mod hostile_input;
 mod injection;
 mod keys;
+mod many_instances;
 mod password;
 mod rate_limits;
 mod refresh;

@@ -2,7 +2,7 @@
 //! authorization-code flow as a browser and a client would take them.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -101,7 +101,8 @@ default_scopes = ["read"]
 
 /// A running server with the clients above and the user alice.
 pub struct OAuthServer {
-    pub db: TestDb,
+    /// Shared by every instance started on it; dropped with the last one.
+    pub db: Arc<TestDb>,
     pub server: TestServer,
     pub user_id: String,
     pub config: PathBuf,
@@ -140,10 +141,20 @@ impl OAuthServer {
         let user = gatehouse::accounts::add_user(&mut db.connect(), USERNAME, PASSWORD)
             .expect("create alice");
         OAuthServer {
-            db,
+            db: Arc::new(db),
             server,
             user_id: user.id,
             config,
+        }
+    }
+
+    /// A second `gatehouse serve` on the same database, with the same configuration.
+    pub fn another_instance(&self) -> OAuthServer {
+        OAuthServer {
+            db: Arc::clone(&self.db),
+            server: TestServer::start(&self.db, &self.config),
+            user_id: self.user_id.clone(),
+            config: self.config.clone(),
         }
     }
 
