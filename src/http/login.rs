@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::credentials::{self, PasswordCheck};
 use super::pages::{self, LoginPage, LogoutPage};
 use super::{forms, session, AppState};
-use crate::accounts::MAX_PASSWORD_BYTES;
+use crate::accounts::{self, MAX_PASSWORD_BYTES};
 use crate::audit::AuditEvent;
 
 const LOGIN_FORM: &str = "login";
@@ -79,6 +79,12 @@ pub async fn submit(
     }
     let ip = state.client_ip(&req);
     let login_event = |outcome| AuditEvent::new("login", outcome).ip(ip.as_deref());
+    // A name no account can have is refused without a lookup: a NUL byte, for one, is not
+    // text to PostgreSQL, and a 10 KB name need not become a rate-limit bucket.
+    if accounts::validate_username(&username).is_err() {
+        login_event("failure").detail("unknown user").record();
+        return refuse(&req, &state, &return_to, &username);
+    }
     let user = match credentials::check_password(&state, &username, &password_text, ip.clone())
         .await
     {

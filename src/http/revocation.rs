@@ -7,7 +7,7 @@ use super::{credentials, AppState};
 use crate::config::Settings;
 use crate::keys::KeyState;
 use crate::oauth::revocation;
-use crate::oauth::token::{TokenAnswer, TokenRequest};
+use crate::oauth::token::{self, TokenAnswer, TokenRequest};
 use crate::storage::{DbConnection, StorageResult};
 use serde_json::Value;
 
@@ -40,14 +40,10 @@ async fn authenticate(
         return Err(answer(TokenAnswer::invalid_client()));
     };
     let id = client_id.to_owned();
-    let client = super::run_blocking(&state.pool, move |conn| {
-        crate::storage::clients::find(conn, &id)
-    })
-    .await;
+    let client =
+        super::run_blocking(&state.pool, move |conn| token::enabled_client(conn, &id)).await;
     match client {
-        Ok(Some(client)) if client.enabled && client.secret_hash.is_none() => {
-            Ok(client_id.to_owned())
-        }
+        Ok(Some(client)) if client.is_public() => Ok(client.id),
         Ok(_) => Err(answer(TokenAnswer::invalid_client())),
         Err(e) => Err(failure(e)),
     }

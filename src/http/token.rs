@@ -7,6 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::credentials::{self, PasswordCheck};
 use super::{forms, AppState, HttpError};
+use crate::accounts;
 use crate::audit::AuditEvent;
 use crate::config::GrantType;
 use crate::oauth::token::{self, TokenAnswer, TokenRequest, UserCheck, Verified};
@@ -34,10 +35,14 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
         .client
         .as_ref()
         .is_some_and(|c| c.allows(GrantType::Password));
-    if let Some((username, password)) = request
+    let user_credentials = request
         .password_credentials()
-        .filter(|_| may_check_password)
+        .filter(|_| may_check_password);
+    // A name no account can have fails without a lookup (see login.rs).
+    if user_credentials.is_some_and(|(username, _)| accounts::validate_username(username).is_err())
     {
+        verified.user = Some(UserCheck::Failed);
+    } else if let Some((username, password)) = user_credentials {
         let login_event = |outcome| {
             AuditEvent::new("login", outcome)
                 .client(request.claimed_client_id())

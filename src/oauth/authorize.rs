@@ -31,6 +31,27 @@ pub enum AuthorizeOutcome {
 /// Parameters that are ours, never forwarded as part of an authorization request.
 pub const FORM_FIELDS: [&str; 2] = ["csrf_token", "decision"];
 
+/// The longest parameter name or value an authorization request may carry: room for any
+/// state or nonce a client makes, and a bound on what a code row stores, a login link
+/// carries and a redirect echoes.
+pub const MAX_PARAM_BYTES: usize = 2048;
+
+/// Why a parameter cannot be part of an authorization request, if one cannot: too long,
+/// or not text (RFC 6749 appendix A: control characters, NUL among them, are never
+/// allowed; bytes that were not UTF-8 were decoded as U+FFFD).
+fn unacceptable(text: &str) -> Option<&'static str> {
+    if text.len() > MAX_PARAM_BYTES {
+        Some("a parameter is too long")
+    } else if text
+        .chars()
+        .any(|c| c.is_control() || c == char::REPLACEMENT_CHARACTER)
+    {
+        Some("a parameter holds control characters or is not UTF-8")
+    } else {
+        None
+    }
+}
+
 pub fn authorize(
     conn: &mut DbConnection,
     settings: &Settings,
@@ -79,6 +100,20 @@ pub fn authorize(
             "invalid_request",
             &description,
             state,
+            &settings.issuer,
+        )));
+    }
+    if let Some(problem) = params
+        .pairs()
+        .iter()
+        .find_map(|(k, v)| unacceptable(k).or_else(|| unacceptable(v)))
+    {
+        // The state is echoed only when it is itself acceptable.
+        return Ok(AuthorizeOutcome::Redirect(error_redirect(
+            redirect,
+            "invalid_request",
+            problem,
+            state.filter(|s| unacceptable(s).is_none()),
             &settings.issuer,
         )));
     }
@@ -223,6 +258,16 @@ fn error_redirect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_must_be_short_text() {
+        assert_eq!(unacceptable("a state, with spaces & caf\u{e9}"), None);
+        assert_eq!(unacceptable(&"x".repeat(MAX_PARAM_BYTES)), None);
+        assert!(unacceptable(&"x".repeat(MAX_PARAM_BYTES + 1)).is_some());
+        assert!(unacceptable("a\0b").is_some());
+        assert!(unacceptable("line\nbreak").is_some());
+        assert!(unacceptable("not utf-8: \u{fffd}").is_some());
+    }
 
     #[test]
     fn redirects_use_rfc_field_names_and_carry_iss() {

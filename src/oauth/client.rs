@@ -18,6 +18,13 @@ pub struct Client {
     pub enabled: bool,
 }
 
+/// Whether `id` could name a client: the config allows only 1 to 255 printable ASCII
+/// characters without spaces (RFC 6749 appendix A). Anything else is unknown without asking
+/// the database, which is how a NUL byte (refused by PostgreSQL as text) never reaches it.
+pub fn is_client_id(id: &str) -> bool {
+    (1..=255).contains(&id.len()) && id.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
 impl Client {
     pub fn from_row(row: ClientRow) -> Result<Client, StorageError> {
         Ok(Client {
@@ -166,6 +173,17 @@ mod tests {
             confidential.redirect_uri_for(None).as_deref(),
             Some("http://127.0.0.1/cb")
         );
+    }
+
+    #[test]
+    fn only_printable_ascii_can_name_a_client() {
+        assert!(is_client_id("webapp"));
+        assert!(is_client_id("a.b-c_d~1:2"));
+        assert!(!is_client_id(""));
+        assert!(!is_client_id("web app"));
+        assert!(!is_client_id("webapp\0"));
+        assert!(!is_client_id("w\u{e9}bapp"));
+        assert!(!is_client_id(&"x".repeat(256)));
     }
 
     #[test]

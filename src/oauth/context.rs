@@ -119,6 +119,9 @@ impl<'c> FlowContext<'c> {
         {
             return Ok(Some(client.clone()));
         }
+        if !super::client::is_client_id(client_id) {
+            return Ok(None);
+        }
         let row =
             crate::storage::clients::find(&mut self.conn(), client_id).map_err(|e| self.fail(e))?;
         let client = match row {

@@ -182,6 +182,9 @@ pub fn enabled_client(
     conn: &mut DbConnection,
     client_id: &str,
 ) -> Result<Option<Client>, StorageError> {
+    if !super::client::is_client_id(client_id) {
+        return Ok(None);
+    }
     match crate::storage::clients::find(conn, client_id)? {
         Some(row) if row.enabled => Ok(Some(Client::from_row(row)?)),
         _ => Ok(None),

@@ -139,12 +139,24 @@ impl Drop for TestDb {
 
 /// The configuration a test server runs with; `extra` is appended TOML.
 pub fn write_config(db: &TestDb, name: &str, extra: &str) -> PathBuf {
-    write_config_with(db, name, "", extra)
+    write_config_full(db, name, "", DEFAULT_LOG_LEVEL, extra)
 }
+
+const DEFAULT_LOG_LEVEL: &str = "info,gatehouse=debug";
 
 /// As `write_config`, with `server` lines added to the `[server]` table and an issuer
 /// given by `issuer = ...` in them replacing the default.
 pub fn write_config_with(db: &TestDb, name: &str, server: &str, extra: &str) -> PathBuf {
+    write_config_full(db, name, server, DEFAULT_LOG_LEVEL, extra)
+}
+
+pub fn write_config_full(
+    db: &TestDb,
+    name: &str,
+    server: &str,
+    log_level: &str,
+    extra: &str,
+) -> PathBuf {
     let path = db.dir.path().join(name);
     let (issuer, server): (Vec<&str>, Vec<&str>) = server
         .lines()
@@ -175,7 +187,7 @@ refresh_interval = "1s"
 
 [log]
 format = "json"
-level = "info,gatehouse=debug"
+level = "{log_level}"
 
 {extra}
 "#,
@@ -231,11 +243,27 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A running `gatehouse serve`, killed when dropped. Its JSON log lines are kept.
+/// A running `gatehouse serve`, killed when dropped. Its JSON log lines (stdout) and its
+/// standard error are kept.
 pub struct TestServer {
     child: Child,
     pub base_url: String,
     logs: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// Collects the lines `source` writes, until it closes.
+fn collect_lines(
+    source: impl std::io::Read + Send + 'static,
+    sink: Arc<Mutex<Vec<String>>>,
+    mut on_line: impl FnMut(&str) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(source).lines().map_while(Result::ok) {
+            on_line(&line);
+            sink.lock().expect("log lock").push(line);
+        }
+    })
 }
 
 impl TestServer {
@@ -243,49 +271,76 @@ impl TestServer {
         TestServer::try_start(db, config).unwrap_or_else(|e| panic!("server did not start: {e}"))
     }
 
+    /// Starts the server with extra environment variables (e.g. `RUST_LOG`).
+    pub fn start_with_env(db: &TestDb, config: &Path, env: &[(&str, &str)]) -> TestServer {
+        TestServer::try_start_with_env(db, config, env)
+            .unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
     /// Starts the server and waits for its `listening` log line; on failure returns what
     /// the process wrote to stderr.
     pub fn try_start(db: &TestDb, config: &Path) -> Result<TestServer, String> {
-        let mut child = gatehouse(db.dir.path())
+        TestServer::try_start_with_env(db, config, &[])
+    }
+
+    pub fn try_start_with_env(
+        db: &TestDb,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<TestServer, String> {
+        let mut command = gatehouse(db.dir.path());
+        command
             .arg("--config")
             .arg(config)
             .arg("serve")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn gatehouse");
-        let stdout = child.stdout.take().expect("stdout");
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn gatehouse");
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = mpsc::channel();
-        let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+        collect_lines(
+            child.stdout.take().expect("stdout"),
+            Arc::clone(&logs),
+            move |line| {
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(line) {
                     if event["message"] == "listening" {
                         let scheme = event["scheme"].as_str().unwrap_or("http");
                         let addr = event["addr"].as_str().unwrap_or_default();
                         let _ = addr_tx.send(format!("{scheme}://{addr}"));
                     }
                 }
-                sink.lock().expect("log lock").push(line);
-            }
-        });
+            },
+        );
+        // Read so that a chatty stderr can never fill its pipe and stall the server.
+        let stderr_reader = collect_lines(
+            child.stderr.take().expect("stderr"),
+            Arc::clone(&stderr_lines),
+            |_| {},
+        );
         match addr_rx.recv_timeout(START_TIMEOUT) {
             Ok(base_url) => Ok(TestServer {
                 child,
                 base_url,
                 logs,
+                stderr: stderr_lines,
             }),
             Err(_) => {
                 let _ = child.kill();
-                let output = child.wait_with_output().expect("wait for gatehouse");
-                Err(format!(
-                    "status {:?}, stderr:\n{}",
-                    output.status,
-                    stderr(&output)
-                ))
+                let status = child.wait().expect("wait for gatehouse");
+                let _ = stderr_reader.join();
+                let text = stderr_lines.lock().expect("log lock").join("\n");
+                Err(format!("status {status:?}, stderr:\n{text}"))
             }
         }
+    }
+
+    /// The address the server listens on, `IP:PORT`.
+    pub fn addr(&self) -> &str {
+        self.base_url.trim_start_matches("http://")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -294,6 +349,11 @@ impl TestServer {
 
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().expect("log lock").clone()
+    }
+
+    /// What the server wrote to its standard error so far (panics land here).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().expect("log lock").clone()
     }
 }
 
@@ -376,6 +436,8 @@ pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> O
 
 mod browser;
 mod oauth;
+mod raw;
 
 pub use browser::*;
 pub use oauth::*;
+pub use raw::*;

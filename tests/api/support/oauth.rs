@@ -1,7 +1,8 @@
 //! An authorization server with a known set of clients and a user, and the steps of the
 //! authorization-code flow as a browser and a client would take them.
 
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -100,9 +101,11 @@ default_scopes = ["read"]
 
 /// A running server with the clients above and the user alice.
 pub struct OAuthServer {
-    pub db: TestDb,
+    /// Shared by every instance started on it; dropped with the last one.
+    pub db: Arc<TestDb>,
     pub server: TestServer,
     pub user_id: String,
+    pub config: PathBuf,
 }
 
 impl OAuthServer {
@@ -122,19 +125,60 @@ impl OAuthServer {
 
     /// `server` adds lines to the `[server]` table (see `write_config_with`).
     pub fn start_full(db: TestDb, server: &str, tokens_extra: &str, sections: &str) -> OAuthServer {
-        let config = write_config_with(
+        OAuthServer::start_with_options(
+            db,
+            server,
+            tokens_extra,
+            sections,
+            "info,gatehouse=debug",
+            &[],
+        )
+    }
+
+    /// `start_configured` with a `log.level` filter and extra environment variables.
+    pub fn start_logging(
+        db: TestDb,
+        tokens_extra: &str,
+        sections: &str,
+        log_level: &str,
+        env: &[(&str, &str)],
+    ) -> OAuthServer {
+        OAuthServer::start_with_options(db, "", tokens_extra, sections, log_level, env)
+    }
+
+    fn start_with_options(
+        db: TestDb,
+        server: &str,
+        tokens_extra: &str,
+        sections: &str,
+        log_level: &str,
+        env: &[(&str, &str)],
+    ) -> OAuthServer {
+        let config = write_config_full(
             &db,
             "gatehouse.toml",
             server,
+            log_level,
             &format!("{sections}\n{}", clients_toml(tokens_extra)),
         );
-        let server = TestServer::start(&db, &config);
+        let server = TestServer::start_with_env(&db, &config, env);
         let user = gatehouse::accounts::add_user(&mut db.connect(), USERNAME, PASSWORD)
             .expect("create alice");
         OAuthServer {
-            db,
+            db: Arc::new(db),
             server,
             user_id: user.id,
+            config,
+        }
+    }
+
+    /// A second `gatehouse serve` on the same database, with the same configuration.
+    pub fn another_instance(&self) -> OAuthServer {
+        OAuthServer {
+            db: Arc::clone(&self.db),
+            server: TestServer::start(&self.db, &self.config),
+            user_id: self.user_id.clone(),
+            config: self.config.clone(),
         }
     }
 
@@ -221,19 +265,30 @@ impl OAuthServer {
 
     /// POST /token with a form and optional Basic credentials.
     pub fn token(&self, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> Response {
+        self.post_form("/token", form, basic)
+    }
+
+    /// POST a urlencoded form to `path` with optional Basic credentials.
+    pub fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Response {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form.iter())
             .finish();
         let mut request = http()
-            .post(&self.url("/token"))
+            .post(&self.url(path))
             .header("Content-Type", "application/x-www-form-urlencoded");
         if let Some((id, secret)) = basic {
-            request = request.header(
-                "Authorization",
-                format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))),
-            );
+            request = request.header("Authorization", basic_auth(id, secret));
         }
-        Response::from_ureq(request.send(body.as_bytes()).expect("POST /token"))
+        Response::from_ureq(
+            request
+                .send(body.as_bytes())
+                .unwrap_or_else(|e| panic!("POST {path}: {e}")),
+        )
     }
 }
 
@@ -298,6 +353,11 @@ impl OAuthServer {
         }
         self.token(&form, Some((WEBAPP, WEBAPP_SECRET)))
     }
+}
+
+/// An `Authorization: Basic` value for `id` and `secret`.
+pub fn basic_auth(id: &str, secret: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
 }
 
 pub struct Pkce {
