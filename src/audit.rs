@@ -19,6 +19,7 @@ pub const TARGET: &str = "gatehouse::audit";
 
 const QUEUE_CAPACITY: usize = 65_536;
 const BATCH: usize = 512;
+const LINGER: Duration = Duration::from_millis(50);
 
 /// One event, built at the place it happens.
 #[derive(Debug, Clone)]
@@ -172,8 +173,17 @@ pub fn stop_writer(wait: Duration) {
 
 fn write_rows(pool: &Pool, receiver: &Receiver<AuditRow>) {
     while let Ok(first) = receiver.recv() {
+        // Gathers what arrives within LINGER: one transaction for many rows instead of one
+        // per event, which under load cost more than the event itself.
         let mut batch = vec![first];
-        batch.extend(receiver.try_iter().take(BATCH - 1));
+        let deadline = std::time::Instant::now() + LINGER;
+        while batch.len() < BATCH {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match receiver.recv_timeout(left) {
+                Ok(row) => batch.push(row),
+                Err(_) => break,
+            }
+        }
         // A database outage holds the batch back and retries; the queue meanwhile fills and
         // then overflows into the log only.
         let mut delay = Duration::from_millis(100);

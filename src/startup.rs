@@ -15,6 +15,7 @@ use crate::crypto::mac::Mac;
 use crate::crypto::secret_cache::SecretCache;
 use crate::http::{self, AppState};
 use crate::keys::KeyRing;
+use crate::oauth::client::ClientRegistry;
 use crate::oauth::client_sync::sync_clients;
 use crate::ratelimit::ClientRateLimiter;
 use crate::storage::{self, Pool};
@@ -45,9 +46,11 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
         storage::ensure_migrated(&mut conn)?;
     }
     sync_clients(&mut conn, settings)?;
+    let clients = ClientRegistry::load(&mut conn)?;
     let keys = KeyRing::open(&mut conn, &system_secret, settings.keys.rsa_bits)?;
     Ok(Prepared {
         pool,
+        clients,
         keys,
         csrf_mac: Mac::new(&system_secret, "csrf"),
     })
@@ -57,6 +60,7 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
 /// before the runtime starts.
 pub struct Prepared {
     pub pool: Pool,
+    pub clients: ClientRegistry,
     pub keys: KeyRing,
     pub csrf_mac: Mac,
 }
@@ -77,6 +81,7 @@ impl Application {
             metadata: http::build_metadata(&settings),
             settings: Arc::new(settings),
             pool: prepared.pool,
+            clients: Arc::new(prepared.clients),
             keys: Arc::new(prepared.keys),
             csrf_mac: Arc::new(prepared.csrf_mac),
             secret_cache: Arc::new(SecretCache::new()),

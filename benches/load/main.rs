@@ -26,6 +26,8 @@ pub struct Options {
     runs: usize,
     smoke: bool,
     sqlite_only: bool,
+    /// `--only NAME`: just this scenario (for profiling); no report is written.
+    only: Option<String>,
 }
 
 impl Options {
@@ -43,6 +45,11 @@ impl Options {
             runs: value("--runs").map_or(if smoke { 1 } else { 3 }, |r| r.max(1.0) as usize),
             smoke,
             sqlite_only: args.iter().any(|a| a == "--sqlite-only"),
+            only: args
+                .iter()
+                .position(|a| a == "--only")
+                .and_then(|i| args.get(i + 1))
+                .cloned(),
         }
     }
 
@@ -109,8 +116,17 @@ fn main() {
     let mut failures = Vec::new();
     for run in 0..options.runs {
         eprintln!("run {}/{}", run + 1, options.runs);
-        b1.push(scenarios::rsa_baseline(cores, options.duration()));
-        b3.push(scenarios::argon2_baseline(cores, options.duration()));
+        let baselines = options.only.is_none();
+        b1.push(if baselines {
+            scenarios::rsa_baseline(cores, options.duration())
+        } else {
+            0.0
+        });
+        b3.push(if baselines {
+            scenarios::argon2_baseline(cores, options.duration())
+        } else {
+            0.0
+        });
         eprintln!(
             "  B1 RS256 signatures/s: {:.0}   B3 argon2id verifications/s: {:.1}",
             b1[run], b3[run]
@@ -124,6 +140,9 @@ fn main() {
         }
     }
 
+    if options.only.is_some() && failures.is_empty() {
+        return;
+    }
     if !failures.is_empty() {
         eprintln!("\nFAILED:");
         for failure in &failures {
@@ -174,6 +193,13 @@ fn run_backend(
 
     let mut scenarios = Vec::new();
     for scenario in Scenario::ALL {
+        if options
+            .only
+            .as_ref()
+            .is_some_and(|only| !scenario.name().contains(only.as_str()))
+        {
+            continue;
+        }
         let server = Server::start(&workspace, port)?;
         let (outcome, measured) = measure(options, &server, |addr| {
             scenarios::closed_loop(
@@ -188,6 +214,14 @@ fn run_backend(
         scenarios.push((scenario, measured));
     }
 
+    if options.only.is_some() {
+        return Ok(RunResult {
+            scenarios,
+            p99_half_rate_ms: 0.0,
+            half_rate: 0.0,
+            metrics_off_per_second: 0.0,
+        });
+    }
     // p99 of /token at half the peak client-credentials rate, paced so a stall shows.
     let peak = scenarios
         .iter()

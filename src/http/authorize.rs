@@ -50,14 +50,22 @@ async fn run(
     let params = params.without(&FORM_FIELDS);
     let settings = state.settings.clone();
     let keys = state.keys.current();
+    let clients = state.clients.clone();
     let cookie = session::cookie_value(req);
     let flow_params = params.clone();
     let outcome = super::run_blocking(&state.pool, move |conn| {
         let owner = session::resolve(conn, cookie.as_deref())?;
         // Without a session a decision cannot have come from the user.
         let decision = decision.filter(|_| owner.is_some());
-        let outcome =
-            authorize::authorize(conn, &settings, keys, &flow_params, owner.clone(), decision)?;
+        let outcome = authorize::authorize(
+            conn,
+            &settings,
+            &clients,
+            keys,
+            &flow_params,
+            owner.clone(),
+            decision,
+        )?;
         Ok::<_, crate::storage::StorageError>((outcome, owner))
     })
     .await;

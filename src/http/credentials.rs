@@ -7,7 +7,6 @@ use actix_web::web;
 use super::{AppState, HttpError};
 use crate::crypto::password;
 use crate::oauth::client::Client;
-use crate::oauth::token;
 use crate::ratelimit::{self, Attempt, Verdict};
 use crate::storage::users::{self as user_store, UserRow};
 use crate::storage::{now_unix, StorageError};
@@ -73,17 +72,15 @@ pub async fn check_password(
     }
 }
 
-/// Checks a client secret: from the cache of verified secrets when it can (microseconds,
-/// on this thread), else with argon2. Returns the client it authenticated, so the grant
+/// Checks a client secret against the registry: from the cache of verified secrets when it
+/// can (microseconds, on this thread), else with argon2 on the blocking pool. Returns the client it authenticated, so the grant
 /// need not read it again.
 pub async fn check_client_secret(
     state: &AppState,
     client_id: &str,
     secret: &str,
 ) -> Result<Option<Client>, HttpError> {
-    let id = client_id.to_owned();
-    let client =
-        super::run_blocking(&state.pool, move |conn| token::enabled_client(conn, &id)).await?;
+    let client = state.clients.get(client_id).cloned();
     let hash = client.as_ref().and_then(|c| c.secret_hash.clone());
     let verified = match &hash {
         Some(hash) if state.secret_cache.recognises(client_id, secret, hash) => true,

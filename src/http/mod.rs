@@ -38,6 +38,7 @@ use crate::storage::Pool;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: Pool,
+    pub clients: Arc<crate::oauth::client::ClientRegistry>,
     pub keys: Arc<KeyRing>,
     pub metadata: web::Bytes,
     pub csrf_mac: Arc<Mac>,

@@ -7,7 +7,7 @@ use super::{credentials, AppState};
 use crate::config::Settings;
 use crate::keys::KeyState;
 use crate::oauth::revocation;
-use crate::oauth::token::{self, TokenAnswer, TokenRequest};
+use crate::oauth::token::{TokenAnswer, TokenRequest};
 use crate::storage::{DbConnection, StorageResult};
 use serde_json::Value;
 
@@ -39,13 +39,9 @@ async fn authenticate(
     else {
         return Err(answer(TokenAnswer::invalid_client()));
     };
-    let id = client_id.to_owned();
-    let client =
-        super::run_blocking(&state.pool, move |conn| token::enabled_client(conn, &id)).await;
-    match client {
-        Ok(Some(client)) if client.is_public() => Ok(client.id),
-        Ok(_) => Err(answer(TokenAnswer::invalid_client())),
-        Err(e) => Err(failure(e)),
+    match state.clients.get(client_id) {
+        Some(client) if client.is_public() => Ok(client.id.clone()),
+        _ => Err(answer(TokenAnswer::invalid_client())),
     }
 }
 

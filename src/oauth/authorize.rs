@@ -9,6 +9,7 @@ use oxide_auth_actix::{OAuthResponse, WebError};
 use url::Url;
 
 use super::client::Client;
+use super::client::ClientRegistry;
 use super::context::{Decision, FlowContext, Interaction, Owner};
 use super::endpoint::GatehouseEndpoint;
 use super::request::{FlowRequest, Params};
@@ -55,12 +56,13 @@ fn unacceptable(text: &str) -> Option<&'static str> {
 pub fn authorize(
     conn: &mut DbConnection,
     settings: &Settings,
+    clients: &ClientRegistry,
     keys: Arc<KeyState>,
     params: &Params,
     owner: Option<Owner>,
     decision: Option<Decision>,
 ) -> Result<AuthorizeOutcome, StorageError> {
-    let mut ctx = FlowContext::new(conn, settings, keys);
+    let mut ctx = FlowContext::new(conn, settings, clients, keys);
     ctx.owner = owner;
     ctx.decision = decision;
 

@@ -25,6 +25,31 @@ pub fn is_client_id(id: &str) -> bool {
     (1..=255).contains(&id.len()) && id.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
+/// Every enabled client, read once at start after the configuration was synced into the
+/// database. Clients change only when an instance starts with a new configuration, so each
+/// instance serves the clients of its own configuration without a query per request.
+#[derive(Debug, Default)]
+pub struct ClientRegistry {
+    clients: std::collections::HashMap<String, Client>,
+}
+
+impl ClientRegistry {
+    pub fn load(conn: &mut crate::storage::DbConnection) -> Result<ClientRegistry, StorageError> {
+        let mut clients = std::collections::HashMap::new();
+        for row in crate::storage::clients::list(conn)? {
+            if row.enabled {
+                clients.insert(row.id.clone(), Client::from_row(row)?);
+            }
+        }
+        Ok(ClientRegistry { clients })
+    }
+
+    /// An enabled client; `None` for unknown, disabled and impossible ids.
+    pub fn get(&self, client_id: &str) -> Option<&Client> {
+        self.clients.get(client_id)
+    }
+}
+
 impl Client {
     pub fn from_row(row: ClientRow) -> Result<Client, StorageError> {
         Ok(Client {

@@ -11,7 +11,7 @@ use crate::storage::codes::CodeRow;
 use crate::storage::tokens::{FamilyRow, RefreshRow};
 use crate::storage::{DbConnection, StorageError};
 
-use super::client::Client;
+use super::client::{Client, ClientRegistry};
 
 /// The signed-in user, resolved from the session cookie before the flow runs.
 #[derive(Debug, Clone)]
@@ -59,6 +59,7 @@ pub struct Notes {
 pub struct FlowContext<'c> {
     conn: RefCell<&'c mut DbConnection>,
     pub settings: &'c Settings,
+    pub clients: &'c ClientRegistry,
     pub keys: Arc<KeyState>,
     pub now: i64,
     pub owner: Option<Owner>,
@@ -80,11 +81,13 @@ impl<'c> FlowContext<'c> {
     pub fn new(
         conn: &'c mut DbConnection,
         settings: &'c Settings,
+        clients: &'c ClientRegistry,
         keys: Arc<KeyState>,
     ) -> FlowContext<'c> {
         FlowContext {
             conn: RefCell::new(conn),
             settings,
+            clients,
             keys,
             now: crate::storage::now_unix(),
             owner: None,
@@ -108,7 +111,7 @@ impl<'c> FlowContext<'c> {
         self.notes.borrow_mut().failure = Some(error);
     }
 
-    /// The client, read once per operation; `None` for unknown or disabled clients.
+    /// The client, from the registry; `None` for unknown or disabled clients.
     pub(crate) fn client(&self, client_id: &str) -> Result<Option<Client>, ()> {
         if let Some(client) = self
             .notes
@@ -119,15 +122,7 @@ impl<'c> FlowContext<'c> {
         {
             return Ok(Some(client.clone()));
         }
-        if !super::client::is_client_id(client_id) {
-            return Ok(None);
-        }
-        let row =
-            crate::storage::clients::find(&mut self.conn(), client_id).map_err(|e| self.fail(e))?;
-        let client = match row {
-            Some(row) if row.enabled => Some(Client::from_row(row).map_err(|e| self.fail(e))?),
-            _ => None,
-        };
+        let client = self.clients.get(client_id).cloned();
         if let Some(client) = &client {
             self.notes.borrow_mut().client = Some(client.clone());
         }

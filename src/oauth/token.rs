@@ -9,7 +9,7 @@ use oxide_auth::endpoint::{AccessTokenFlow, RefreshFlow};
 use oxide_auth_actix::{OAuthResponse, WebError};
 use serde_json::{json, Map, Value};
 
-use super::client::Client;
+use super::client::{Client, ClientRegistry};
 use super::context::FlowContext;
 use super::endpoint::GatehouseEndpoint;
 use super::issuer::DbIssuer;
@@ -176,21 +176,6 @@ impl TokenRequest {
     }
 }
 
-/// An enabled client, read once per request by the HTTP layer to verify its secret off the
-/// connection; the grant then reuses it instead of reading it again.
-pub fn enabled_client(
-    conn: &mut DbConnection,
-    client_id: &str,
-) -> Result<Option<Client>, StorageError> {
-    if !super::client::is_client_id(client_id) {
-        return Ok(None);
-    }
-    match crate::storage::clients::find(conn, client_id)? {
-        Some(row) if row.enabled => Ok(Some(Client::from_row(row)?)),
-        _ => Ok(None),
-    }
-}
-
 /// What the HTTP layer verified before the grant runs, each with no database connection
 /// held while argon2 ran.
 #[derive(Debug, Clone, Default)]
@@ -223,6 +208,7 @@ struct Authenticated {
 struct GrantRun<'r> {
     conn: &'r mut DbConnection,
     settings: &'r Settings,
+    clients: &'r ClientRegistry,
     keys: Arc<KeyState>,
     auth: Authenticated,
 }
@@ -231,7 +217,7 @@ impl GrantRun<'_> {
     /// A flow context that already knows the authenticated client, so neither the
     /// registrar nor the grant reads it or verifies its secret again.
     fn context(&mut self) -> FlowContext<'_> {
-        let mut ctx = FlowContext::new(self.conn, self.settings, self.keys.clone());
+        let mut ctx = FlowContext::new(self.conn, self.settings, self.clients, self.keys.clone());
         ctx.verified_secret = self.auth.secret.clone();
         ctx.client_ip = self.auth.client_ip.clone();
         ctx.notes.borrow_mut().client = self.auth.client.clone();
@@ -243,6 +229,7 @@ impl GrantRun<'_> {
 pub fn token(
     conn: &mut DbConnection,
     settings: &Settings,
+    clients: &ClientRegistry,
     keys: Arc<KeyState>,
     request: TokenRequest,
     verified: Verified,
@@ -259,6 +246,7 @@ pub fn token(
     let grant = GrantRun {
         conn,
         settings,
+        clients,
         keys,
         auth,
     };
@@ -267,7 +255,9 @@ pub fn token(
         Some("authorization_code") => authorization_code(grant, request.body, request.basic),
         Some("refresh_token") => refresh_token(grant, request.body, request.basic),
         Some("password") => password(grant, &request, verified.user),
-        Some("client_credentials") => client_credentials(grant, &request),
+        Some("client_credentials") => {
+            client_credentials(settings, &grant.keys, grant.auth.client.as_ref(), &request)
+        }
         Some(_) => Ok(TokenAnswer::error(
             400,
             "unsupported_grant_type",
@@ -422,15 +412,17 @@ fn failure_of(ctx: &FlowContext<'_>) -> StorageError {
 /// RFC 6749 4.4, on oxide-auth's primitives: the client authenticated with its secret
 /// (public clients cannot use this grant), its scope negotiated by the same rules as every
 /// grant. oxide-auth's own client-credentials flow insists on binding a redirect URI and
-/// answers unknown clients with a 500, so it is not used.
-fn client_credentials(
-    mut grant: GrantRun<'_>,
+/// answers unknown clients with a 500, so it is not used. Nothing is read or written: the
+/// cost is one RSA signature, so the HTTP layer may run this without a database connection.
+pub fn client_credentials(
+    settings: &Settings,
+    keys: &KeyState,
+    client: Option<&Client>,
     request: &TokenRequest,
 ) -> Result<TokenAnswer, StorageError> {
-    let Some(client) = grant.auth.client.clone() else {
+    let Some(client) = client else {
         return Ok(TokenAnswer::invalid_client());
     };
-    let ctx = grant.context();
     if !client.allows(GrantType::ClientCredentials) {
         return Ok(TokenAnswer::error(
             400,
@@ -445,7 +437,7 @@ fn client_credentials(
             "the requested scope is not allowed for this client",
         ));
     };
-    let minted = match super::tokens::issue_for_client(&ctx, &client, &scope) {
+    let minted = match super::tokens::issue_for_client(settings, keys, client, &scope) {
         Ok(minted) => minted,
         Err(super::tokens::MintError::Storage(e)) => return Err(e),
         Err(super::tokens::MintError::Key(e)) => return Err(StorageError::Corrupt(e.to_string())),
@@ -455,7 +447,7 @@ fn client_credentials(
         body: json!({
             "access_token": minted.access_token,
             "token_type": "Bearer",
-            "expires_in": ctx.settings.tokens.access_ttl.as_secs(),
+            "expires_in": settings.tokens.access_ttl.as_secs(),
             "scope": scope,
         }),
     })

@@ -5,8 +5,9 @@ use serde::Serialize;
 
 use super::client::Client;
 use super::context::FlowContext;
-use crate::config::GrantType;
+use crate::config::{GrantType, Settings};
 use crate::crypto::{mac::digest_secret, random};
+use crate::keys::KeyState;
 use crate::storage::codes as code_store;
 use crate::storage::tokens::{self as token_store, AccessRow, FamilyRow, RefreshRow};
 use crate::storage::StorageError;
@@ -52,11 +53,30 @@ fn sign_access(
     scope: &str,
     family_id: Option<&str>,
 ) -> Result<SignedAccess, MintError> {
-    let now = ctx.now;
+    sign_access_with(
+        ctx.settings,
+        &ctx.keys,
+        ctx.now,
+        client,
+        subject,
+        scope,
+        family_id,
+    )
+}
+
+fn sign_access_with(
+    settings: &Settings,
+    keys: &KeyState,
+    now: i64,
+    client: &Client,
+    subject: &str,
+    scope: &str,
+    family_id: Option<&str>,
+) -> Result<SignedAccess, MintError> {
     let jti = random::token::<16>();
-    let expires_at = now + ctx.settings.tokens.access_ttl.as_secs() as i64;
-    let token = ctx.keys.signing.sign_access_token(&AccessTokenClaims {
-        iss: &ctx.settings.issuer,
+    let expires_at = now + settings.tokens.access_ttl.as_secs() as i64;
+    let token = keys.signing.sign_access_token(&AccessTokenClaims {
+        iss: &settings.issuer,
         sub: subject,
         aud: &client.audience,
         exp: expires_at,
@@ -173,11 +193,13 @@ pub fn rotate_refresh(
 /// client id, no refresh token, and nothing is written to the database, so this path costs
 /// one RSA signature.
 pub fn issue_for_client(
-    ctx: &FlowContext<'_>,
+    settings: &Settings,
+    keys: &KeyState,
     client: &Client,
     scope: &str,
 ) -> Result<Minted, MintError> {
-    let access = sign_access(ctx, client, &client.id, scope, None)?;
+    let now = crate::storage::now_unix();
+    let access = sign_access_with(settings, keys, now, client, &client.id, scope, None)?;
     Ok(Minted {
         access_token: access.token,
         expires_at: access.expires_at,
