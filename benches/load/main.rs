@@ -327,14 +327,15 @@ fn report_outcome(
     failures: &mut Vec<String>,
 ) {
     eprintln!(
-        "  {:<10} {:<38} {:>9.1}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  server {:.2} cores  loadgen {:.2} cores",
+        "  {:<10} {:<38} {:>9.1}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  server {:.2} cores  loadgen {:.2} cores  peak RSS {:.0} MiB",
         backend.name(),
         name,
         measured.per_second,
         measured.p50_ms,
         measured.p99_ms,
         measured.server_cpu,
-        measured.loadgen_cpu
+        measured.loadgen_cpu,
+        measured.peak_rss_mib
     );
     if outcome.errors > 0 || outcome.ops == 0 {
         failures.push(format!(
