@@ -136,8 +136,9 @@ impl Application {
     }
 }
 
-/// Picks up keys rotated by another instance or by `gatehouse keys rotate`, and drops
-/// retired keys from the JWK Set once their window has passed.
+/// Picks up keys rotated by another instance or by `gatehouse keys rotate`, drops retired
+/// keys from the JWK Set once their window has passed, picks up clients another instance's
+/// configuration changed, and forgets full rate-limit buckets.
 fn spawn_key_refresh(state: AppState) {
     let period = state.settings.keys.refresh_interval;
     actix_web::rt::spawn(async move {
@@ -150,6 +151,12 @@ fn spawn_key_refresh(state: AppState) {
             if let Err(e) = refreshed {
                 tracing::warn!(error = %e, "could not refresh signing keys; keeping the current ones");
             }
+            let clients = Arc::clone(&state.clients);
+            let reloaded = http::run_blocking(&state.pool, move |conn| clients.reload(conn)).await;
+            if let Err(e) = reloaded {
+                tracing::warn!(error = %e, "could not reload clients; keeping the current ones");
+            }
+            state.client_rate.forget_idle();
         }
     });
 }

@@ -80,11 +80,15 @@ async fn run(
             message,
         ),
         AuthorizeOutcome::Redirect(url) => {
-            if let (Some(decision), Some(owner)) = (decision, &owner) {
-                let outcome = match decision {
-                    Decision::Allow => "granted",
-                    Decision::Deny => "denied",
-                };
+            // Only a redirect carrying a code grants anything; an allowed request can still
+            // end in an error redirect (invalid_scope, say), which grants nothing.
+            let issued_code = url.query_pairs().any(|(name, _)| name == "code");
+            let outcome = match decision {
+                Some(Decision::Allow) if issued_code => Some("granted"),
+                Some(Decision::Deny) => Some("denied"),
+                _ => None,
+            };
+            if let (Some(outcome), Some(owner)) = (outcome, &owner) {
                 AuditEvent::new("consent", outcome)
                     .user(Some(&owner.user_id))
                     .client(params.get("client_id"))

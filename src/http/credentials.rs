@@ -7,6 +7,7 @@ use actix_web::web;
 use super::{AppState, HttpError};
 use crate::crypto::password;
 use crate::oauth::client::Client;
+use crate::ratelimit::client_rate::Caller;
 use crate::ratelimit::{self, Attempt, Verdict};
 use crate::storage::users::{self as user_store, UserRow};
 use crate::storage::{now_unix, StorageError};
@@ -72,19 +73,34 @@ pub async fn check_password(
     }
 }
 
+/// What checking a client's secret concluded.
+pub enum ClientCheck {
+    Authenticated(Client),
+    Refused,
+    /// Over the request rate (the client's, or the address's while unauthenticated).
+    Limited {
+        retry_after: u64,
+    },
+}
+
 /// Checks a client secret against the registry: from the cache of verified secrets when it
-/// can (microseconds, on this thread), else with argon2 on the blocking pool. Returns the client it authenticated, so the grant
-/// need not read it again.
+/// can (microseconds, on this thread), else with argon2 on the blocking pool. A secret that
+/// needs argon2 is charged to the caller's address first; the client's own request budget
+/// only once the secret checked out, so naming a client costs it nothing.
 pub async fn check_client_secret(
     state: &AppState,
     client_id: &str,
     secret: &str,
-) -> Result<Option<Client>, HttpError> {
-    let client = state.clients.get(client_id).cloned();
+    ip: Option<&str>,
+) -> Result<ClientCheck, HttpError> {
+    let client = state.clients.get(client_id);
     let hash = client.as_ref().and_then(|c| c.secret_hash.clone());
     let verified = match &hash {
         Some(hash) if state.secret_cache.recognises(client_id, secret, hash) => true,
         _ => {
+            if let Err(retry_after) = state.client_rate.check(Caller::Unauthenticated { ip }) {
+                return Ok(ClientCheck::Limited { retry_after });
+            }
             let cache = state.secret_cache.clone();
             let (id, secret) = (client_id.to_owned(), secret.to_owned());
             web::block(move || cache.verify(&id, &secret, hash.as_deref()))
@@ -92,5 +108,28 @@ pub async fn check_client_secret(
                 .map_err(|e| HttpError::internal(format!("blocking task failed: {e}")))?
         }
     };
-    Ok(client.filter(|_| verified))
+    let Some(client) = client.filter(|_| verified) else {
+        return Ok(ClientCheck::Refused);
+    };
+    Ok(
+        match state.client_rate.check(Caller::Authenticated(&client.id)) {
+            Ok(()) => ClientCheck::Authenticated(client),
+            Err(retry_after) => ClientCheck::Limited { retry_after },
+        },
+    )
+}
+
+/// Charges a request that presents no secret: a registered public client per address,
+/// anything else to the address alone.
+pub fn charge_unauthenticated(
+    state: &AppState,
+    client_id: Option<&str>,
+    ip: Option<&str>,
+) -> Result<(), u64> {
+    let public = client_id.filter(|id| state.clients.get(id).is_some_and(|c| c.is_public()));
+    let caller = match public {
+        Some(client_id) => Caller::Public { client_id, ip },
+        None => Caller::Unauthenticated { ip },
+    };
+    state.client_rate.check(caller)
 }

@@ -2,8 +2,9 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::token::{answer, failure, read_request};
-use super::{credentials, AppState};
+use super::credentials::{self, ClientCheck};
+use super::token::{answer, failure, rate_limited, read_request};
+use super::AppState;
 use crate::config::Settings;
 use crate::keys::KeyState;
 use crate::oauth::revocation;
@@ -25,22 +26,25 @@ async fn authenticate(
     state: &AppState,
     request: &TokenRequest,
     callers: Callers,
+    ip: Option<&str>,
 ) -> Result<String, HttpResponse> {
     if let Some((client_id, secret)) = request.client_secret() {
-        return match credentials::check_client_secret(state, client_id, secret).await {
-            Ok(Some(client)) => Ok(client.id),
-            Ok(None) => Err(answer(TokenAnswer::invalid_client())),
+        return match credentials::check_client_secret(state, client_id, secret, ip).await {
+            Ok(ClientCheck::Authenticated(client)) => Ok(client.id),
+            Ok(ClientCheck::Refused) => Err(answer(TokenAnswer::invalid_client())),
+            Ok(ClientCheck::Limited { retry_after }) => Err(rate_limited(retry_after)),
             Err(e) => Err(failure(e)),
         };
     }
-    let Some(client_id) = request
-        .param("client_id")
-        .filter(|_| callers == Callers::AnyClient)
-    else {
+    let claimed = request.param("client_id");
+    if let Err(retry_after) = credentials::charge_unauthenticated(state, claimed, ip) {
+        return Err(rate_limited(retry_after));
+    }
+    let Some(client_id) = claimed.filter(|_| callers == Callers::AnyClient) else {
         return Err(answer(TokenAnswer::invalid_client()));
     };
     match state.clients.get(client_id) {
-        Some(client) if client.is_public() => Ok(client.id.clone()),
+        Some(client) if client.is_public() => Ok(client.id),
         _ => Err(answer(TokenAnswer::invalid_client())),
     }
 }
@@ -59,11 +63,12 @@ where
         + Send
         + 'static,
 {
-    let request = match read_request(&req, &state, &body) {
+    let request = match read_request(&req, &body) {
         Ok(request) => request,
         Err(refusal) => return *refusal,
     };
-    let client_id = match authenticate(&state, &request, callers).await {
+    let ip = state.client_ip(&req);
+    let client_id = match authenticate(&state, &request, callers, ip.as_deref()).await {
         Ok(client_id) => client_id,
         Err(refusal) => return refusal,
     };

@@ -5,7 +5,7 @@ use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::credentials::{self, PasswordCheck};
+use super::credentials::{self, ClientCheck, PasswordCheck};
 use super::{forms, AppState, HttpError};
 use crate::accounts;
 use crate::audit::AuditEvent;
@@ -13,7 +13,7 @@ use crate::config::GrantType;
 use crate::oauth::token::{self, TokenAnswer, TokenRequest, UserCheck, Verified};
 
 pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
-    let request = match read_request(&req, &state, &body) {
+    let request = match read_request(&req, &body) {
         Ok(request) => request,
         Err(refusal) => return *refusal,
     };
@@ -23,11 +23,16 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
         ..Verified::default()
     };
     if let Some((client_id, secret)) = request.client_secret() {
-        match credentials::check_client_secret(&state, client_id, secret).await {
-            Ok(Some(client)) => verified.client = Some(client),
-            Ok(None) => return answer(TokenAnswer::invalid_client()),
+        match credentials::check_client_secret(&state, client_id, secret, ip.as_deref()).await {
+            Ok(ClientCheck::Authenticated(client)) => verified.client = Some(client),
+            Ok(ClientCheck::Refused) => return answer(TokenAnswer::invalid_client()),
+            Ok(ClientCheck::Limited { retry_after }) => return rate_limited(retry_after),
             Err(e) => return failure(e),
         }
+    } else if let Err(retry_after) =
+        credentials::charge_unauthenticated(&state, request.claimed_client_id(), ip.as_deref())
+    {
+        return rate_limited(retry_after);
     }
     // Only an authenticated client that may use the password grant makes gatehouse check
     // a password (or count a failure against a user).
@@ -76,9 +81,10 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
     let keys = state.keys.current();
     let grant_type = request.param("grant_type").unwrap_or_default().to_owned();
     let client_id = request.claimed_client_id().map(str::to_owned);
-    let result = if grant_type == "client_credentials" {
-        // No database and no password hash: one RSA signature (under a millisecond), cheaper
-        // to run here than to hand to the blocking pool and back.
+    let result = if grant_type == "client_credentials" && settings.keys.rsa_bits <= 2048 {
+        // No database and no password hash: one RSA-2048 signature (under a millisecond),
+        // cheaper to run here than to hand to the blocking pool and back. Larger keys take
+        // several milliseconds and go to the pool like everything else.
         token::client_credentials(&settings, &keys, verified.client.as_ref(), &request)
             .map_err(HttpError::from)
     } else {
@@ -127,10 +133,9 @@ fn record_issued(
 }
 
 /// The form body and the Authorization header of a request to /token, /revoke or
-/// /introspect, checked for what needs no database, within the claimed client's rate.
+/// /introspect, checked for what needs no database.
 pub(super) fn read_request(
     req: &HttpRequest,
-    state: &AppState,
     body: &[u8],
 ) -> Result<TokenRequest, Box<HttpResponse>> {
     let refuse = |refusal: TokenAnswer| Box::new(answer(refusal));
@@ -158,16 +163,7 @@ pub(super) fn read_request(
             )))
         }
     };
-    let request = TokenRequest::parse(&params, header_value.as_deref()).map_err(refuse)?;
-    let client_id = request.claimed_client_id().unwrap_or_default();
-    if let Err(retry_after) = state.client_rate.check(client_id) {
-        return Err(Box::new(too_many_requests(
-            "temporarily_unavailable",
-            &format!("too many requests from this client; retry after {retry_after} seconds"),
-            retry_after,
-        )));
-    }
-    Ok(request)
+    TokenRequest::parse(&params, header_value.as_deref()).map_err(refuse)
 }
 
 /// 429 with Retry-After (RFC 6585). RFC 6749 defines no error code for it; the body says
@@ -201,4 +197,13 @@ pub(super) fn failure(error: HttpError) -> HttpResponse {
         .headers_mut()
         .insert(header::PRAGMA, header::HeaderValue::from_static("no-cache"));
     response
+}
+
+/// 429 for a caller over its request rate.
+pub(super) fn rate_limited(retry_after: u64) -> HttpResponse {
+    too_many_requests(
+        "temporarily_unavailable",
+        &format!("too many requests; retry after {retry_after} seconds"),
+        retry_after,
+    )
 }

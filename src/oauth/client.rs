@@ -25,29 +25,49 @@ pub fn is_client_id(id: &str) -> bool {
     (1..=255).contains(&id.len()) && id.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
-/// Every enabled client, read once at start after the configuration was synced into the
-/// database. Clients change only when an instance starts with a new configuration, so each
-/// instance serves the clients of its own configuration without a query per request.
+type ClientMap = std::collections::HashMap<String, Client>;
+
+/// Every enabled client, read from the database at start (after this instance synced its
+/// configuration) and again every `keys.refresh_interval`, so that a client another
+/// instance's configuration disabled stops working here too, without a query per request.
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
-    clients: std::collections::HashMap<String, Client>,
+    clients: std::sync::RwLock<std::sync::Arc<ClientMap>>,
 }
 
 impl ClientRegistry {
     pub fn load(conn: &mut crate::storage::DbConnection) -> Result<ClientRegistry, StorageError> {
-        let mut clients = std::collections::HashMap::new();
-        for row in crate::storage::clients::list(conn)? {
-            if row.enabled {
-                clients.insert(row.id.clone(), Client::from_row(row)?);
-            }
-        }
-        Ok(ClientRegistry { clients })
+        Ok(ClientRegistry {
+            clients: std::sync::RwLock::new(std::sync::Arc::new(read_enabled(conn)?)),
+        })
+    }
+
+    /// Reads the table again and swaps the new set in.
+    pub fn reload(&self, conn: &mut crate::storage::DbConnection) -> Result<(), StorageError> {
+        let fresh = std::sync::Arc::new(read_enabled(conn)?);
+        *self.clients.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
     }
 
     /// An enabled client; `None` for unknown, disabled and impossible ids.
-    pub fn get(&self, client_id: &str) -> Option<&Client> {
-        self.clients.get(client_id)
+    pub fn get(&self, client_id: &str) -> Option<Client> {
+        let clients = self
+            .clients
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        clients.get(client_id).cloned()
     }
+}
+
+fn read_enabled(conn: &mut crate::storage::DbConnection) -> Result<ClientMap, StorageError> {
+    let mut clients = ClientMap::new();
+    for row in crate::storage::clients::list(conn)? {
+        if row.enabled {
+            clients.insert(row.id.clone(), Client::from_row(row)?);
+        }
+    }
+    Ok(clients)
 }
 
 impl Client {

@@ -122,7 +122,7 @@ impl<'c> FlowContext<'c> {
         {
             return Ok(Some(client.clone()));
         }
-        let client = self.clients.get(client_id).cloned();
+        let client = self.clients.get(client_id);
         if let Some(client) = &client {
             self.notes.borrow_mut().client = Some(client.clone());
         }
