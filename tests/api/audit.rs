@@ -1,8 +1,6 @@
 //! The audit trail: events with user, client, address and outcome, in the log under
 //! `gatehouse::audit` and in the audit table, which `gatehouse audit tail` shows.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use serde_json::Value;
 
 use crate::on_both_backends;
@@ -11,14 +9,11 @@ use crate::support::*;
 on_both_backends!(every_security_event_is_in_the_audit_trail);
 
 fn revoke(app: &OAuthServer, token: &str) -> Response {
-    let basic = STANDARD.encode(format!("{WEBAPP}:{WEBAPP_SECRET}"));
-    let response = http()
-        .post(&app.url("/revoke"))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .header("Authorization", format!("Basic {basic}"))
-        .send(format!("token={token}").as_bytes())
-        .unwrap();
-    Response::from_ureq(response)
+    app.post_form(
+        "/revoke",
+        &[("token", token)],
+        Some((WEBAPP, WEBAPP_SECRET)),
+    )
 }
 
 fn audit_tail(app: &OAuthServer) -> Vec<Value> {

@@ -15,32 +15,9 @@ on_both_backends!(
     only_the_right_clients_may_call,
 );
 
-fn form_call(
-    app: &OAuthServer,
-    path: &str,
-    form: &[(&str, &str)],
-    basic: Option<(&str, &str)>,
-) -> Response {
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form.iter())
-        .finish();
-    let mut request = http()
-        .post(&app.url(path))
-        .header("Content-Type", "application/x-www-form-urlencoded");
-    if let Some((id, secret)) = basic {
-        use base64::engine::general_purpose::STANDARD;
-        request = request.header(
-            "Authorization",
-            format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))),
-        );
-    }
-    Response::from_ureq(request.send(body.as_bytes()).unwrap())
-}
-
 /// A resource server (the service client) asks about a token.
 fn introspect(app: &OAuthServer, token: &str) -> Value {
-    let response = form_call(
-        app,
+    let response = app.post_form(
         "/introspect",
         &[("token", token)],
         Some((SERVICE, SERVICE_SECRET)),
@@ -51,7 +28,7 @@ fn introspect(app: &OAuthServer, token: &str) -> Value {
 }
 
 fn revoke(app: &OAuthServer, token: &str, client: (&str, &str)) -> Response {
-    form_call(app, "/revoke", &[("token", token)], Some(client))
+    app.post_form("/revoke", &[("token", token)], Some(client))
 }
 
 fn introspection_reports_live_tokens(db: TestDb) {
@@ -69,13 +46,13 @@ fn introspection_reports_live_tokens(db: TestDb) {
     assert!(access["jti"].is_string());
 
     let refresh = tokens["refresh_token"].as_str().unwrap();
-    let own = form_call(
-        &app,
-        "/introspect",
-        &[("token", refresh)],
-        Some((WEBAPP, WEBAPP_SECRET)),
-    )
-    .json();
+    let own = (&app)
+        .post_form(
+            "/introspect",
+            &[("token", refresh)],
+            Some((WEBAPP, WEBAPP_SECRET)),
+        )
+        .json();
     assert_eq!(own["active"], true);
     assert_eq!(own["token_type"], "refresh_token");
     assert_eq!(own["client_id"], WEBAPP);
@@ -244,42 +221,34 @@ fn only_the_right_clients_may_call(db: TestDb) {
         .as_str()
         .unwrap()
         .to_owned();
-    let public = form_call(
-        &app,
+    let public = app.post_form(
         "/introspect",
         &[("token", &token), ("client_id", SPA)],
         None,
     );
     assert_eq!(public.status, 401, "a public client cannot introspect");
     assert_eq!(public.json()["error"], "invalid_client");
-    let anonymous = form_call(&app, "/introspect", &[("token", &token)], None);
+    let anonymous = app.post_form("/introspect", &[("token", &token)], None);
     assert_eq!(anonymous.status, 401);
-    let wrong = form_call(
-        &app,
+    let wrong = app.post_form(
         "/introspect",
         &[("token", &token)],
         Some((SERVICE, "wrong")),
     );
     assert_eq!(wrong.status, 401);
-    let missing = form_call(&app, "/introspect", &[], Some((SERVICE, SERVICE_SECRET)));
+    let missing = app.post_form("/introspect", &[], Some((SERVICE, SERVICE_SECRET)));
     assert_eq!(missing.json()["error"], "invalid_request");
 
     // RFC 7009 2.1: a public client revokes by client_id alone.
-    let by_public = form_call(
-        &app,
+    let by_public = app.post_form(
         "/revoke",
         &[("token", "whatever"), ("client_id", SPA)],
         None,
     );
     assert_eq!(by_public.status, 200, "{}", by_public.body);
-    let unauthenticated = form_call(&app, "/revoke", &[("token", &token)], None);
+    let unauthenticated = app.post_form("/revoke", &[("token", &token)], None);
     assert_eq!(unauthenticated.status, 401);
-    let impostor = form_call(
-        &app,
-        "/revoke",
-        &[("token", &token), ("client_id", WEBAPP)],
-        None,
-    );
+    let impostor = app.post_form("/revoke", &[("token", &token), ("client_id", WEBAPP)], None);
     assert_eq!(
         impostor.status, 401,
         "a confidential client must authenticate"
