@@ -46,7 +46,7 @@ fn introspection_reports_live_tokens(db: TestDb) {
     assert!(access["jti"].is_string());
 
     let refresh = tokens["refresh_token"].as_str().unwrap();
-    let own = (&app)
+    let own = app
         .post_form(
             "/introspect",
             &[("token", refresh)],
