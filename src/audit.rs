@@ -72,13 +72,16 @@ impl AuditEvent {
         self.log();
         let row = self.into_row();
         let Some(sink) = SINK.get() else { return };
-        let sender = sink
+        let sent = match sink
             .sender
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some(sender) = sender else { return };
-        if let Err(TrySendError::Full(_)) = sender.try_send(row) {
+            .as_ref()
+        {
+            Some(sender) => sender.try_send(row),
+            None => return,
+        };
+        if let Err(TrySendError::Full(_)) = sent {
             let dropped = sink.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(

@@ -95,8 +95,7 @@ pub fn global() -> &'static Metrics {
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("gatehouse");
-        let metrics = Metrics {
+        let mut metrics = Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             tokens_issued: Family::default(),
@@ -108,67 +107,64 @@ impl Metrics {
             pool_waiting: Gauge::default(),
             hashes_running: Gauge::default(),
             hashes_queued: Gauge::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("gatehouse"),
         };
-        registry.register(
+        metrics.registry.register(
             "http_requests",
             "HTTP requests answered, by route and status",
             metrics.requests.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "http_request_duration_seconds",
             "Time from request head to response, by route",
             metrics.latency.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "tokens_issued",
             "Access tokens issued, by grant type",
             metrics.tokens_issued.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "oauth_errors",
             "Protocol error answers at /token, /revoke and /introspect, by error code",
             metrics.protocol_errors.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "refresh_token_reuse",
             "Rotated refresh tokens presented again (each revoked its family)",
             metrics.refresh_reuse.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "authorization_code_replay",
             "Authorization codes presented again (each revoked its tokens)",
             metrics.code_replay.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "db_pool_connections_in_use",
             "Database connections checked out of the pool",
             metrics.pool_in_use.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "db_pool_connections_idle",
             "Open database connections waiting in the pool",
             metrics.pool_idle.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "db_pool_waiting",
             "Requests waiting for a database connection",
             metrics.pool_waiting.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "password_hashes_running",
             "argon2id hashes or verifications running (at most one per core)",
             metrics.hashes_running.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "password_hashes_queued",
             "argon2id hashes or verifications waiting for a core",
             metrics.hashes_queued.clone(),
         );
-        Metrics {
-            registry,
-            ..metrics
-        }
+        metrics
     }
 
     pub fn request_finished(&self, path: &str, status: u16, seconds: f64) {

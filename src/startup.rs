@@ -88,7 +88,7 @@ impl Application {
             client_rate: Arc::new(client_rate),
         };
         crate::audit::start_writer(state.pool.clone());
-        spawn_key_refresh(state.clone());
+        spawn_refresh(state.clone());
         spawn_housekeeping(state.clone());
         let server_settings = state.settings.server.clone();
         let hsts = server_settings.tls.is_some();
@@ -139,7 +139,7 @@ impl Application {
 /// Picks up keys rotated by another instance or by `gatehouse keys rotate`, drops retired
 /// keys from the JWK Set once their window has passed, picks up clients another instance's
 /// configuration changed, and forgets full rate-limit buckets.
-fn spawn_key_refresh(state: AppState) {
+fn spawn_refresh(state: AppState) {
     let period = state.settings.keys.refresh_interval;
     actix_web::rt::spawn(async move {
         let mut ticker = tokio::time::interval(period);

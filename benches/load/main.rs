@@ -57,7 +57,7 @@ impl Options {
         Duration::from_secs_f64(self.seconds)
     }
 
-    fn warmup(&self) -> Duration {
+    pub fn warmup(&self) -> Duration {
         Duration::from_secs_f64((self.seconds / 5.0).min(1.0))
     }
 }
@@ -201,7 +201,7 @@ fn run_backend(
             continue;
         }
         let server = Server::start(&workspace, port)?;
-        let (outcome, measured) = measure(options, &server, |addr| {
+        let (outcome, measured) = measure(&server, |addr| {
             scenarios::closed_loop(
                 addr,
                 scenario,
@@ -229,7 +229,7 @@ fn run_backend(
         .map_or(100.0, |(_, m)| m.per_second);
     let half_rate = (peak / 2.0).max(1.0);
     let server = Server::start(&workspace, port)?;
-    let (paced, _) = measure(options, &server, |addr| {
+    let (paced, _) = measure(&server, |addr| {
         scenarios::paced(
             addr,
             Scenario::ClientCredentials,
@@ -266,7 +266,7 @@ fn run_backend(
         )
         .map_err(|e| e.to_string())?;
         let server = Server::start(&workspace, port)?;
-        let (outcome, measured) = measure(options, &server, |addr| {
+        let (outcome, measured) = measure(&server, |addr| {
             scenarios::closed_loop(
                 addr,
                 Scenario::ClientCredentials,
@@ -296,7 +296,6 @@ fn run_backend(
 
 /// Runs `drive` against `server` and adds what /proc says about both processes.
 fn measure(
-    options: &Options,
     server: &Server,
     drive: impl FnOnce(std::net::SocketAddr) -> Outcome,
 ) -> (Outcome, Measured) {
@@ -307,7 +306,6 @@ fn measure(
     let wall = started.elapsed().as_secs_f64();
     let server_cpu = server.cpu_seconds() - server_before;
     let loadgen_cpu = server::process_cpu_seconds(own_stat) - own_before;
-    let _ = options;
     let measured = Measured {
         per_second: outcome.per_second(),
         p50_ms: outcome.percentile_ms(0.5),

@@ -196,7 +196,7 @@ pub fn markdown(
         "Measured by `cargo bench --bench load` on {now}: {} run(s) of {:.1} s per scenario (after a {:.1} s warm-up), {CONNECTIONS} keep-alive connections, the load generator on the same machine.\n",
         options.runs,
         options.seconds,
-        (options.seconds / 5.0).min(1.0)
+        options.warmup().as_secs_f64()
     );
     let _ = writeln!(out, "- Machine: {}", machine());
     let _ = writeln!(out, "- Versions: {}", versions());

@@ -120,16 +120,21 @@ pub async fn check_client_secret(
 }
 
 /// Charges a request that presents no secret: a registered public client per address,
-/// anything else to the address alone.
+/// anything else to the address alone. Returns the public client it named, if any.
 pub fn charge_unauthenticated(
     state: &AppState,
     client_id: Option<&str>,
     ip: Option<&str>,
-) -> Result<(), u64> {
-    let public = client_id.filter(|id| state.clients.get(id).is_some_and(|c| c.is_public()));
-    let caller = match public {
-        Some(client_id) => Caller::Public { client_id, ip },
+) -> Result<Option<Client>, u64> {
+    let public = client_id
+        .and_then(|id| state.clients.get(id))
+        .filter(Client::is_public);
+    let caller = match &public {
+        Some(client) => Caller::Public {
+            client_id: &client.id,
+            ip,
+        },
         None => Caller::Unauthenticated { ip },
     };
-    state.client_rate.check(caller)
+    state.client_rate.check(caller).map(|()| public)
 }

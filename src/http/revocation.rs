@@ -36,17 +36,17 @@ async fn authenticate(
             Err(e) => Err(failure(e)),
         };
     }
-    let claimed = request.param("client_id");
-    if let Err(retry_after) = credentials::charge_unauthenticated(state, claimed, ip) {
-        return Err(rate_limited(retry_after));
+    match credentials::charge_unauthenticated(state, request.param("client_id"), ip) {
+        Err(retry_after) => Err(rate_limited(retry_after)),
+        Ok(Some(public)) if callers == Callers::AnyClient => Ok(public.id),
+        Ok(_) => Err(answer(TokenAnswer::invalid_client())),
     }
-    let Some(client_id) = claimed.filter(|_| callers == Callers::AnyClient) else {
-        return Err(answer(TokenAnswer::invalid_client()));
-    };
-    match state.clients.get(client_id) {
-        Some(client) if client.is_public() => Ok(client.id),
-        _ => Err(answer(TokenAnswer::invalid_client())),
-    }
+}
+
+/// The client that authenticated, and its address.
+struct Caller {
+    client_id: String,
+    ip: Option<String>,
 }
 
 /// The shape both endpoints share: read the form, authenticate the caller, require
@@ -59,7 +59,7 @@ async fn run<F>(
     operation: F,
 ) -> HttpResponse
 where
-    F: FnOnce(&mut DbConnection, &Settings, &KeyState, &str, &str) -> StorageResult<Value>
+    F: FnOnce(&mut DbConnection, &Settings, &KeyState, &Caller, &str) -> StorageResult<Value>
         + Send
         + 'static,
 {
@@ -80,8 +80,9 @@ where
         ));
     };
     let (settings, keys) = (state.settings.clone(), state.keys.current());
+    let caller = Caller { client_id, ip };
     let result = super::run_blocking(&state.pool, move |conn| {
-        operation(conn, &settings, &keys, &client_id, &token)
+        operation(conn, &settings, &keys, &caller, &token)
     })
     .await;
     match result {
@@ -95,16 +96,15 @@ pub async fn revoke(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let ip = state.client_ip(&req);
     run(
         req,
         state,
         body,
         Callers::AnyClient,
-        move |conn, settings, keys, client_id, token| {
-            let revoked = revocation::revoke(conn, settings, keys, client_id, token)?;
+        |conn, settings, keys, caller, token| {
+            let revoked = revocation::revoke(conn, settings, keys, &caller.client_id, token)?;
             if let Some(event) = revoked {
-                event.ip(ip.as_deref()).record();
+                event.ip(caller.ip.as_deref()).record();
             }
             Ok(serde_json::json!({}))
         },
@@ -122,7 +122,9 @@ pub async fn introspect(
         state,
         body,
         Callers::ConfidentialOnly,
-        revocation::introspect,
+        |conn, settings, keys, caller, token| {
+            revocation::introspect(conn, settings, keys, &caller.client_id, token)
+        },
     )
     .await
 }
