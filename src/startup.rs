@@ -90,6 +90,11 @@ impl Application {
         crate::audit::start_writer(state.pool.clone());
         spawn_refresh(state.clone());
         spawn_housekeeping(state.clone());
+        if storage::Backend::from_url(&state.settings.database.url)
+            .is_ok_and(|(backend, _)| backend == storage::Backend::Sqlite)
+        {
+            spawn_checkpoints(state.pool.clone());
+        }
         let server_settings = state.settings.server.clone();
         let hsts = server_settings.tls.is_some();
         let track_requests = server_settings.metrics;
@@ -157,6 +162,24 @@ fn spawn_refresh(state: AppState) {
                 tracing::warn!(error = %e, "could not reload clients; keeping the current ones");
             }
             state.client_rate.forget_idle();
+        }
+    });
+}
+
+/// Often enough that the log stays a few MiB at the write rate of a busy server (about
+/// 5 pages per token), so that lookups through the WAL index stay cheap.
+const CHECKPOINT_PERIOD: Duration = Duration::from_millis(250);
+
+/// SQLite: checkpoints the WAL off the request path (the pool's connections do not).
+fn spawn_checkpoints(pool: storage::Pool) {
+    actix_web::rt::spawn(async move {
+        let mut ticker = tokio::time::interval(CHECKPOINT_PERIOD);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(e) = http::run_blocking(&pool, storage::checkpoint).await {
+                tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+            }
         }
     });
 }

@@ -8,7 +8,6 @@ use super::context::FlowContext;
 use crate::config::{GrantType, Settings};
 use crate::crypto::{mac::digest_secret, random};
 use crate::keys::KeyState;
-use crate::storage::codes as code_store;
 use crate::storage::tokens::{self as token_store, AccessRow, FamilyRow, RefreshRow};
 use crate::storage::StorageError;
 
@@ -139,22 +138,17 @@ pub fn issue_for_user(
     let refresh = client
         .allows(GrantType::RefreshToken)
         .then(|| new_refresh(ctx, &family, scope));
-    let mut conn = ctx.conn();
+    // When the code was replayed while we were issuing, the family is recorded revoked
+    // (the replay could not see it). This redemption still won the race and gets its
+    // answer, exactly as if the replay had come a moment later; its tokens are dead
+    // (refresh at once, the access token at introspection and expiry).
     token_store::create_family(
-        &mut conn,
+        &mut ctx.conn(),
         &family,
         refresh.as_ref().map(|(_, row)| row),
         &access.row,
+        code_hash,
     )?;
-    if let Some(code_hash) = code_hash {
-        if !code_store::link_family(&mut conn, code_hash, &family.id)? {
-            // The code was replayed while we were issuing: the replay could not see this
-            // family, so revoke it here. This redemption still won the race and gets its
-            // answer, exactly as if the replay had come a moment later; its tokens are dead
-            // (refresh at once, the access token at introspection and expiry).
-            token_store::revoke_family(&mut conn, &family.id, now)?;
-        }
-    }
     Ok(Minted {
         access_token: access.token,
         expires_at: access.expires_at,

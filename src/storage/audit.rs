@@ -21,7 +21,7 @@ pub struct AuditRow {
 
 /// Appends rows in one transaction (one insert each: MultiConnection has no batch insert).
 pub fn insert_all(conn: &mut DbConnection, rows: &[AuditRow]) -> StorageResult<()> {
-    conn.transaction(|conn| {
+    super::write_transaction(conn, |conn| {
         for row in rows {
             diesel::insert_into(audit_events::table)
                 .values(row)
@@ -43,8 +43,10 @@ pub fn latest(conn: &mut DbConnection, limit: i64) -> StorageResult<Vec<AuditRow
 }
 
 pub fn delete_before(conn: &mut DbConnection, before: i64) -> StorageResult<usize> {
-    Ok(
-        diesel::delete(audit_events::table.filter(audit_events::occurred_at.lt(before)))
-            .execute(conn)?,
-    )
+    super::write(conn, |conn| {
+        Ok(
+            diesel::delete(audit_events::table.filter(audit_events::occurred_at.lt(before)))
+                .execute(conn)?,
+        )
+    })
 }

@@ -13,7 +13,7 @@ pub fn count_since(conn: &mut DbConnection, bucket: &str, since: i64) -> Storage
         .filter(auth_failures::bucket.eq(bucket))
         .filter(auth_failures::occurred_at.gt(since))
         .select(count_star())
-        .first(conn)?)
+        .get_result(conn)?)
 }
 
 /// When the `n`-th oldest (1-based) failure of a bucket since `since` happened.
@@ -34,14 +34,16 @@ pub fn nth_oldest_since(
 }
 
 pub fn delete(conn: &mut DbConnection, ids: &[String]) -> StorageResult<()> {
-    diesel::delete(auth_failures::table.filter(auth_failures::id.eq_any(ids))).execute(conn)?;
-    Ok(())
+    super::write(conn, |conn| {
+        diesel::delete(auth_failures::table.filter(auth_failures::id.eq_any(ids))).execute(conn)?;
+        Ok(())
+    })
 }
 
 /// Records one failure per bucket, committed at once; returns the new rows' ids.
 pub fn record(conn: &mut DbConnection, buckets: &[String], at: i64) -> StorageResult<Vec<String>> {
     // One row at a time: diesel's MultiConnection has no batch insert.
-    conn.transaction(|conn| {
+    super::write_transaction(conn, |conn| {
         let mut ids = Vec::with_capacity(buckets.len());
         for bucket in buckets {
             let id = uuid::Uuid::new_v4().to_string();
@@ -59,8 +61,10 @@ pub fn record(conn: &mut DbConnection, buckets: &[String], at: i64) -> StorageRe
 }
 
 pub fn delete_before(conn: &mut DbConnection, cutoff: i64) -> StorageResult<usize> {
-    Ok(
-        diesel::delete(auth_failures::table.filter(auth_failures::occurred_at.le(cutoff)))
-            .execute(conn)?,
-    )
+    super::write(conn, |conn| {
+        Ok(
+            diesel::delete(auth_failures::table.filter(auth_failures::occurred_at.le(cutoff)))
+                .execute(conn)?,
+        )
+    })
 }

@@ -37,13 +37,13 @@ impl ClientRow {
 
 /// Upserts every configured client and disables those no longer configured, atomically.
 pub fn sync(conn: &mut DbConnection, configured: &[ClientRow]) -> StorageResult<SyncReport> {
-    conn.transaction(|conn| {
+    super::write_transaction(conn, |conn| {
         let mut report = SyncReport::default();
         for wanted in configured {
             let existing: Option<ClientRow> = clients::table
                 .find(&wanted.id)
                 .select(ClientRow::as_select())
-                .first(conn)
+                .get_result(conn)
                 .optional()?;
             match existing {
                 None => {
@@ -96,6 +96,6 @@ pub fn find(conn: &mut DbConnection, id: &str) -> StorageResult<Option<ClientRow
     Ok(clients::table
         .find(id)
         .select(ClientRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }

@@ -30,10 +30,12 @@ pub struct CodeRow {
 }
 
 pub fn insert(conn: &mut DbConnection, code: &CodeRow) -> StorageResult<()> {
-    diesel::insert_into(authorization_codes::table)
-        .values(code)
-        .execute(conn)?;
-    Ok(())
+    super::write(conn, |conn| {
+        diesel::insert_into(authorization_codes::table)
+            .values(code)
+            .execute(conn)?;
+        Ok(())
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +59,7 @@ pub fn redeem(
     client_id: &str,
     now: i64,
 ) -> StorageResult<Redemption> {
-    conn.transaction(|conn| {
+    super::write_transaction(conn, |conn| {
         let own_code = authorization_codes::table
             .find(code_hash)
             .filter(authorization_codes::client_id.eq(client_id));
@@ -72,7 +74,7 @@ pub fn redeem(
         let row: Option<CodeRow> = authorization_codes::table
             .find(code_hash)
             .select(CodeRow::as_select())
-            .first(conn)
+            .get_result(conn)
             .optional()?;
         Ok(match (marked, row) {
             (_, Some(row)) if row.client_id != client_id => Redemption::OtherClient,
@@ -90,14 +92,16 @@ pub fn link_family(
     code_hash: &str,
     family_id: &str,
 ) -> StorageResult<bool> {
-    let linked = diesel::update(
-        authorization_codes::table
-            .find(code_hash)
-            .filter(authorization_codes::replayed_at.is_null()),
-    )
-    .set(authorization_codes::family_id.eq(family_id))
-    .execute(conn)?;
-    Ok(linked == 1)
+    super::write(conn, |conn| {
+        let linked = diesel::update(
+            authorization_codes::table
+                .find(code_hash)
+                .filter(authorization_codes::replayed_at.is_null()),
+        )
+        .set(authorization_codes::family_id.eq(family_id))
+        .execute(conn)?;
+        Ok(linked == 1)
+    })
 }
 
 /// Looks a code up without redeeming it.
@@ -105,14 +109,16 @@ pub fn find(conn: &mut DbConnection, code_hash: &str) -> StorageResult<Option<Co
     Ok(authorization_codes::table
         .find(code_hash)
         .select(CodeRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 
 /// Codes are useless once expired; keep redeemed ones a while for replay detection.
 pub fn delete_expired_before(conn: &mut DbConnection, cutoff: i64) -> StorageResult<usize> {
-    Ok(diesel::delete(
-        authorization_codes::table.filter(authorization_codes::expires_at.lt(cutoff)),
-    )
-    .execute(conn)?)
+    super::write(conn, |conn| {
+        Ok(diesel::delete(
+            authorization_codes::table.filter(authorization_codes::expires_at.lt(cutoff)),
+        )
+        .execute(conn)?)
+    })
 }

@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use diesel::r2d2;
 
+use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
 
 use super::{StorageError, StorageResult};
@@ -44,6 +45,9 @@ impl Backend {
 pub struct ConnectionManager {
     backend: Backend,
     target: String,
+    /// SQLite only: the server checkpoints the WAL on a timer (see `checkpoint`) instead of
+    /// letting whichever request commits past 1000 pages do it while other writers wait.
+    background_checkpoints: bool,
 }
 
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
@@ -63,7 +67,11 @@ impl ConnectionManager {
                 }
             }
         }
-        Ok(ConnectionManager { backend, target })
+        Ok(ConnectionManager {
+            backend,
+            target,
+            background_checkpoints: false,
+        })
     }
 
     pub fn connect(&self) -> StorageResult<DbConnection> {
@@ -83,10 +91,23 @@ impl ConnectionManager {
                 ] {
                     diesel::sql_query(pragma).execute(&mut conn)?;
                 }
+                if self.background_checkpoints {
+                    diesel::sql_query("PRAGMA wal_autocheckpoint = 0").execute(&mut conn)?;
+                }
                 Ok(DbConnection::Sqlite(conn))
             }
         }
     }
+}
+
+/// Copies the SQLite write-ahead log into the database file as far as readers allow
+/// (a PASSIVE checkpoint: it waits for no reader and no writer). The server runs it on a
+/// timer because its connections do not checkpoint on commit. Nothing to do on PostgreSQL.
+pub fn checkpoint(conn: &mut DbConnection) -> StorageResult<()> {
+    if let DbConnection::Sqlite(conn) = conn {
+        conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")?;
+    }
+    Ok(())
 }
 
 impl r2d2::ManageConnection for ConnectionManager {
@@ -106,10 +127,11 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 }
 
-/// Opens the pool; fails at once when the database cannot be reached, so that a bad URL
+/// Opens the server's pool; fails at once when the database cannot be reached, so that a bad URL
 /// stops the start with a clear message instead of a server that answers 503 forever.
 pub fn open_pool(url: &str, max_size: u32) -> StorageResult<Pool> {
-    let manager = ConnectionManager::new(url)?;
+    let mut manager = ConnectionManager::new(url)?;
+    manager.background_checkpoints = true;
     let pool = r2d2::Pool::builder()
         .max_size(max_size)
         .min_idle(Some(1))

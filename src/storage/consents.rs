@@ -24,33 +24,35 @@ pub fn find(
     Ok(consents::table
         .find((user_id, client_id))
         .select(ConsentRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 
 /// Replaces the remembered consent for this user and client. Two concurrent calls (a
 /// double-clicked Allow) both succeed: an insert that loses the race becomes an update.
 pub fn remember(conn: &mut DbConnection, consent: &ConsentRow) -> StorageResult<()> {
-    let update = |conn: &mut DbConnection| {
-        diesel::update(consents::table.find((&consent.user_id, &consent.client_id)))
-            .set((
-                consents::scope.eq(&consent.scope),
-                consents::granted_at.eq(consent.granted_at),
-            ))
-            .execute(conn)
-    };
-    if update(conn)? == 1 {
-        return Ok(());
-    }
-    match diesel::insert_into(consents::table)
-        .values(consent)
-        .execute(conn)
-    {
-        Ok(_) => Ok(()),
-        Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
-            update(conn)?;
-            Ok(())
+    super::write(conn, |conn| {
+        let update = |conn: &mut DbConnection| {
+            diesel::update(consents::table.find((&consent.user_id, &consent.client_id)))
+                .set((
+                    consents::scope.eq(&consent.scope),
+                    consents::granted_at.eq(consent.granted_at),
+                ))
+                .execute(conn)
+        };
+        if update(conn)? == 1 {
+            return Ok(());
         }
-        Err(e) => Err(e.into()),
-    }
+        match diesel::insert_into(consents::table)
+            .values(consent)
+            .execute(conn)
+        {
+            Ok(_) => Ok(()),
+            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                update(conn)?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
 }

@@ -76,7 +76,7 @@ pub fn insert_if_none_active(
     conn: &mut DbConnection,
     new: &SigningKeyRow,
 ) -> StorageResult<SigningKeyRow> {
-    conn.transaction(|conn| {
+    super::write_transaction(conn, |conn| {
         if let Some(existing) = active(conn)? {
             return Ok(existing);
         }
@@ -94,7 +94,7 @@ pub fn rotate(
     new: &SigningKeyRow,
     publish_until: i64,
 ) -> StorageResult<()> {
-    conn.transaction(|conn| {
+    super::write_transaction(conn, |conn| {
         diesel::update(signing_keys::table.filter(signing_keys::retired_at.is_null()))
             .set((
                 signing_keys::retired_at.eq(new.created_at),

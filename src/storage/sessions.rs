@@ -17,10 +17,12 @@ pub struct SessionRow {
 }
 
 pub fn insert(conn: &mut DbConnection, session: &SessionRow) -> StorageResult<()> {
-    diesel::insert_into(browser_sessions::table)
-        .values(session)
-        .execute(conn)?;
-    Ok(())
+    super::write(conn, |conn| {
+        diesel::insert_into(browser_sessions::table)
+            .values(session)
+            .execute(conn)?;
+        Ok(())
+    })
 }
 
 /// The live session and its user, if the session exists, has not expired, and its user is
@@ -36,18 +38,22 @@ pub fn find_live(
         .filter(browser_sessions::expires_at.gt(now))
         .filter(users::disabled.eq(false))
         .select((SessionRow::as_select(), UserRow::as_select()))
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 
 pub fn delete(conn: &mut DbConnection, id_hash: &str) -> StorageResult<()> {
-    diesel::delete(browser_sessions::table.find(id_hash)).execute(conn)?;
-    Ok(())
+    super::write(conn, |conn| {
+        diesel::delete(browser_sessions::table.find(id_hash)).execute(conn)?;
+        Ok(())
+    })
 }
 
 pub fn delete_expired(conn: &mut DbConnection, now: i64) -> StorageResult<usize> {
-    Ok(
-        diesel::delete(browser_sessions::table.filter(browser_sessions::expires_at.le(now)))
-            .execute(conn)?,
-    )
+    super::write(conn, |conn| {
+        Ok(
+            diesel::delete(browser_sessions::table.filter(browser_sessions::expires_at.le(now)))
+                .execute(conn)?,
+        )
+    })
 }

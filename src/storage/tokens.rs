@@ -42,14 +42,18 @@ pub struct AccessRow {
     pub revoked_at: Option<i64>,
 }
 
-/// Records a new family with its first tokens, atomically.
+/// Records a new family with its first tokens, atomically. With `from_code`, the family is
+/// linked to the code that was redeemed for it in the same transaction (one commit, not
+/// two); when a replay of that code was detected first, the replay could not see this
+/// family, so it is recorded revoked, and `false` is returned.
 pub fn create_family(
     conn: &mut DbConnection,
     family: &FamilyRow,
     refresh: Option<&RefreshRow>,
     access: &AccessRow,
-) -> StorageResult<()> {
-    conn.transaction(|conn| {
+    from_code: Option<&str>,
+) -> StorageResult<bool> {
+    super::write_transaction(conn, |conn| {
         diesel::insert_into(token_families::table)
             .values(family)
             .execute(conn)?;
@@ -61,7 +65,13 @@ pub fn create_family(
         diesel::insert_into(access_tokens::table)
             .values(access)
             .execute(conn)?;
-        Ok(())
+        match from_code {
+            Some(code_hash) if !super::codes::link_family(conn, code_hash, &family.id)? => {
+                revoke_family_rows(conn, &family.id, family.created_at)?;
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
     })
 }
 
@@ -75,7 +85,7 @@ pub fn rotate_refresh(
     successor: &RefreshRow,
     access: &AccessRow,
 ) -> StorageResult<bool> {
-    conn.transaction(|conn| {
+    super::write_transaction(conn, |conn| {
         // Lock the family row first (the same row revoke_family updates), so a revocation
         // and a rotation always happen one after the other, and never rotate into a
         // revoked family.
@@ -112,30 +122,33 @@ pub fn rotate_refresh(
 /// Revokes the family and every access token recorded in it. Returns whether the family was
 /// live before this call.
 pub fn revoke_family(conn: &mut DbConnection, family_id: &str, now: i64) -> StorageResult<bool> {
-    conn.transaction(|conn| {
-        let revoked = diesel::update(
-            token_families::table
-                .find(family_id)
-                .filter(token_families::revoked_at.is_null()),
-        )
-        .set(token_families::revoked_at.eq(now))
-        .execute(conn)?;
-        diesel::update(
-            access_tokens::table
-                .filter(access_tokens::family_id.eq(family_id))
-                .filter(access_tokens::revoked_at.is_null()),
-        )
-        .set(access_tokens::revoked_at.eq(now))
-        .execute(conn)?;
-        Ok(revoked == 1)
-    })
+    super::write_transaction(conn, |conn| revoke_family_rows(conn, family_id, now))
+}
+
+/// `revoke_family`'s statements, for a caller already in a transaction.
+fn revoke_family_rows(conn: &mut DbConnection, family_id: &str, now: i64) -> StorageResult<bool> {
+    let revoked = diesel::update(
+        token_families::table
+            .find(family_id)
+            .filter(token_families::revoked_at.is_null()),
+    )
+    .set(token_families::revoked_at.eq(now))
+    .execute(conn)?;
+    diesel::update(
+        access_tokens::table
+            .filter(access_tokens::family_id.eq(family_id))
+            .filter(access_tokens::revoked_at.is_null()),
+    )
+    .set(access_tokens::revoked_at.eq(now))
+    .execute(conn)?;
+    Ok(revoked == 1)
 }
 
 pub fn find_family(conn: &mut DbConnection, family_id: &str) -> StorageResult<Option<FamilyRow>> {
     Ok(token_families::table
         .find(family_id)
         .select(FamilyRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 
@@ -143,7 +156,7 @@ pub fn find_access(conn: &mut DbConnection, jti: &str) -> StorageResult<Option<A
     Ok(access_tokens::table
         .find(jti)
         .select(AccessRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 
@@ -154,7 +167,7 @@ pub fn find_refresh(
     Ok(refresh_tokens::table
         .find(token_hash)
         .select(RefreshRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 
@@ -167,35 +180,37 @@ pub fn revoke_access(
     expires_at: i64,
     now: i64,
 ) -> StorageResult<()> {
-    let updated = diesel::update(
-        access_tokens::table
-            .find(jti)
-            .filter(access_tokens::revoked_at.is_null()),
-    )
-    .set(access_tokens::revoked_at.eq(now))
-    .execute(conn)?;
-    if updated == 1 || find_access(conn, jti)?.is_some() {
-        return Ok(());
-    }
-    let row = AccessRow {
-        jti: jti.to_owned(),
-        family_id: None,
-        client_id: client_id.to_owned(),
-        expires_at,
-        revoked_at: Some(now),
-    };
-    match diesel::insert_into(access_tokens::table)
-        .values(&row)
-        .execute(conn)
-    {
-        Ok(_) => Ok(()),
-        // A concurrent revocation of the same token got there first.
-        Err(diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            _,
-        )) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    super::write(conn, |conn| {
+        let updated = diesel::update(
+            access_tokens::table
+                .find(jti)
+                .filter(access_tokens::revoked_at.is_null()),
+        )
+        .set(access_tokens::revoked_at.eq(now))
+        .execute(conn)?;
+        if updated == 1 || find_access(conn, jti)?.is_some() {
+            return Ok(());
+        }
+        let row = AccessRow {
+            jti: jti.to_owned(),
+            family_id: None,
+            client_id: client_id.to_owned(),
+            expires_at,
+            revoked_at: Some(now),
+        };
+        match diesel::insert_into(access_tokens::table)
+            .values(&row)
+            .execute(conn)
+        {
+            Ok(_) => Ok(()),
+            // A concurrent revocation of the same token got there first.
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            )) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    })
 }
 
 /// Revokes every family of a user (a disabled user keeps no working token).
@@ -218,7 +233,7 @@ pub fn revoke_user_families(
 /// Deletes families (and, by cascade, their refresh and access rows) that ended before
 /// `cutoff`, and revoked-token rows of access tokens that expired before it.
 pub fn delete_expired_before(conn: &mut DbConnection, cutoff: i64) -> StorageResult<usize> {
-    conn.transaction(|conn| {
+    super::write_transaction(conn, |conn| {
         let families: Vec<String> = token_families::table
             .filter(token_families::expires_at.lt(cutoff))
             .select(token_families::id)

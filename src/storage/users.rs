@@ -19,20 +19,22 @@ pub struct UserRow {
 
 /// Fails with `StorageError::Conflict` when the username is taken.
 pub fn insert(conn: &mut DbConnection, user: &UserRow) -> StorageResult<()> {
-    match diesel::insert_into(users::table).values(user).execute(conn) {
-        Ok(_) => Ok(()),
-        Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Err(
-            StorageError::Conflict(format!("user {} already exists", user.username)),
-        ),
-        Err(e) => Err(e.into()),
-    }
+    super::write(conn, |conn| {
+        match diesel::insert_into(users::table).values(user).execute(conn) {
+            Ok(_) => Ok(()),
+            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Err(
+                StorageError::Conflict(format!("user {} already exists", user.username)),
+            ),
+            Err(e) => Err(e.into()),
+        }
+    })
 }
 
 pub fn find_by_username(conn: &mut DbConnection, username: &str) -> StorageResult<Option<UserRow>> {
     Ok(users::table
         .filter(users::username.eq(username))
         .select(UserRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 
@@ -40,7 +42,7 @@ pub fn find(conn: &mut DbConnection, id: &str) -> StorageResult<Option<UserRow>>
     Ok(users::table
         .find(id)
         .select(UserRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 
@@ -58,10 +60,12 @@ pub fn set_disabled(
     disabled: bool,
     now: i64,
 ) -> StorageResult<bool> {
-    let changed = diesel::update(users::table.filter(users::username.eq(username)))
-        .set((users::disabled.eq(disabled), users::updated_at.eq(now)))
-        .execute(conn)?;
-    Ok(changed == 1)
+    super::write(conn, |conn| {
+        let changed = diesel::update(users::table.filter(users::username.eq(username)))
+            .set((users::disabled.eq(disabled), users::updated_at.eq(now)))
+            .execute(conn)?;
+        Ok(changed == 1)
+    })
 }
 
 /// Returns false when no such user exists.
@@ -71,8 +75,10 @@ pub fn set_password_hash(
     hash: &str,
     now: i64,
 ) -> StorageResult<bool> {
-    let changed = diesel::update(users::table.filter(users::username.eq(username)))
-        .set((users::password_hash.eq(hash), users::updated_at.eq(now)))
-        .execute(conn)?;
-    Ok(changed == 1)
+    super::write(conn, |conn| {
+        let changed = diesel::update(users::table.filter(users::username.eq(username)))
+            .set((users::password_hash.eq(hash), users::updated_at.eq(now)))
+            .execute(conn)?;
+        Ok(changed == 1)
+    })
 }

@@ -128,6 +128,7 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
         &old_family,
         Some(&old_refresh),
         &old_access,
+        None,
     )
     .unwrap();
 
@@ -149,5 +150,34 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
     assert!(
         swept.is_some(),
         "the expired session, the day-old code and the ended family are deleted, the others kept"
+    );
+}
+
+/// The server's SQLite connections do not checkpoint the write-ahead log on commit (the
+/// request that did so held up every other writer); a timer does it instead. What the
+/// server writes must still reach the database file itself, not only the log.
+#[test]
+fn sqlite_writes_reach_the_database_file_itself() {
+    let app = OAuthServer::start(TestDb::create(Backend::Sqlite).unwrap());
+    let tokens = app.webapp_tokens("read");
+    assert!(tokens["refresh_token"].is_string());
+    let database = app.db.url.strip_prefix("sqlite://").unwrap().to_owned();
+    let scratch = tempfile::tempdir().unwrap();
+    // A copy of the main file alone, without its -wal, holds only what was checkpointed.
+    let families_in_file = || -> Option<i64> {
+        let copy = scratch.path().join("copy.db");
+        let _ = std::fs::remove_file(&copy);
+        std::fs::copy(&database, &copy).ok()?;
+        let mut conn = SqliteConnection::establish(copy.to_str()?).ok()?;
+        token_families::table.count().get_result(&mut conn).ok()
+    };
+    let checkpointed = eventually(std::time::Duration::from_secs(10), || {
+        families_in_file().filter(|&n| n >= 1)
+    });
+    assert_eq!(
+        checkpointed,
+        Some(1),
+        "the token family never reached {database} (last seen: {:?})",
+        families_in_file()
     );
 }
