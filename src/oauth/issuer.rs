@@ -79,18 +79,14 @@ impl Issuer for DbIssuer<'_> {
     /// family is revoked, the newest tokens too.
     fn recover_refresh<'t>(&'t self, token: &'t str) -> Result<Option<Grant>, ()> {
         let ctx = self.ctx;
-        let found = {
-            let mut conn = ctx.conn();
-            match token_store::find_refresh(&mut conn, &digest_secret(token))
-                .map_err(|e| ctx.fail(e))?
-            {
-                Some(row) => token_store::find_family(&mut conn, &row.family_id)
-                    .map_err(|e| ctx.fail(e))?
-                    .map(|family| (row, family)),
-                None => None,
-            }
-        };
-        let Some((row, family)) = found else {
+        let found = token_store::find_refresh(&mut ctx.conn(), &digest_secret(token))
+            .map_err(|e| ctx.fail(e))?;
+        let Some(token_store::PresentedRefresh {
+            token: row,
+            family,
+            user_enabled,
+        }) = found
+        else {
             return Ok(self.refuse("the refresh token is invalid"));
         };
         if ctx
@@ -128,14 +124,10 @@ impl Issuer for DbIssuer<'_> {
         if !client.is_some_and(|c| c.allows(GrantType::RefreshToken)) {
             return Ok(self.refuse("this client may no longer use refresh tokens"));
         }
-        if let Some(user_id) = &family.user_id {
-            let user =
-                crate::storage::users::find(&mut ctx.conn(), user_id).map_err(|e| ctx.fail(e))?;
-            if user.is_none_or(|u| u.disabled) {
-                token_store::revoke_family(&mut ctx.conn(), &family.id, ctx.now)
-                    .map_err(|e| ctx.fail(e))?;
-                return Ok(self.refuse("the user is disabled"));
-            }
+        if !user_enabled {
+            token_store::revoke_family(&mut ctx.conn(), &family.id, ctx.now)
+                .map_err(|e| ctx.fail(e))?;
+            return Ok(self.refuse("the user is disabled"));
         }
         let grant = Grant {
             owner_id: family

@@ -31,13 +31,12 @@ fn identify(
             None => Presented::Unknown,
         });
     }
-    let Some(row) = token_store::find_refresh(conn, &digest_secret(token))? else {
-        return Ok(Presented::Unknown);
-    };
-    Ok(match token_store::find_family(conn, &row.family_id)? {
-        Some(family) => Presented::Refresh(row, family),
-        None => Presented::Unknown,
-    })
+    Ok(
+        match token_store::find_refresh(conn, &digest_secret(token))? {
+            Some(found) => Presented::Refresh(found.token, found.family),
+            None => Presented::Unknown,
+        },
+    )
 }
 
 /// Revokes `token` if it is `client_id`'s: a refresh token takes its whole family with it
