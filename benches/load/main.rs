@@ -71,6 +71,8 @@ pub struct Measured {
     pub peak_rss_mib: f64,
     pub server_cpu: f64,
     pub loadgen_cpu: f64,
+    /// PostgreSQL's processes, when the backend is PostgreSQL (SQLite runs inside the server).
+    pub database_cpu: f64,
 }
 
 /// Everything one backend produced in one run.
@@ -251,6 +253,7 @@ fn run_backend(
             peak_rss_mib: 0.0,
             server_cpu: 0.0,
             loadgen_cpu: 0.0,
+            database_cpu: 0.0,
         },
         failures,
     );
@@ -301,11 +304,13 @@ fn measure(
 ) -> (Outcome, Measured) {
     let own_stat = "/proc/self/stat";
     let (server_before, own_before) = (server.cpu_seconds(), server::process_cpu_seconds(own_stat));
+    let database_before = server::postgres_cpu_seconds();
     let started = Instant::now();
     let outcome = drive(server.addr);
     let wall = started.elapsed().as_secs_f64();
     let server_cpu = server.cpu_seconds() - server_before;
     let loadgen_cpu = server::process_cpu_seconds(own_stat) - own_before;
+    let database_cpu = server::postgres_cpu_seconds() - database_before;
     let measured = Measured {
         per_second: outcome.per_second(),
         p50_ms: outcome.percentile_ms(0.5),
@@ -313,6 +318,7 @@ fn measure(
         peak_rss_mib: server.rss_kib().1 as f64 / 1024.0,
         server_cpu: server_cpu / wall,
         loadgen_cpu: loadgen_cpu / wall,
+        database_cpu: database_cpu / wall,
     };
     (outcome, measured)
 }
@@ -325,7 +331,7 @@ fn report_outcome(
     failures: &mut Vec<String>,
 ) {
     eprintln!(
-        "  {:<10} {:<38} {:>9.1}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  server {:.2} cores  loadgen {:.2} cores  peak RSS {:.0} MiB",
+        "  {:<10} {:<38} {:>9.1}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  server {:.2} cores  loadgen {:.2} cores  PostgreSQL {:.2} cores  peak RSS {:.0} MiB",
         backend.name(),
         name,
         measured.per_second,
@@ -333,6 +339,7 @@ fn report_outcome(
         measured.p99_ms,
         measured.server_cpu,
         measured.loadgen_cpu,
+        measured.database_cpu,
         measured.peak_rss_mib
     );
     if outcome.errors > 0 || outcome.ops == 0 {

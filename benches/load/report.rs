@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::scenarios::Scenario;
-use crate::{BackendResult, Measured, Options, CONNECTIONS};
+use crate::{Backend, BackendResult, Measured, Options, CONNECTIONS};
 
 #[derive(Clone, Copy)]
 enum Baseline {
@@ -95,6 +95,7 @@ fn rows(b1: &[f64], b3: &[f64], result: &BackendResult) -> Vec<Row> {
                     peak_rss_mib: 0.0,
                     server_cpu: 0.0,
                     loadgen_cpu: 0.0,
+                    database_cpu: 0.0,
                 });
             let baseline = target(scenario).map(|(base, goal)| {
                 let mut values: Vec<f64> = match base {
@@ -217,13 +218,20 @@ pub fn markdown(
         let _ = writeln!(out, "## {}\n", result.backend.name());
         let _ = writeln!(
             out,
-            "| scenario | ops/s | p50 ms | p99 ms | peak RSS MiB | server CPU (cores) | load generator CPU (cores) | baseline | ratio | target | |"
+            "| scenario | ops/s | p50 ms | p99 ms | peak RSS MiB | server CPU (cores) | load generator CPU (cores) | PostgreSQL CPU (cores) | baseline | ratio | target | |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|");
+        let _ = writeln!(
+            out,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"
+        );
         let mut peak_rss: f64 = 0.0;
         for row in rows(b1, b3, result) {
             let m = &row.measured;
             peak_rss = peak_rss.max(m.peak_rss_mib);
+            let database_cpu = match result.backend {
+                Backend::Postgres { .. } => format!("{:.2}", m.database_cpu),
+                Backend::Sqlite => "(in the server)".to_owned(),
+            };
             let (baseline, target_text, met) = match (row.baseline, row.ratio) {
                 (Some((base, value, goal)), Some(ratio)) => (
                     format!("{} = {value:.0}/s", base.name()),
@@ -234,7 +242,7 @@ pub fn markdown(
             };
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
                 row.scenario.name(),
                 m.per_second,
                 m.p50_ms,
@@ -242,6 +250,7 @@ pub fn markdown(
                 m.peak_rss_mib,
                 m.server_cpu,
                 m.loadgen_cpu,
+                database_cpu,
                 baseline,
                 row.ratio.map_or(String::new(), |r| format!("{r:.2}")),
                 target_text,

@@ -268,6 +268,27 @@ impl Drop for Server {
     }
 }
 
+/// User plus system CPU time of every PostgreSQL process on this machine (the postmaster,
+/// its helpers and the server's backends): PostgreSQL shares the cores with gatehouse and
+/// the load generator, so what it spends is what the grants cannot.
+pub fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .map(|e| e.path().join("stat"))
+        .filter(|stat| std::fs::read_to_string(stat).is_ok_and(|line| line.contains("(postgres)")))
+        .map(|stat| process_cpu_seconds(&stat.to_string_lossy()))
+        .sum()
+}
+
 /// User plus system CPU time of a process, from /proc/PID/stat (clock ticks of 1/100 s).
 pub fn process_cpu_seconds(stat_path: &str) -> f64 {
     let stat = std::fs::read_to_string(stat_path).unwrap_or_default();

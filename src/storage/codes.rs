@@ -59,6 +59,31 @@ pub fn redeem(
     client_id: &str,
     now: i64,
 ) -> StorageResult<Redemption> {
+    // The common case in one statement (one round trip instead of four): the conditional
+    // update lets exactly one of two concurrent redemptions have the row back.
+    let own_unredeemed = authorization_codes::table
+        .find(code_hash)
+        .filter(authorization_codes::client_id.eq(client_id))
+        .filter(authorization_codes::redeemed_at.is_null());
+    let first: Option<CodeRow> = super::write(conn, |conn| {
+        let update = diesel::update(own_unredeemed).set(authorization_codes::redeemed_at.eq(now));
+        // MultiConnection does not forward a Selectable RETURNING; each backend's own
+        // connection does.
+        Ok(match conn {
+            DbConnection::Postgresql(conn) => update
+                .returning(CodeRow::as_returning())
+                .get_result(conn)
+                .optional()?,
+            DbConnection::Sqlite(conn) => update
+                .returning(CodeRow::as_returning())
+                .get_result(conn)
+                .optional()?,
+        })
+    })?;
+    if let Some(row) = first {
+        return Ok(Redemption::First(row));
+    }
+    // A replay, another client's code, or garbage: told apart in one transaction.
     super::write_transaction(conn, |conn| {
         let own_code = authorization_codes::table
             .find(code_hash)
