@@ -12,6 +12,7 @@ pub mod codes;
 mod connection;
 pub mod consents;
 pub mod keys;
+mod pg_statements;
 pub mod schema;
 pub mod sessions;
 pub mod tokens;

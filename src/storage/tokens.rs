@@ -53,6 +53,20 @@ pub fn create_family(
     access: &AccessRow,
     from_code: Option<&str>,
 ) -> StorageResult<bool> {
+    if let DbConnection::Postgresql(pg) = conn {
+        let statement = super::pg_statements::CreateFamily {
+            family,
+            refresh,
+            access,
+            from_code,
+        };
+        let linked: i64 = statement.get_result(pg)?;
+        if from_code.is_some() && linked == 0 {
+            revoke_family(conn, &family.id, family.created_at)?;
+            return Ok(false);
+        }
+        return Ok(true);
+    }
     super::write_transaction(conn, |conn| {
         diesel::insert_into(token_families::table)
             .values(family)
@@ -85,6 +99,16 @@ pub fn rotate_refresh(
     successor: &RefreshRow,
     access: &AccessRow,
 ) -> StorageResult<bool> {
+    if let DbConnection::Postgresql(pg) = conn {
+        let statement = super::pg_statements::RotateRefresh {
+            old_hash,
+            now,
+            successor,
+            access,
+        };
+        let rotated: i64 = statement.get_result(pg)?;
+        return Ok(rotated == 1);
+    }
     super::write_transaction(conn, |conn| {
         // Lock the family row first (the same row revoke_family updates), so a revocation
         // and a rotation always happen one after the other, and never rotate into a
