@@ -18,6 +18,17 @@ use diesel::{PgConnection, QueryResult, RunQueryDsl};
 
 use super::tokens::{AccessRow, FamilyRow, RefreshRow};
 
+/// Pushes values as comma-separated bind parameters: `push_binds!(out; Text => &a, ...)`.
+macro_rules! push_binds {
+    ($out:expr; $first_type:ty => $first:expr $(, $type:ty => $value:expr)* $(,)?) => {{
+        $out.push_bind_param::<$first_type, _>($first)?;
+        $(
+            $out.push_sql(", ");
+            $out.push_bind_param::<$type, _>($value)?;
+        )*
+    }};
+}
+
 /// Marks `old_hash` rotated and inserts its successor and the new access token, only while
 /// the family is live and the old token unrotated. Locking the family row first (an update
 /// that changes nothing) orders a rotation and a revocation of the same family; of two
@@ -46,17 +57,7 @@ impl QueryFragment<Pg> for RotateRefresh<'_> {
              successor AS (INSERT INTO refresh_tokens \
              (token_hash, family_id, client_id, scope, created_at, idle_expires_at) SELECT ",
         );
-        out.push_bind_param::<Text, _>(&successor.token_hash)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&successor.family_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&successor.client_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&successor.scope)?;
-        out.push_sql(", ");
-        out.push_bind_param::<BigInt, _>(&successor.created_at)?;
-        out.push_sql(", ");
-        out.push_bind_param::<BigInt, _>(&successor.idle_expires_at)?;
+        push_refresh_values(&mut out, successor)?;
         out.push_sql(
             " WHERE EXISTS (SELECT 1 FROM rotated)), access AS (INSERT INTO access_tokens \
              (jti, family_id, client_id, expires_at) SELECT ",
@@ -85,37 +86,22 @@ impl QueryFragment<Pg> for CreateFamily<'_> {
             "WITH family AS (INSERT INTO token_families \
              (id, client_id, user_id, grant_type, scope, created_at, expires_at) VALUES (",
         );
-        out.push_bind_param::<Text, _>(&family.id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&family.client_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<Text>, _>(&family.user_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&family.grant_type)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&family.scope)?;
-        out.push_sql(", ");
-        out.push_bind_param::<BigInt, _>(&family.created_at)?;
-        out.push_sql(", ");
-        out.push_bind_param::<BigInt, _>(&family.expires_at)?;
+        push_binds!(out;
+            Text => &family.id,
+            Text => &family.client_id,
+            Nullable<Text> => &family.user_id,
+            Text => &family.grant_type,
+            Text => &family.scope,
+            BigInt => &family.created_at,
+            BigInt => &family.expires_at,
+        );
         // The statement's text must not depend on the values, or it could not be prepared
         // once: a missing refresh token is a row the WHERE clause leaves out.
         out.push_sql(
             ")), refresh AS (INSERT INTO refresh_tokens \
              (token_hash, family_id, client_id, scope, created_at, idle_expires_at) SELECT ",
         );
-        let refresh = self.refresh.unwrap_or(&NO_REFRESH);
-        out.push_bind_param::<Text, _>(&refresh.token_hash)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&family.id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&refresh.client_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&refresh.scope)?;
-        out.push_sql(", ");
-        out.push_bind_param::<BigInt, _>(&refresh.created_at)?;
-        out.push_sql(", ");
-        out.push_bind_param::<BigInt, _>(&refresh.idle_expires_at)?;
+        push_refresh_values(&mut out, self.refresh.unwrap_or(&NO_REFRESH))?;
         out.push_sql(" WHERE ");
         let has_refresh: &'static bool = if self.refresh.is_some() {
             &true
@@ -148,14 +134,31 @@ static NO_REFRESH: RefreshRow = RefreshRow {
     rotated_at: None,
 };
 
+/// token_hash, family_id, client_id, scope, created_at, idle_expires_at
+fn push_refresh_values<'b>(
+    out: &mut AstPass<'_, 'b, Pg>,
+    refresh: &'b RefreshRow,
+) -> QueryResult<()> {
+    push_binds!(out;
+        Text => &refresh.token_hash,
+        Text => &refresh.family_id,
+        Text => &refresh.client_id,
+        Text => &refresh.scope,
+        BigInt => &refresh.created_at,
+        BigInt => &refresh.idle_expires_at,
+    );
+    Ok(())
+}
+
+/// jti, family_id, client_id, expires_at
 fn push_access_values<'b>(out: &mut AstPass<'_, 'b, Pg>, access: &'b AccessRow) -> QueryResult<()> {
-    out.push_bind_param::<Text, _>(&access.jti)?;
-    out.push_sql(", ");
-    out.push_bind_param::<Nullable<Text>, _>(&access.family_id)?;
-    out.push_sql(", ");
-    out.push_bind_param::<Text, _>(&access.client_id)?;
-    out.push_sql(", ");
-    out.push_bind_param::<BigInt, _>(&access.expires_at)
+    push_binds!(out;
+        Text => &access.jti,
+        Nullable<Text> => &access.family_id,
+        Text => &access.client_id,
+        BigInt => &access.expires_at,
+    );
+    Ok(())
 }
 
 /// Static query ids: diesel then keeps each statement prepared on the connection.
