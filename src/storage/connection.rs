@@ -51,6 +51,7 @@ pub struct ConnectionManager {
 }
 
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 
 impl ConnectionManager {
     pub fn new(url: &str) -> StorageResult<Self> {
@@ -93,6 +94,10 @@ impl ConnectionManager {
                 }
                 if self.background_checkpoints {
                     diesel::sql_query("PRAGMA wal_autocheckpoint = 0").execute(&mut conn)?;
+                    // A restarted log keeps its file, so that writes reuse pages the kernel
+                    // already has; after a burst, the file is cut back to this size.
+                    diesel::sql_query(format!("PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}"))
+                        .execute(&mut conn)?;
                 }
                 Ok(DbConnection::Sqlite(conn))
             }
@@ -100,14 +105,57 @@ impl ConnectionManager {
     }
 }
 
-/// Copies the SQLite write-ahead log into the database file as far as readers allow
-/// (a PASSIVE checkpoint: it waits for no reader and no writer). The server runs it on a
-/// timer because its connections do not checkpoint on commit. Nothing to do on PostgreSQL.
+/// Copies the SQLite write-ahead log into the database file and makes sure the next write
+/// starts the log again from its beginning. The server runs it on a timer because its
+/// connections do not checkpoint on commit. Nothing to do on PostgreSQL.
+///
+/// A PASSIVE checkpoint alone is not enough under load: the log restarts only when a write
+/// begins after a checkpoint that copied everything, and with writes arriving every few
+/// hundred microseconds and some reader always inside the log that never happened, so the
+/// -wal file grew by every write (800 MB in ten seconds of authorization-code flows). So the
+/// bulk is copied first beside the writers; then, with our own writers held at the process's
+/// writer gate, the rest is copied and a RESTART checkpoint waits for the readers of older
+/// snapshots (which take microseconds) to leave, after which the next writer restarts the
+/// log. The wait is bounded, and SQLite's busy handler is off for it, because readers that
+/// keep arriving could otherwise starve it while our writers wait at the gate.
 pub fn checkpoint(conn: &mut DbConnection) -> StorageResult<()> {
-    if let DbConnection::Sqlite(conn) = conn {
-        conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")?;
-    }
-    Ok(())
+    let DbConnection::Sqlite(sqlite) = conn else {
+        return Ok(());
+    };
+    sqlite.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")?;
+    sqlite.batch_execute("PRAGMA busy_timeout = 0")?;
+    let restarted = super::write(conn, |conn| {
+        let DbConnection::Sqlite(sqlite) = conn else {
+            return Ok(());
+        };
+        let deadline = std::time::Instant::now() + RESTART_WAIT;
+        loop {
+            let outcome: CheckpointOutcome =
+                diesel::sql_query("PRAGMA wal_checkpoint(RESTART)").get_result(sqlite)?;
+            if outcome.busy == 0 || std::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    });
+    let restored = match conn {
+        DbConnection::Sqlite(sqlite) => sqlite
+            .batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"))
+            .map_err(StorageError::from),
+        DbConnection::Postgresql(_) => Ok(()),
+    };
+    restarted.and(restored)
+}
+
+/// How long the writers may be held while a checkpoint waits for readers to leave the log;
+/// past it, the log restarts at a later tick.
+const RESTART_WAIT: Duration = Duration::from_millis(5);
+
+#[derive(diesel::QueryableByName)]
+struct CheckpointOutcome {
+    /// 1 when readers or a writer kept the checkpoint from finishing.
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    busy: i32,
 }
 
 impl r2d2::ManageConnection for ConnectionManager {
