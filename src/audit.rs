@@ -161,7 +161,12 @@ pub fn start_writer(pool: Pool) {
 /// Closes the queue and waits, a bounded time, for the writer to append what is in it.
 pub fn stop_writer(wait: Duration) {
     let Some(sink) = SINK.get() else { return };
-    drop(sink.sender.write().unwrap_or_else(|p| p.into_inner()).take());
+    drop(
+        sink.sender
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(),
+    );
     let Some(writer) = sink.writer.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return;
     };
