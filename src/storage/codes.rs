@@ -30,6 +30,10 @@ pub struct CodeRow {
 }
 
 pub fn insert(conn: &mut DbConnection, code: &CodeRow) -> StorageResult<()> {
+    if let DbConnection::Postgresql(pg) = conn {
+        super::pg_statements::InsertCode { code }.execute(pg)?;
+        return Ok(());
+    }
     super::write(conn, |conn| {
         diesel::insert_into(authorization_codes::table)
             .values(code)
@@ -60,24 +64,28 @@ pub fn redeem(
     now: i64,
 ) -> StorageResult<Redemption> {
     // The common case in one statement (one round trip instead of four): the conditional
-    // update lets exactly one of two concurrent redemptions have the row back.
-    let own_unredeemed = authorization_codes::table
-        .find(code_hash)
-        .filter(authorization_codes::client_id.eq(client_id))
-        .filter(authorization_codes::redeemed_at.is_null());
+    // update lets exactly one of two concurrent redemptions have the row back. On
+    // PostgreSQL the statement is kept prepared; on SQLite, MultiConnection does not
+    // forward a Selectable RETURNING, so the backend's own connection runs it.
     let first: Option<CodeRow> = super::write(conn, |conn| {
-        let update = diesel::update(own_unredeemed).set(authorization_codes::redeemed_at.eq(now));
-        // MultiConnection does not forward a Selectable RETURNING; each backend's own
-        // connection does.
         Ok(match conn {
-            DbConnection::Postgresql(conn) => update
-                .returning(CodeRow::as_returning())
-                .get_result(conn)
-                .optional()?,
-            DbConnection::Sqlite(conn) => update
-                .returning(CodeRow::as_returning())
-                .get_result(conn)
-                .optional()?,
+            DbConnection::Postgresql(conn) => super::pg_statements::RedeemCode {
+                code_hash,
+                client_id,
+                now,
+            }
+            .get_result(conn)
+            .optional()?,
+            DbConnection::Sqlite(conn) => diesel::update(
+                authorization_codes::table
+                    .find(code_hash)
+                    .filter(authorization_codes::client_id.eq(client_id))
+                    .filter(authorization_codes::redeemed_at.is_null()),
+            )
+            .set(authorization_codes::redeemed_at.eq(now))
+            .returning(CodeRow::as_returning())
+            .get_result(conn)
+            .optional()?,
         })
     })?;
     if let Some(row) = first {

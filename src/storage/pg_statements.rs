@@ -1,4 +1,4 @@
-//! PostgreSQL: the two writes every user token costs, each as one statement.
+//! PostgreSQL: the writes every user token costs, each as one statement prepared once.
 //!
 //! PostgreSQL shares the cores with gatehouse in most deployments, and what it spends per
 //! round trip (a wake-up, a parse of the message, a plan lookup, a reply) is more than
@@ -16,6 +16,7 @@ use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel::{PgConnection, QueryResult, RunQueryDsl};
 
+use super::codes::CodeRow;
 use super::tokens::{AccessRow, FamilyRow, RefreshRow};
 
 /// Pushes values as comma-separated bind parameters: `push_binds!(out; Text => &a, ...)`.
@@ -161,20 +162,86 @@ fn push_access_values<'b>(out: &mut AstPass<'_, 'b, Pg>, access: &'b AccessRow) 
     Ok(())
 }
 
+/// The columns of `authorization_codes`, in the order of the table and of `CodeRow`.
+const CODE_COLUMNS: &str = "code_hash, client_id, user_id, redirect_uri, redirect_uri_sent, \
+     scope, code_challenge, nonce, auth_time, created_at, expires_at, redeemed_at, replayed_at, \
+     family_id";
+
+/// Stores a new authorization code. diesel renders an insert whose optional fields may be
+/// DEFAULT afresh each time and never keeps it prepared, so PostgreSQL parsed and planned
+/// it on every /authorize.
+pub struct InsertCode<'a> {
+    pub code: &'a CodeRow,
+}
+
+impl QueryFragment<Pg> for InsertCode<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let code = self.code;
+        out.push_sql("INSERT INTO authorization_codes (");
+        out.push_sql(CODE_COLUMNS);
+        out.push_sql(") VALUES (");
+        push_binds!(out;
+            Text => &code.code_hash,
+            Text => &code.client_id,
+            Text => &code.user_id,
+            Text => &code.redirect_uri,
+            Bool => &code.redirect_uri_sent,
+            Text => &code.scope,
+            Nullable<Text> => &code.code_challenge,
+            Nullable<Text> => &code.nonce,
+            BigInt => &code.auth_time,
+            BigInt => &code.created_at,
+            BigInt => &code.expires_at,
+            Nullable<BigInt> => &code.redeemed_at,
+            Nullable<BigInt> => &code.replayed_at,
+            Nullable<Text> => &code.family_id,
+        );
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+/// Marks the code redeemed and returns it, only when it is this client's and unredeemed.
+/// (diesel never keeps an UPDATE prepared either.)
+pub struct RedeemCode<'a> {
+    pub code_hash: &'a str,
+    pub client_id: &'a str,
+    pub now: i64,
+}
+
+impl QueryFragment<Pg> for RedeemCode<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("UPDATE authorization_codes SET redeemed_at = ");
+        out.push_bind_param::<BigInt, _>(&self.now)?;
+        out.push_sql(" WHERE code_hash = ");
+        out.push_bind_param::<Text, _>(self.code_hash)?;
+        out.push_sql(" AND client_id = ");
+        out.push_bind_param::<Text, _>(self.client_id)?;
+        out.push_sql(" AND redeemed_at IS NULL RETURNING ");
+        out.push_sql(CODE_COLUMNS);
+        Ok(())
+    }
+}
+
 /// Static query ids: diesel then keeps each statement prepared on the connection.
 macro_rules! prepared_once {
-    ($($statement:ident),*) => {$(
+    ($($statement:ident: $sql_type:ty),*) => {$(
         impl QueryId for $statement<'_> {
             type QueryId = $statement<'static>;
             const HAS_STATIC_QUERY_ID: bool = true;
         }
 
         impl Query for $statement<'_> {
-            type SqlType = BigInt;
+            type SqlType = $sql_type;
         }
 
         impl RunQueryDsl<PgConnection> for $statement<'_> {}
     )*};
 }
 
-prepared_once!(RotateRefresh, CreateFamily);
+prepared_once!(
+    RotateRefresh: BigInt,
+    CreateFamily: BigInt,
+    InsertCode: BigInt,
+    RedeemCode: super::schema::authorization_codes::SqlType
+);
