@@ -1,8 +1,9 @@
 //! Argon2id for user passwords and client secrets, with parameters no weaker than OWASP's
 //! recommendation (m = 19 MiB, t = 2, p = 1).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -18,62 +19,124 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-/// At most one argon2 computation per core at a time: each takes 19 MiB, so a burst of
-/// logins queues here instead of exhausting memory. Callers are blocking-pool threads.
-struct HashLimiter {
-    running: Mutex<usize>,
-    freed: Condvar,
-    limit: usize,
-    /// Threads waiting for a core, for the metrics.
-    queued: AtomicUsize,
+/// What a hash thread runs: a verification, given the thread's reusable working memory.
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
+/// At most one argon2 computation per core at a time, each on one of as many dedicated
+/// threads: each takes 19 MiB, so a burst of logins queues here instead of exhausting
+/// memory. A hash thread that finishes takes the next queued job at once; with a limiter
+/// that handed the core to a waiting caller instead, the core idled through each hand-over
+/// (5% of both cores under the password-grant benchmark). Callers are blocking-pool
+/// threads; they wait for their result.
+struct HashPool {
+    shared: Arc<Shared>,
+    threads: usize,
 }
 
-impl HashLimiter {
-    fn new(limit: usize) -> HashLimiter {
-        HashLimiter {
-            running: Mutex::new(0),
-            freed: Condvar::new(),
-            limit,
-            queued: AtomicUsize::new(0),
+struct Shared {
+    queue: Mutex<VecDeque<Job>>,
+    queued_or_freed: Condvar,
+    /// Jobs running now, for the metrics.
+    running: AtomicUsize,
+}
+
+impl HashPool {
+    fn start(threads: usize) -> HashPool {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            queued_or_freed: Condvar::new(),
+            running: AtomicUsize::new(0),
+        });
+        let started = (0..threads)
+            .filter(|n| {
+                let shared = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name(format!("argon2-{n}"))
+                    .spawn(move || shared.work())
+                    .map_err(|error| tracing::error!(%error, "cannot start a hash thread"))
+                    .is_ok()
+            })
+            .count();
+        HashPool {
+            shared,
+            threads: started,
         }
     }
 
-    fn global() -> &'static HashLimiter {
-        static LIMITER: OnceLock<HashLimiter> = OnceLock::new();
-        LIMITER.get_or_init(|| {
-            HashLimiter::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    fn global() -> &'static HashPool {
+        static POOL: OnceLock<HashPool> = OnceLock::new();
+        POOL.get_or_init(|| {
+            HashPool::start(std::thread::available_parallelism().map_or(1, |n| n.get()))
         })
     }
 
-    fn run<T>(&self, work: impl FnOnce() -> T) -> T {
-        {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            if *running >= self.limit {
-                self.queued.fetch_add(1, Ordering::Relaxed);
-                while *running >= self.limit {
-                    running = self.freed.wait(running).unwrap_or_else(|p| p.into_inner());
-                }
-                self.queued.fetch_sub(1, Ordering::Relaxed);
-            }
-            *running += 1;
+    /// Runs `work` on a hash thread and waits for it. Without any hash thread (none could
+    /// be started) it runs here instead, unbounded, rather than never.
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
+    ) -> Option<T> {
+        if self.threads == 0 {
+            return Some(work(&mut Vec::new()));
         }
-        let result = work();
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-        self.freed.notify_one();
-        result
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move |memory| {
+            let _ = sender.send(work(memory));
+        });
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(job);
+        self.shared.queued_or_freed.notify_one();
+        // A job that panicked dropped its sender: the caller hears of a failure, not a hang.
+        receiver.recv().ok()
+    }
+}
+
+impl Shared {
+    fn work(&self) {
+        let mut memory = Vec::new();
+        loop {
+            let job = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    match queue.pop_front() {
+                        Some(job) => break job,
+                        None => {
+                            queue = self
+                                .queued_or_freed
+                                .wait(queue)
+                                .unwrap_or_else(|p| p.into_inner());
+                        }
+                    }
+                }
+            };
+            self.running.fetch_add(1, Ordering::Relaxed);
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut memory)));
+            self.running.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 /// Hashes running and hashes waiting for a core, for the metrics.
 pub fn hash_load() -> (usize, usize) {
-    let limiter = HashLimiter::global();
-    let running = *limiter.running.lock().unwrap_or_else(|p| p.into_inner());
-    (running, limiter.queued.load(Ordering::Relaxed))
+    let pool = HashPool::global();
+    let queued = pool
+        .shared
+        .queue
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .len();
+    (pool.shared.running.load(Ordering::Relaxed), queued)
 }
 
 /// A PHC string such as `$argon2id$v=19$m=19456,t=2,p=1$...`.
 pub fn hash(secret: &str) -> String {
-    HashLimiter::global().run(|| hash_unbounded(secret))
+    let owned = secret.to_owned();
+    HashPool::global()
+        .run(move |_| hash_unbounded(&owned))
+        .unwrap_or_else(|| hash_unbounded(secret))
 }
 
 fn hash_unbounded(secret: &str) -> String {
@@ -88,17 +151,23 @@ fn hash_unbounded(secret: &str) -> String {
 /// Constant-time verification. Parameters are read from the PHC string, so hashes made with
 /// older parameters still verify.
 pub fn verify(secret: &str, phc: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(parsed) => HashLimiter::global().run(|| verify_parsed(secret.as_bytes(), &parsed)),
-        Err(_) => false,
+    if PasswordHash::new(phc).is_err() {
+        return false;
     }
+    let (secret, phc) = (secret.to_owned(), phc.to_owned());
+    HashPool::global()
+        .run(move |memory| {
+            PasswordHash::new(&phc)
+                .is_ok_and(|parsed| verify_parsed(secret.as_bytes(), &parsed, memory))
+        })
+        .unwrap_or(false)
 }
 
-/// `PasswordVerifier::verify_password`, but in working memory that is reused: argon2
-/// otherwise allocates its 19 MiB afresh each time, and the allocator keeps a freed block
-/// in each thread's arena, so RSS grew with the number of threads that ever hashed
-/// (500 MiB under the password-grant benchmark) instead of with the hashes running.
-fn verify_parsed(secret: &[u8], hash: &PasswordHash<'_>) -> bool {
+/// `PasswordVerifier::verify_password`, but in the hash thread's working memory, which is
+/// reused: argon2 otherwise allocates its 19 MiB afresh each time, and the allocator keeps a
+/// freed block in each thread's arena, so RSS grew with the number of threads that ever
+/// hashed (500 MiB under the password-grant benchmark) instead of with the hashes running.
+fn verify_parsed(secret: &[u8], hash: &PasswordHash<'_>, memory: &mut Vec<Block>) -> bool {
     let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
         return false;
     };
@@ -119,28 +188,13 @@ fn verify_parsed(secret: &[u8], hash: &PasswordHash<'_>) -> bool {
     let blocks = params.block_count();
     let argon2 = Argon2::new(algorithm, version, params);
     let mut computed = vec![0u8; expected.len()];
-    let hashed = with_working_memory(blocks, |memory| {
-        argon2.hash_password_into_with_memory(secret, salt, &mut computed, memory)
-    });
-    hashed.is_ok()
-        && aws_lc_rs::constant_time::verify_slices_are_equal(&computed, expected.as_bytes()).is_ok()
-}
-
-/// Lends a buffer of at least `blocks` argon2 blocks. Buffers are kept for reuse; the hash
-/// limiter lets at most one hash per core run, so at most that many buffers ever exist.
-fn with_working_memory<T>(blocks: usize, work: impl FnOnce(&mut [Block]) -> T) -> T {
-    static SPARE: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
-    let mut buffer = SPARE
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .pop()
-        .unwrap_or_default();
-    if buffer.len() < blocks {
-        buffer.resize(blocks, Block::new());
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::new());
     }
-    let result = work(&mut buffer[..blocks]);
-    SPARE.lock().unwrap_or_else(|p| p.into_inner()).push(buffer);
-    result
+    argon2
+        .hash_password_into_with_memory(secret, salt, &mut computed, &mut memory[..blocks])
+        .is_ok()
+        && aws_lc_rs::constant_time::verify_slices_are_equal(&computed, expected.as_bytes()).is_ok()
 }
 
 /// Spends the same time as verifying against a real hash and always fails: used when there is
@@ -194,28 +248,47 @@ mod tests {
     }
 
     #[test]
-    fn the_limiter_never_lets_more_than_its_limit_run_at_once() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let limiter = HashLimiter::new(2);
-        let running = AtomicUsize::new(0);
-        let most = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..8 {
-                s.spawn(|| {
-                    limiter.run(|| {
-                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                        running.fetch_sub(1, Ordering::SeqCst);
+    fn the_pool_never_runs_more_hashes_than_its_threads_at_once() {
+        let pool = HashPool::start(2);
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let finished = std::thread::scope(|s| {
+            let callers: Vec<_> = (0..8)
+                .map(|caller| {
+                    let (pool, running, most) = (&pool, Arc::clone(&running), Arc::clone(&most));
+                    s.spawn(move || {
+                        pool.run(move |_| {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            caller
+                        })
                     })
-                });
-            }
+                })
+                .collect();
+            callers
+                .into_iter()
+                .map(|c| c.join().unwrap())
+                .collect::<Vec<_>>()
         });
+        assert_eq!(
+            finished,
+            (0..8).map(Some).collect::<Vec<_>>(),
+            "each caller gets its own result"
+        );
         assert_eq!(
             most.load(Ordering::SeqCst),
             2,
             "eight callers, two at a time"
         );
+    }
+
+    #[test]
+    fn a_job_that_panics_fails_its_caller_and_spares_the_pool() {
+        let pool = HashPool::start(1);
+        assert_eq!(pool.run(|_| -> u8 { panic!("argon2 failed") }), None);
+        assert_eq!(pool.run(|_| 7), Some(7));
     }
 
     #[test]
