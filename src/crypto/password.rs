@@ -151,6 +151,7 @@ fn hash_unbounded(secret: &str) -> String {
 /// Constant-time verification. Parameters are read from the PHC string, so hashes made with
 /// older parameters still verify.
 pub fn verify(secret: &str, phc: &str) -> bool {
+    // A string that is no hash fails here, without queueing behind other callers' hashes.
     if PasswordHash::new(phc).is_err() {
         return false;
     }
