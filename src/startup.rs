@@ -166,8 +166,9 @@ fn spawn_refresh(state: AppState) {
     });
 }
 
-/// Often enough that the log stays a few MiB at the write rate of a busy server (about
-/// 5 pages per token), so that lookups through the WAL index stay cheap.
+/// Often enough that the log, which each tick restarts, stays small: about 30 MB at 1,500
+/// authorization-code flows/s (some 18 pages written per flow), so that lookups through the
+/// WAL index stay cheap and each checkpoint holds the writers for a few milliseconds at most.
 const CHECKPOINT_PERIOD: Duration = Duration::from_millis(250);
 
 /// SQLite: checkpoints the WAL off the request path (the pool's connections do not).
