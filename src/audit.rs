@@ -18,6 +18,8 @@ use crate::storage::{now_unix, DbConnection, Pool, StorageResult};
 pub const TARGET: &str = "gatehouse::audit";
 
 const QUEUE_CAPACITY: usize = 65_536;
+/// Rows per transaction. On SQLite a transaction holds the process's writer gate, so a
+/// backlog goes in pieces that let the requests' own writes in between.
 const BATCH: usize = 512;
 const LINGER: Duration = Duration::from_millis(50);
 

@@ -223,25 +223,28 @@ impl QueryFragment<Pg> for RedeemCode<'_> {
     }
 }
 
-/// Static query ids: diesel then keeps each statement prepared on the connection.
+/// Static query ids: diesel then keeps each statement prepared on the connection. A
+/// statement that returns rows names their SQL type; one that returns none only executes.
 macro_rules! prepared_once {
-    ($($statement:ident: $sql_type:ty),*) => {$(
+    ($($statement:ident $(-> $sql_type:ty)?),*) => {$(
         impl QueryId for $statement<'_> {
             type QueryId = $statement<'static>;
             const HAS_STATIC_QUERY_ID: bool = true;
         }
 
-        impl Query for $statement<'_> {
-            type SqlType = $sql_type;
-        }
+        $(
+            impl Query for $statement<'_> {
+                type SqlType = $sql_type;
+            }
+        )?
 
         impl RunQueryDsl<PgConnection> for $statement<'_> {}
     )*};
 }
 
 prepared_once!(
-    RotateRefresh: BigInt,
-    CreateFamily: BigInt,
-    InsertCode: BigInt,
-    RedeemCode: super::schema::authorization_codes::SqlType
+    RotateRefresh -> BigInt,
+    CreateFamily -> BigInt,
+    InsertCode,
+    RedeemCode -> super::schema::authorization_codes::SqlType
 );

@@ -228,11 +228,19 @@ fn sqlite_write_ahead_log_is_recycled_while_readers_overlap() {
                 gatehouse::storage::checkpoint(&mut conn).unwrap();
             }
         });
+        // Stops the other threads however the writes end, so that a failed write fails the
+        // test instead of leaving the readers running forever.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&writing);
         let mut conn = pool.get().unwrap();
         for i in 0..WRITES {
             insert_all(&mut conn, &[row(i)]).unwrap();
         }
-        writing.store(false, Ordering::Relaxed);
     });
     let path = db.url.strip_prefix("sqlite://").unwrap();
     let wal = std::fs::metadata(format!("{path}-wal")).unwrap().len();
