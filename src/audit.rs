@@ -202,6 +202,7 @@ fn write_rows(pool: &Pool, receiver: &Receiver<AuditRow>) {
 /// A database outage holds the batch back and retries; the queue meanwhile fills and then
 /// overflows into the log only.
 fn write_batch(pool: &Pool, batch: &[AuditRow]) {
+    let _writes = crate::storage::writes_through(pool);
     let mut delay = Duration::from_millis(100);
     loop {
         let written = pool.get().map_err(|e| e.to_string()).and_then(|mut conn| {

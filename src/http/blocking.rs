@@ -17,6 +17,7 @@ where
         let conn = pool.get();
         metrics.pool_wait_ended();
         let mut conn = conn.map_err(StorageError::from)?;
+        let _writes = crate::storage::writes_through(&pool);
         work(&mut conn).map_err(Into::into)
     })
     .await

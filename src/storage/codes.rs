@@ -30,14 +30,9 @@ pub struct CodeRow {
 }
 
 pub fn insert(conn: &mut DbConnection, code: &CodeRow) -> StorageResult<()> {
-    if let DbConnection::Postgresql(pg) = conn {
-        super::pg_statements::InsertCode { code }.execute(pg)?;
-        return Ok(());
-    }
+    let statement = super::prepared::InsertCode { code };
     super::write(conn, |conn| {
-        diesel::insert_into(authorization_codes::table)
-            .values(code)
-            .execute(conn)?;
+        super::prepared::execute(conn, statement)?;
         Ok(())
     })
 }
@@ -64,28 +59,16 @@ pub fn redeem(
     now: i64,
 ) -> StorageResult<Redemption> {
     // The common case in one statement (one round trip instead of four): the conditional
-    // update lets exactly one of two concurrent redemptions have the row back. On
-    // PostgreSQL the statement is kept prepared; on SQLite, MultiConnection does not
-    // forward a Selectable RETURNING, so the backend's own connection runs it.
+    // update lets exactly one of two concurrent redemptions have the row back.
+    let statement = super::prepared::RedeemCode {
+        code_hash,
+        client_id,
+        now,
+    };
     let first: Option<CodeRow> = super::write(conn, |conn| {
         Ok(match conn {
-            DbConnection::Postgresql(conn) => super::pg_statements::RedeemCode {
-                code_hash,
-                client_id,
-                now,
-            }
-            .get_result(conn)
-            .optional()?,
-            DbConnection::Sqlite(conn) => diesel::update(
-                authorization_codes::table
-                    .find(code_hash)
-                    .filter(authorization_codes::client_id.eq(client_id))
-                    .filter(authorization_codes::redeemed_at.is_null()),
-            )
-            .set(authorization_codes::redeemed_at.eq(now))
-            .returning(CodeRow::as_returning())
-            .get_result(conn)
-            .optional()?,
+            DbConnection::Postgresql(conn) => statement.get_result(conn).optional()?,
+            DbConnection::Sqlite(conn) => statement.get_result(conn).optional()?,
         })
     })?;
     if let Some(row) = first {
@@ -125,15 +108,12 @@ pub fn link_family(
     code_hash: &str,
     family_id: &str,
 ) -> StorageResult<bool> {
+    let statement = super::prepared::LinkFamily {
+        code_hash,
+        family_id,
+    };
     super::write(conn, |conn| {
-        let linked = diesel::update(
-            authorization_codes::table
-                .find(code_hash)
-                .filter(authorization_codes::replayed_at.is_null()),
-        )
-        .set(authorization_codes::family_id.eq(family_id))
-        .execute(conn)?;
-        Ok(linked == 1)
+        Ok(super::prepared::execute(conn, statement)? == 1)
     })
 }
 

@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::r2d2;
@@ -13,7 +14,6 @@ pub enum DbConnection {
     Sqlite(SqliteConnection),
 }
 
-pub type Pool = r2d2::Pool<ConnectionManager>;
 pub type PooledConnection = r2d2::PooledConnection<ConnectionManager>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,61 @@ pub struct ConnectionManager {
     /// SQLite only: the server checkpoints the WAL on a timer (see `checkpoint`) instead of
     /// letting whichever request commits past 1000 pages do it while other writers wait.
     background_checkpoints: bool,
+}
+
+/// One connection for every write of a pool. In WAL mode a connection drops its whole page
+/// cache when another connection has written since its last transaction; with writes
+/// spread over the pool's connections that was every write, which then read each page it
+/// touched back from the file (a fifth of the time the writer gate was held under the
+/// authorization-code flow). A connection that does all of the process's writes keeps its
+/// cache.
+pub struct DedicatedWriter {
+    manager: ConnectionManager,
+    /// Opened on the first write.
+    connection: std::sync::Mutex<Option<DbConnection>>,
+}
+
+impl DedicatedWriter {
+    /// Runs `work` on the writer's connection, opening it when there is none yet (or the
+    /// last `work` panicked, which may have left it inside a transaction). The caller holds
+    /// the writer gate.
+    pub(super) fn run<T>(
+        &self,
+        work: impl FnOnce(&mut DbConnection) -> StorageResult<T>,
+    ) -> StorageResult<T> {
+        let mut slot = self.connection.lock().unwrap_or_else(|poisoned| {
+            self.connection.clear_poison();
+            let mut slot = poisoned.into_inner();
+            *slot = None;
+            slot
+        });
+        let connection = match slot.as_mut() {
+            Some(connection) => connection,
+            None => slot.insert(self.manager.connect()?),
+        };
+        work(connection)
+    }
+}
+
+/// The server's connections: a pool, and on SQLite the dedicated writer beside it.
+#[derive(Clone)]
+pub struct Pool {
+    connections: r2d2::Pool<ConnectionManager>,
+    writer: Option<Arc<DedicatedWriter>>,
+}
+
+impl Pool {
+    pub(super) fn dedicated_writer(&self) -> Option<Arc<DedicatedWriter>> {
+        self.writer.clone()
+    }
+}
+
+impl std::ops::Deref for Pool {
+    type Target = r2d2::Pool<ConnectionManager>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.connections
+    }
 }
 
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
@@ -123,28 +178,31 @@ pub fn checkpoint(conn: &mut DbConnection) -> StorageResult<()> {
         return Ok(());
     };
     sqlite.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")?;
-    sqlite.batch_execute("PRAGMA busy_timeout = 0")?;
-    let restarted = super::write(conn, |conn| {
+    // Under the gate `write` may hand over another connection (the dedicated writer), so
+    // the busy handler is switched off on whichever connection runs the RESTART.
+    super::write(conn, |conn| {
         let DbConnection::Sqlite(sqlite) = conn else {
             return Ok(());
         };
-        let deadline = std::time::Instant::now() + RESTART_WAIT;
-        loop {
-            let outcome: CheckpointOutcome =
-                diesel::sql_query("PRAGMA wal_checkpoint(RESTART)").get_result(sqlite)?;
-            if outcome.busy == 0 || std::time::Instant::now() >= deadline {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_micros(100));
+        sqlite.batch_execute("PRAGMA busy_timeout = 0")?;
+        let restarted = restart_log(sqlite);
+        let restored =
+            sqlite.batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"));
+        restarted.and(restored.map_err(StorageError::from))
+    })
+}
+
+/// Retries a RESTART checkpoint until it finishes or `RESTART_WAIT` has passed.
+fn restart_log(sqlite: &mut SqliteConnection) -> StorageResult<()> {
+    let deadline = std::time::Instant::now() + RESTART_WAIT;
+    loop {
+        let outcome: CheckpointOutcome =
+            diesel::sql_query("PRAGMA wal_checkpoint(RESTART)").get_result(sqlite)?;
+        if outcome.busy == 0 || std::time::Instant::now() >= deadline {
+            return Ok(());
         }
-    });
-    let restored = match conn {
-        DbConnection::Sqlite(sqlite) => sqlite
-            .batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"))
-            .map_err(StorageError::from),
-        DbConnection::Postgresql(_) => Ok(()),
-    };
-    restarted.and(restored)
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
 
 /// How long the writers may be held while a checkpoint waits for readers to leave the log;
@@ -178,13 +236,28 @@ impl r2d2::ManageConnection for ConnectionManager {
 /// Opens the server's pool; fails at once when the database cannot be reached, so that a bad URL
 /// stops the start with a clear message instead of a server that answers 503 forever.
 pub fn open_pool(url: &str, max_size: u32) -> StorageResult<Pool> {
-    let mut manager = ConnectionManager::new(url)?;
-    manager.background_checkpoints = true;
+    let server_manager = || {
+        ConnectionManager::new(url).map(|mut manager| {
+            manager.background_checkpoints = true;
+            manager
+        })
+    };
+    let manager = server_manager()?;
+    let writer = match manager.backend {
+        Backend::Sqlite => Some(Arc::new(DedicatedWriter {
+            manager: server_manager()?,
+            connection: std::sync::Mutex::new(None),
+        })),
+        Backend::Postgres => None,
+    };
     let pool = r2d2::Pool::builder()
         .max_size(max_size)
         .min_idle(Some(1))
         .connection_timeout(Duration::from_secs(5))
         .test_on_check_out(false)
         .build(manager)?;
-    Ok(pool)
+    Ok(Pool {
+        connections: pool,
+        writer,
+    })
 }

@@ -12,7 +12,7 @@ pub mod codes;
 mod connection;
 pub mod consents;
 pub mod keys;
-mod pg_statements;
+mod prepared;
 pub mod schema;
 pub mod sessions;
 pub mod tokens;
@@ -21,6 +21,9 @@ pub mod users;
 pub use connection::{
     checkpoint, open_pool, Backend, ConnectionManager, DbConnection, Pool, PooledConnection,
 };
+
+use connection::DedicatedWriter;
+use std::sync::Arc;
 
 use diesel::{Connection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
@@ -111,7 +114,32 @@ pub fn write<T>(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     HOLDS_SQLITE_WRITER.set(true);
     let _release = ReleaseOnDrop;
-    work(conn)
+    match WRITES_THROUGH.with_borrow(Clone::clone) {
+        Some(writer) => writer.run(work),
+        None => work(conn),
+    }
+}
+
+thread_local! {
+    /// The dedicated writer this thread's SQLite writes go through while it works for the
+    /// pool it belongs to (see `writes_through`).
+    static WRITES_THROUGH: std::cell::RefCell<Option<Arc<DedicatedWriter>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Sends this thread's SQLite writes through `pool`'s dedicated writer connection until the
+/// returned guard is dropped. Without it, a write runs on the connection it was given.
+pub fn writes_through(pool: &Pool) -> WritesThrough {
+    WritesThrough(WRITES_THROUGH.replace(pool.dedicated_writer()))
+}
+
+/// Restores the thread's previous writer when dropped.
+pub struct WritesThrough(Option<Arc<DedicatedWriter>>);
+
+impl Drop for WritesThrough {
+    fn drop(&mut self) {
+        WRITES_THROUGH.set(self.0.take());
+    }
 }
 
 /// `write`, in one transaction.
@@ -180,5 +208,84 @@ mod tests {
         assert_eq!(from_another_thread.join().unwrap(), 1);
         assert!(!HOLDS_SQLITE_WRITER.get());
         assert_eq!(write(&mut conn, |_| Ok(2)).unwrap(), 2);
+    }
+
+    /// The server's pool on a fresh SQLite file with one table, `t`.
+    fn server_pool() -> (tempfile::TempDir, Pool) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("writer.db").display());
+        let pool = open_pool(&url, 2).unwrap();
+        diesel::sql_query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut pool.get().unwrap())
+            .unwrap();
+        (dir, pool)
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    /// Rows this connection itself has written since it opened.
+    fn changes_by(conn: &mut DbConnection) -> i64 {
+        diesel::sql_query("SELECT total_changes() AS n")
+            .get_result::<Count>(conn)
+            .unwrap()
+            .n
+    }
+
+    fn rows_in_t(conn: &mut DbConnection) -> i64 {
+        diesel::sql_query("SELECT count(*) AS n FROM t")
+            .get_result::<Count>(conn)
+            .unwrap()
+            .n
+    }
+
+    fn insert_into_t(conn: &mut DbConnection) -> StorageResult<usize> {
+        Ok(diesel::sql_query("INSERT INTO t VALUES (1)").execute(conn)?)
+    }
+
+    #[test]
+    fn the_server_writes_sqlite_through_its_dedicated_writer() {
+        let (_dir, pool) = server_pool();
+        let mut pooled = pool.get().unwrap();
+        let before = changes_by(&mut pooled);
+        {
+            let _writes = writes_through(&pool);
+            write(&mut pooled, insert_into_t).unwrap();
+            write_transaction(&mut pooled, insert_into_t).unwrap();
+        }
+        assert_eq!(
+            changes_by(&mut pooled),
+            before,
+            "the pooled connection wrote"
+        );
+        assert_eq!(
+            rows_in_t(&mut pooled),
+            2,
+            "the writes are visible to the pool"
+        );
+        // Outside the scope (the CLI, start-up) a write runs on the connection it is given.
+        write(&mut pooled, insert_into_t).unwrap();
+        assert_eq!(changes_by(&mut pooled), before + 1);
+    }
+
+    #[test]
+    fn a_panic_inside_a_transaction_on_the_dedicated_writer_loses_only_that_transaction() {
+        let (_dir, pool) = server_pool();
+        let mut pooled = pool.get().unwrap();
+        let _writes = writes_through(&pool);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = write_transaction(&mut pooled, |conn| -> StorageResult<()> {
+                insert_into_t(conn)?;
+                panic!("boom")
+            });
+        }));
+        assert!(panicked.is_err());
+        // The writer left inside that transaction is replaced: the next write commits, and
+        // the half-done transaction never does.
+        write_transaction(&mut pooled, insert_into_t).unwrap();
+        assert_eq!(rows_in_t(&mut pooled), 1);
     }
 }

@@ -54,7 +54,7 @@ pub fn create_family(
     from_code: Option<&str>,
 ) -> StorageResult<bool> {
     if let DbConnection::Postgresql(pg) = conn {
-        let statement = super::pg_statements::CreateFamily {
+        let statement = super::prepared::CreateFamily {
             family,
             refresh,
             access,
@@ -100,7 +100,7 @@ pub fn rotate_refresh(
     access: &AccessRow,
 ) -> StorageResult<bool> {
     if let DbConnection::Postgresql(pg) = conn {
-        let statement = super::pg_statements::RotateRefresh {
+        let statement = super::prepared::RotateRefresh {
             old_hash,
             now,
             successor,
@@ -113,24 +113,16 @@ pub fn rotate_refresh(
         // Lock the family row first (the same row revoke_family updates), so a revocation
         // and a rotation always happen one after the other, and never rotate into a
         // revoked family.
-        let family_live = diesel::update(
-            token_families::table
-                .find(&successor.family_id)
-                .filter(token_families::revoked_at.is_null()),
-        )
-        .set(token_families::revoked_at.eq(token_families::revoked_at))
-        .execute(conn)?;
-        if family_live == 0 {
-            return Ok(false);
-        }
-        let rotated = diesel::update(
-            refresh_tokens::table
-                .find(old_hash)
-                .filter(refresh_tokens::rotated_at.is_null()),
-        )
-        .set(refresh_tokens::rotated_at.eq(now))
-        .execute(conn)?;
-        if rotated == 0 {
+        let lock_family = super::prepared::LockLiveFamily {
+            family_id: &successor.family_id,
+        };
+        let mark_rotated = super::prepared::MarkRotated {
+            token_hash: old_hash,
+            now,
+        };
+        if super::prepared::execute(conn, lock_family)? == 0
+            || super::prepared::execute(conn, mark_rotated)? == 0
+        {
             return Ok(false);
         }
         diesel::insert_into(refresh_tokens::table)

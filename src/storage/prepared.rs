@@ -1,10 +1,16 @@
-//! PostgreSQL: the writes every user token costs, each as one statement prepared once.
+//! The writes every user token costs, as statements each database keeps prepared.
+//!
+//! diesel never keeps an UPDATE prepared (nor an INSERT whose optional fields PostgreSQL may
+//! fill with DEFAULT), so both databases parsed and planned those statements on every
+//! request: on SQLite that was an eighth of the time the writer gate was held under the
+//! authorization-code flow. The statements here have static query ids, so diesel prepares
+//! each once per connection.
 //!
 //! PostgreSQL shares the cores with gatehouse in most deployments, and what it spends per
 //! round trip (a wake-up, a parse of the message, a plan lookup, a reply) is more than
 //! what the statement itself does. As diesel transactions, rotating a refresh token took
 //! six round trips and creating a family six; as single statements with data-modifying
-//! CTEs, each takes one. Both are prepared once per connection (their query ids are static).
+//! CTEs (which SQLite does not have), each takes one.
 //!
 //! Within one statement every part sees the same snapshot, and foreign keys are checked
 //! when the statement ends, so the order of the parts does not matter, with one exception
@@ -13,11 +19,14 @@
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::query_dsl::methods::ExecuteDsl;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
-use diesel::{PgConnection, QueryResult, RunQueryDsl};
+use diesel::sqlite::Sqlite;
+use diesel::{PgConnection, QueryResult, RunQueryDsl, SqliteConnection};
 
 use super::codes::CodeRow;
 use super::tokens::{AccessRow, FamilyRow, RefreshRow};
+use super::DbConnection;
 
 /// Pushes values as comma-separated bind parameters: `push_binds!(out; Text => &a, ...)`.
 macro_rules! push_binds {
@@ -28,6 +37,22 @@ macro_rules! push_binds {
             $out.push_bind_param::<$type, _>($value)?;
         )*
     }};
+}
+
+/// The same SQL for both databases: `on_both_backends!(Statement |statement, out| { ... })`.
+macro_rules! on_both_backends {
+    ($statement:ident |$this:ident, $out:ident| $body:block) => {
+        on_both_backends!(@one Pg, $statement, $this, $out, $body);
+        on_both_backends!(@one Sqlite, $statement, $this, $out, $body);
+    };
+    (@one $backend:ty, $statement:ident, $this:ident, $out:ident, $body:block) => {
+        impl QueryFragment<$backend> for $statement<'_> {
+            fn walk_ast<'b>(&'b self, mut $out: AstPass<'_, 'b, $backend>) -> QueryResult<()> {
+                let $this = self;
+                $body
+            }
+        }
+    };
 }
 
 /// Marks `old_hash` rotated and inserts its successor and the new access token, only while
@@ -174,9 +199,10 @@ pub struct InsertCode<'a> {
     pub code: &'a CodeRow,
 }
 
-impl QueryFragment<Pg> for InsertCode<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let code = self.code;
+on_both_backends!(
+    InsertCode | statement,
+    out | {
+        let code = statement.code;
         out.push_sql("INSERT INTO authorization_codes (");
         out.push_sql(CODE_COLUMNS);
         out.push_sql(") VALUES (");
@@ -199,27 +225,91 @@ impl QueryFragment<Pg> for InsertCode<'_> {
         out.push_sql(")");
         Ok(())
     }
-}
+);
 
 /// Marks the code redeemed and returns it, only when it is this client's and unredeemed.
-/// (diesel never keeps an UPDATE prepared either.)
 pub struct RedeemCode<'a> {
     pub code_hash: &'a str,
     pub client_id: &'a str,
     pub now: i64,
 }
 
-impl QueryFragment<Pg> for RedeemCode<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+on_both_backends!(
+    RedeemCode | statement,
+    out | {
         out.push_sql("UPDATE authorization_codes SET redeemed_at = ");
-        out.push_bind_param::<BigInt, _>(&self.now)?;
+        out.push_bind_param::<BigInt, _>(&statement.now)?;
         out.push_sql(" WHERE code_hash = ");
-        out.push_bind_param::<Text, _>(self.code_hash)?;
+        out.push_bind_param::<Text, _>(statement.code_hash)?;
         out.push_sql(" AND client_id = ");
-        out.push_bind_param::<Text, _>(self.client_id)?;
+        out.push_bind_param::<Text, _>(statement.client_id)?;
         out.push_sql(" AND redeemed_at IS NULL RETURNING ");
         out.push_sql(CODE_COLUMNS);
         Ok(())
+    }
+);
+
+/// Links a redeemed code to the family its redemption created, unless a replay of the code
+/// was detected first.
+pub struct LinkFamily<'a> {
+    pub code_hash: &'a str,
+    pub family_id: &'a str,
+}
+
+on_both_backends!(
+    LinkFamily | statement,
+    out | {
+        out.push_sql("UPDATE authorization_codes SET family_id = ");
+        out.push_bind_param::<Text, _>(statement.family_id)?;
+        out.push_sql(" WHERE code_hash = ");
+        out.push_bind_param::<Text, _>(statement.code_hash)?;
+        out.push_sql(" AND replayed_at IS NULL");
+        Ok(())
+    }
+);
+
+/// Takes the write lock on a live family's row by updating it to itself (SQLite's rotation
+/// is a transaction of several statements; this one orders it against a revocation).
+pub struct LockLiveFamily<'a> {
+    pub family_id: &'a str,
+}
+
+on_both_backends!(
+    LockLiveFamily | statement,
+    out | {
+        out.push_sql("UPDATE token_families SET revoked_at = revoked_at WHERE id = ");
+        out.push_bind_param::<Text, _>(statement.family_id)?;
+        out.push_sql(" AND revoked_at IS NULL");
+        Ok(())
+    }
+);
+
+/// Marks a refresh token rotated unless it was rotated already.
+pub struct MarkRotated<'a> {
+    pub token_hash: &'a str,
+    pub now: i64,
+}
+
+on_both_backends!(
+    MarkRotated | statement,
+    out | {
+        out.push_sql("UPDATE refresh_tokens SET rotated_at = ");
+        out.push_bind_param::<BigInt, _>(&statement.now)?;
+        out.push_sql(" WHERE token_hash = ");
+        out.push_bind_param::<Text, _>(statement.token_hash)?;
+        out.push_sql(" AND rotated_at IS NULL");
+        Ok(())
+    }
+);
+
+/// Runs a statement that returns no rows on whichever database `conn` is.
+pub fn execute<S>(conn: &mut DbConnection, statement: S) -> QueryResult<usize>
+where
+    S: ExecuteDsl<PgConnection> + ExecuteDsl<SqliteConnection>,
+{
+    match conn {
+        DbConnection::Postgresql(conn) => ExecuteDsl::execute(statement, conn),
+        DbConnection::Sqlite(conn) => ExecuteDsl::execute(statement, conn),
     }
 }
 
@@ -238,7 +328,7 @@ macro_rules! prepared_once {
             }
         )?
 
-        impl RunQueryDsl<PgConnection> for $statement<'_> {}
+        impl<Conn> RunQueryDsl<Conn> for $statement<'_> {}
     )*};
 }
 
@@ -246,5 +336,8 @@ prepared_once!(
     RotateRefresh -> BigInt,
     CreateFamily -> BigInt,
     InsertCode,
-    RedeemCode -> super::schema::authorization_codes::SqlType
+    RedeemCode -> super::schema::authorization_codes::SqlType,
+    LinkFamily,
+    LockLiveFamily,
+    MarkRotated
 );
