@@ -23,10 +23,13 @@ pub enum Scenario {
     AuthorizationCode,
     Password,
     Introspection,
+    /// Not a target: /readyz is a database round trip behind the blocking pool and nothing
+    /// else, the most any endpoint that consults the database per request can do.
+    Readyz,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Healthz,
         Scenario::Jwks,
         Scenario::Metadata,
@@ -35,6 +38,7 @@ impl Scenario {
         Scenario::AuthorizationCode,
         Scenario::Password,
         Scenario::Introspection,
+        Scenario::Readyz,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Scenario {
             Scenario::AuthorizationCode => "authorization-code flow",
             Scenario::Password => "password grant",
             Scenario::Introspection => "introspection",
+            Scenario::Readyz => "/readyz (one database round trip)",
         }
     }
 }
@@ -179,6 +184,7 @@ pub fn setup(scenario: Scenario, conn: &mut Conn) -> Result<State, String> {
 pub fn step(scenario: Scenario, conn: &mut Conn, state: &mut State) -> Result<(), String> {
     match scenario {
         Scenario::Healthz => expect(conn.get("/healthz", ""), 200).map(drop),
+        Scenario::Readyz => expect(conn.get("/readyz", ""), 200).map(drop),
         Scenario::Jwks => expect(conn.get("/.well-known/jwks.json", ""), 200).map(drop),
         Scenario::Metadata => {
             expect(conn.get("/.well-known/oauth-authorization-server", ""), 200).map(drop)
