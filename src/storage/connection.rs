@@ -63,25 +63,44 @@ pub struct DedicatedWriter {
 }
 
 impl DedicatedWriter {
-    /// Runs `work` on the writer's connection, opening it when there is none yet (or the
-    /// last `work` panicked, which may have left it inside a transaction). The caller holds
-    /// the writer gate.
+    /// Runs `work` on the writer's connection, opening it when there is none yet. The
+    /// caller holds the writer gate.
+    ///
+    /// A connection that `work` leaves inside a transaction (it panicked) or with diesel's
+    /// transaction manager in error (a ROLLBACK failed) is closed at once, which rolls back
+    /// what it left open and releases SQLite's write lock; the next write opens a fresh
+    /// one. Kept, it would fail every later write of the process.
     pub(super) fn run<T>(
         &self,
         work: impl FnOnce(&mut DbConnection) -> StorageResult<T>,
     ) -> StorageResult<T> {
-        let mut slot = self.connection.lock().unwrap_or_else(|poisoned| {
-            self.connection.clear_poison();
-            let mut slot = poisoned.into_inner();
-            *slot = None;
-            slot
-        });
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let connection = match slot.as_mut() {
             Some(connection) => connection,
             None => slot.insert(self.manager.connect()?),
         };
-        work(connection)
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut *connection)));
+        if outcome.is_err() || !outside_any_transaction(connection) {
+            *slot = None;
+        }
+        drop(slot);
+        outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
+}
+
+/// Whether the connection is usable for the next write: no transaction left open, and
+/// diesel's transaction manager not in error.
+fn outside_any_transaction(conn: &mut DbConnection) -> bool {
+    use diesel::connection::TransactionManager;
+    matches!(
+        <DbConnection as Connection>::TransactionManager::transaction_manager_status_mut(conn)
+            .transaction_depth(),
+        Ok(None)
+    )
 }
 
 /// The server's connections: a pool, and on SQLite the dedicated writer beside it.

@@ -283,9 +283,33 @@ mod tests {
             });
         }));
         assert!(panicked.is_err());
-        // The writer left inside that transaction is replaced: the next write commits, and
-        // the half-done transaction never does.
+        // The writer left inside that transaction was closed at once: another connection
+        // can write without waiting for SQLite's write lock.
+        diesel::sql_query("PRAGMA busy_timeout = 0")
+            .execute(&mut pooled)
+            .unwrap();
+        insert_into_t(&mut pooled).expect("the write lock was released");
+        // The next write through the writer commits, and the half-done transaction never
+        // does.
         write_transaction(&mut pooled, insert_into_t).unwrap();
+        assert_eq!(rows_in_t(&mut pooled), 2);
+    }
+
+    #[test]
+    fn a_dedicated_writer_whose_transaction_manager_broke_is_replaced() {
+        use diesel::connection::TransactionManager;
+        let (_dir, pool) = server_pool();
+        let mut pooled = pool.get().unwrap();
+        let _writes = writes_through(&pool);
+        let failed = write_transaction(&mut pooled, |conn| -> StorageResult<()> {
+            insert_into_t(conn)?;
+            // What diesel does when a ROLLBACK itself fails.
+            <DbConnection as Connection>::TransactionManager::transaction_manager_status_mut(conn)
+                .set_in_error();
+            Err(diesel::result::Error::RollbackTransaction.into())
+        });
+        assert!(failed.is_err());
+        write_transaction(&mut pooled, insert_into_t).expect("a fresh writer");
         assert_eq!(rows_in_t(&mut pooled), 1);
     }
 }

@@ -221,8 +221,11 @@ fn sqlite_write_ahead_log_is_recycled_while_readers_overlap() {
                 }
             });
         }
+        // The checkpoints and the writes go through the pool's dedicated writer, as in the
+        // server.
         scope.spawn(|| {
             let mut conn = pool.get().unwrap();
+            let _writes = gatehouse::storage::writes_through(&pool);
             while writing.load(Ordering::Relaxed) {
                 std::thread::sleep(std::time::Duration::from_millis(10));
                 gatehouse::storage::checkpoint(&mut conn).unwrap();
@@ -238,6 +241,7 @@ fn sqlite_write_ahead_log_is_recycled_while_readers_overlap() {
         }
         let _stop = StopOnDrop(&writing);
         let mut conn = pool.get().unwrap();
+        let _writes = gatehouse::storage::writes_through(&pool);
         for i in 0..WRITES {
             insert_all(&mut conn, &[row(i)]).unwrap();
         }
