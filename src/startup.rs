@@ -77,6 +77,7 @@ impl Application {
         let addr = listener.local_addr()?;
         let route_settings = http::RouteSettings::new(&settings);
         let client_rate = ClientRateLimiter::new(&settings);
+        let revocations = http::RevocationLookups::new(prepared.pool.clone());
         let state = AppState {
             metadata: http::build_metadata(&settings),
             settings: Arc::new(settings),
@@ -86,6 +87,7 @@ impl Application {
             csrf_mac: Arc::new(prepared.csrf_mac),
             secret_cache: Arc::new(SecretCache::new()),
             client_rate: Arc::new(client_rate),
+            revocations,
         };
         crate::audit::start_writer(state.pool.clone());
         spawn_refresh(state.clone());

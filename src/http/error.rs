@@ -5,7 +5,7 @@ use crate::keys::KeyError;
 use crate::storage::StorageError;
 
 /// Every error a handler can return, mapped to a response here and nowhere else.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum HttpError {
     /// The database or another dependency is unreachable: 503, the client may retry.
     #[error("service unavailable: {0}")]

@@ -16,6 +16,7 @@ mod metrics;
 mod pages;
 mod request_id;
 mod revocation;
+mod revocation_lookups;
 mod session;
 mod token;
 mod well_known;
@@ -26,6 +27,7 @@ use actix_web::web;
 
 pub use blocking::run_blocking;
 pub use error::HttpError;
+pub use revocation_lookups::RevocationLookups;
 
 use crate::config::Settings;
 use crate::crypto::mac::Mac;
@@ -44,6 +46,7 @@ pub struct AppState {
     pub csrf_mac: Arc<Mac>,
     pub secret_cache: Arc<SecretCache>,
     pub client_rate: Arc<crate::ratelimit::ClientRateLimiter>,
+    pub revocations: Arc<RevocationLookups>,
 }
 
 impl AppState {

@@ -5,11 +5,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::credentials::{self, ClientCheck};
 use super::token::{answer, failure, rate_limited, read_request};
 use super::AppState;
-use crate::config::Settings;
-use crate::keys::KeyState;
+use super::HttpError;
 use crate::oauth::revocation;
 use crate::oauth::token::{TokenAnswer, TokenRequest};
-use crate::storage::{DbConnection, StorageResult};
+use crate::storage::StorageError;
 use serde_json::Value;
 
 /// Which clients an endpoint serves.
@@ -50,41 +49,27 @@ struct Caller {
 }
 
 /// The shape both endpoints share: read the form, authenticate the caller, require
-/// `token`, and run `operation` on the blocking pool.
-async fn run<F>(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    body: web::Bytes,
+/// `token`. Returns the caller and the token, or the answer that refuses the request.
+async fn admit(
+    req: &HttpRequest,
+    state: &AppState,
+    body: &[u8],
     callers: Callers,
-    operation: F,
-) -> HttpResponse
-where
-    F: FnOnce(&mut DbConnection, &Settings, &KeyState, &Caller, &str) -> StorageResult<Value>
-        + Send
-        + 'static,
-{
-    let request = match read_request(&req, &body) {
-        Ok(request) => request,
-        Err(refusal) => return *refusal,
-    };
-    let ip = state.client_ip(&req);
-    let client_id = match authenticate(&state, &request, callers, ip.as_deref()).await {
-        Ok(client_id) => client_id,
-        Err(refusal) => return refusal,
-    };
+) -> Result<(Caller, String), HttpResponse> {
+    let request = read_request(req, body).map_err(|refusal| *refusal)?;
+    let ip = state.client_ip(req);
+    let client_id = authenticate(state, &request, callers, ip.as_deref()).await?;
     let Some(token) = request.param("token").map(str::to_owned) else {
-        return answer(TokenAnswer::error(
+        return Err(answer(TokenAnswer::error(
             400,
             "invalid_request",
             "token is required",
-        ));
+        )));
     };
-    let (settings, keys) = (state.settings.clone(), state.keys.current());
-    let caller = Caller { client_id, ip };
-    let result = super::run_blocking(&state.pool, move |conn| {
-        operation(conn, &settings, &keys, &caller, &token)
-    })
-    .await;
+    Ok((Caller { client_id, ip }, token))
+}
+
+fn respond(result: Result<Value, HttpError>) -> HttpResponse {
     match result {
         Ok(body) => answer(TokenAnswer { status: 200, body }),
         Err(e) => failure(e),
@@ -96,20 +81,20 @@ pub async fn revoke(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    run(
-        req,
-        state,
-        body,
-        Callers::AnyClient,
-        |conn, settings, keys, caller, token| {
-            let revoked = revocation::revoke(conn, settings, keys, &caller.client_id, token)?;
-            if let Some(event) = revoked {
-                event.ip(caller.ip.as_deref()).record();
-            }
-            Ok(serde_json::json!({}))
-        },
-    )
-    .await
+    let (caller, token) = match admit(&req, &state, &body, Callers::AnyClient).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let (settings, keys) = (state.settings.clone(), state.keys.current());
+    let result = super::run_blocking(&state.pool, move |conn| {
+        let revoked = revocation::revoke(conn, &settings, &keys, &caller.client_id, &token)?;
+        if let Some(event) = revoked {
+            event.ip(caller.ip.as_deref()).record();
+        }
+        Ok::<_, StorageError>(serde_json::json!({}))
+    })
+    .await;
+    respond(result)
 }
 
 pub async fn introspect(
@@ -117,14 +102,24 @@ pub async fn introspect(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    run(
-        req,
-        state,
-        body,
-        Callers::ConfidentialOnly,
-        |conn, settings, keys, caller, token| {
-            revocation::introspect(conn, settings, keys, &caller.client_id, token)
-        },
-    )
-    .await
+    let (caller, token) = match admit(&req, &state, &body, Callers::ConfidentialOnly).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    if !revocation::looks_like_jwt(&token) {
+        let settings = state.settings.clone();
+        let result = super::run_blocking(&state.pool, move |conn| {
+            revocation::introspect_refresh(conn, &settings, &caller.client_id, &token)
+        })
+        .await;
+        return respond(result);
+    }
+    // Checking the signature is CPU work without the database, so it runs here; only the
+    // revocation check goes to the blocking pool, joined with concurrent requests' checks.
+    let Some(claims) = revocation::verify_access(&state.settings, &state.keys.current(), &token)
+    else {
+        return respond(Ok(serde_json::json!({"active": false})));
+    };
+    let revoked = state.revocations.is_revoked(claims.jti.clone()).await;
+    respond(revoked.map(|revoked| revocation::introspect_access(claims, revoked)))
 }

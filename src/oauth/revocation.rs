@@ -18,15 +18,24 @@ enum Presented {
     Unknown,
 }
 
+/// A JWT has two dots; an opaque refresh token (base64url) has none.
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.contains('.')
+}
+
+/// The claims of one of our access tokens, checked against our published keys; no database.
+pub fn verify_access(settings: &Settings, keys: &KeyState, token: &str) -> Option<VerifiedClaims> {
+    keys.verifier.verify(token, &settings.issuer)
+}
+
 fn identify(
     conn: &mut DbConnection,
     settings: &Settings,
     keys: &KeyState,
     token: &str,
 ) -> StorageResult<Presented> {
-    // A JWT has two dots; an opaque refresh token (base64url) has none.
-    if token.contains('.') {
-        return Ok(match keys.verifier.verify(token, &settings.issuer) {
+    if looks_like_jwt(token) {
+        return Ok(match verify_access(settings, keys, token) {
             Some(claims) => Presented::Access(claims),
             None => Presented::Unknown,
         });
@@ -73,58 +82,58 @@ pub fn revoke(
     }
 }
 
-/// RFC 7662 2.2. Access tokens may be introspected by any confidential client (resource
-/// servers); a refresh token only by the client it was issued to.
-pub fn introspect(
+/// What RFC 7662 2.2 says of an access token: any confidential client (a resource server)
+/// may introspect it. `claims` have been verified; `revoked` is the database's word.
+pub fn introspect_access(claims: VerifiedClaims, revoked: bool) -> Value {
+    if revoked {
+        return inactive();
+    }
+    json!({
+        "active": true,
+        "scope": claims.scope,
+        "client_id": claims.client_id,
+        "sub": claims.sub,
+        "exp": claims.exp,
+        "iat": claims.iat,
+        "iss": claims.iss,
+        "aud": claims.aud,
+        "jti": claims.jti,
+        "token_type": "Bearer",
+    })
+}
+
+/// RFC 7662 2.2 for an opaque token: a refresh token is active only for the client it was
+/// issued to, and only while it may still be redeemed.
+pub fn introspect_refresh(
     conn: &mut DbConnection,
     settings: &Settings,
-    keys: &KeyState,
     client_id: &str,
     token: &str,
 ) -> StorageResult<Value> {
-    let inactive = json!({"active": false});
     let now = now_unix();
-    Ok(match identify(conn, settings, keys, token)? {
-        Presented::Access(claims) => {
-            let revoked = token_store::find_access(conn, &claims.jti)?
-                .is_some_and(|row| row.revoked_at.is_some());
-            if revoked {
-                inactive
-            } else {
-                json!({
-                    "active": true,
-                    "scope": claims.scope,
-                    "client_id": claims.client_id,
-                    "sub": claims.sub,
-                    "exp": claims.exp,
-                    "iat": claims.iat,
-                    "iss": claims.iss,
-                    "aud": claims.aud,
-                    "jti": claims.jti,
-                    "token_type": "Bearer",
-                })
-            }
-        }
-        Presented::Refresh(row, family) => {
-            let live = row.client_id == client_id
-                && row.rotated_at.is_none()
-                && family.revoked_at.is_none()
-                && row.idle_expires_at.min(family.expires_at) > now;
-            if live {
-                json!({
-                    "active": true,
-                    "scope": row.scope,
-                    "client_id": row.client_id,
-                    "sub": family.user_id.unwrap_or(family.client_id),
-                    "exp": row.idle_expires_at.min(family.expires_at),
-                    "iat": row.created_at,
-                    "iss": settings.issuer,
-                    "token_type": "refresh_token",
-                })
-            } else {
-                inactive
-            }
-        }
-        Presented::Unknown => inactive,
-    })
+    let Some(found) = token_store::find_refresh(conn, &digest_secret(token))? else {
+        return Ok(inactive());
+    };
+    let (row, family) = (found.token, found.family);
+    let live = row.client_id == client_id
+        && row.rotated_at.is_none()
+        && family.revoked_at.is_none()
+        && row.idle_expires_at.min(family.expires_at) > now;
+    if !live {
+        return Ok(inactive());
+    }
+    Ok(json!({
+        "active": true,
+        "scope": row.scope,
+        "client_id": row.client_id,
+        "sub": family.user_id.unwrap_or(family.client_id),
+        "exp": row.idle_expires_at.min(family.expires_at),
+        "iat": row.created_at,
+        "iss": settings.issuer,
+        "token_type": "refresh_token",
+    }))
+}
+
+fn inactive() -> Value {
+    json!({"active": false})
 }

@@ -168,6 +168,20 @@ pub fn find_access(conn: &mut DbConnection, jti: &str) -> StorageResult<Option<A
         .optional()?)
 }
 
+/// Which of `jtis` are recorded as revoked: one query for many introspections at once.
+pub fn revoked_among(
+    conn: &mut DbConnection,
+    jtis: &[&str],
+) -> StorageResult<std::collections::HashSet<String>> {
+    Ok(access_tokens::table
+        .filter(access_tokens::jti.eq_any(jtis))
+        .filter(access_tokens::revoked_at.is_not_null())
+        .select(access_tokens::jti)
+        .load::<String>(conn)?
+        .into_iter()
+        .collect())
+}
+
 /// A refresh token as presented: its row, its family, and whether the family's user may
 /// still sign in, read in one query (a refresh grant used to make three round trips).
 #[derive(Debug, Clone)]

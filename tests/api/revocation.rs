@@ -13,6 +13,7 @@ on_both_backends!(
     revoking_an_access_token_and_other_clients_tokens,
     forged_and_expired_tokens_are_inactive,
     only_the_right_clients_may_call,
+    concurrent_introspections_each_get_their_own_answer,
 );
 
 /// A resource server (the service client) asks about a token.
@@ -253,4 +254,56 @@ fn only_the_right_clients_may_call(db: TestDb) {
         impostor.status, 401,
         "a confidential client must authenticate"
     );
+}
+
+/// Introspections in flight together share one revocation query; each must still get the
+/// answer for its own token. Every third token is revoked: client-credentials tokens by
+/// their jti, and a refresh grant's access token through its family.
+fn concurrent_introspections_each_get_their_own_answer(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut tokens: Vec<(String, bool)> = (0..18)
+        .map(|i| {
+            let minted = app
+                .token(
+                    &[("grant_type", "client_credentials")],
+                    Some((SERVICE, SERVICE_SECRET)),
+                )
+                .json();
+            let token = minted["access_token"].as_str().unwrap().to_owned();
+            let revoked = i % 3 == 0;
+            if revoked {
+                assert_eq!(revoke(&app, &token, (SERVICE, SERVICE_SECRET)).status, 200);
+            }
+            (token, revoked)
+        })
+        .collect();
+    for revoked in [true, false] {
+        let grant = app.webapp_tokens("read");
+        if revoked {
+            let refresh = grant["refresh_token"].as_str().unwrap();
+            assert_eq!(revoke(&app, refresh, (WEBAPP, WEBAPP_SECRET)).status, 200);
+        }
+        tokens.push((grant["access_token"].as_str().unwrap().to_owned(), revoked));
+    }
+
+    let answers: Vec<Vec<bool>> = std::thread::scope(|s| {
+        let workers: Vec<_> = tokens
+            .iter()
+            .map(|(token, _)| {
+                let app = &app;
+                s.spawn(move || {
+                    (0..5)
+                        .map(|_| introspect(app, token)["active"] == true)
+                        .collect::<Vec<bool>>()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for ((_, revoked), answers) in tokens.iter().zip(&answers) {
+        assert!(
+            answers.iter().all(|active| active != revoked),
+            "revoked {revoked}, answers {answers:?}"
+        );
+    }
 }
