@@ -73,6 +73,9 @@ pub struct Measured {
     pub loadgen_cpu: f64,
     /// PostgreSQL's processes, when the backend is PostgreSQL (SQLite runs inside the server).
     pub database_cpu: f64,
+    /// The scenario's baseline (B1, B2 or B3), measured just before it so that both see the
+    /// machine in the same state; 0 for a scenario judged against none.
+    pub baseline: f64,
 }
 
 /// Everything one backend produced in one run.
@@ -107,8 +110,6 @@ fn main() {
         }
     }
 
-    let mut b1 = Vec::new();
-    let mut b3 = Vec::new();
     let mut results: Vec<BackendResult> = backends
         .iter()
         .map(|backend| BackendResult {
@@ -121,24 +122,9 @@ fn main() {
     let mut failures = Vec::new();
     for run in 0..options.runs {
         eprintln!("run {}/{}", run + 1, options.runs);
-        let baselines = options.only.is_none();
-        b1.push(if baselines {
-            scenarios::rsa_baseline(cores, options.duration())
-        } else {
-            0.0
-        });
-        b3.push(if baselines {
-            scenarios::argon2_baseline(cores, options.duration())
-        } else {
-            0.0
-        });
-        eprintln!(
-            "  B1 RS256 signatures/s: {:.0}   B3 argon2id verifications/s: {:.1}",
-            b1[run], b3[run]
-        );
         for result in &mut results {
             let backend = result.backend.clone();
-            match run_backend(&options, &backend, result, &mut failures) {
+            match run_backend(&options, cores, &backend, result, &mut failures) {
                 Ok(run_result) => result.runs.push(run_result),
                 Err(e) => failures.push(format!("{}: {e}", result.backend.name())),
             }
@@ -155,8 +141,8 @@ fn main() {
         }
         std::process::exit(1);
     }
-    let markdown = report::markdown(&options, cores, &b1, &b3, &results);
-    let svg = report::svg(&b1, &b3, &results);
+    let markdown = report::markdown(&options, cores, &results);
+    let svg = report::svg(&results);
     let dir = if options.smoke {
         std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-smoke")
     } else {
@@ -175,6 +161,7 @@ fn main() {
 
 fn run_backend(
     options: &Options,
+    cores: usize,
     backend: &Backend,
     result: &mut BackendResult,
     failures: &mut Vec<String>,
@@ -206,7 +193,37 @@ fn run_backend(
             continue;
         }
         let server = Server::start(&workspace, port)?;
-        let (outcome, measured) = measure(&server, |addr| {
+        // The machine's speed drifts by more than the margins judged here (B1 moved by 25%
+        // within minutes on a shared host), so each baseline is measured next to its scenario.
+        let baseline = match report::target(scenario).filter(|_| options.only.is_none()) {
+            None => 0.0,
+            Some((base, _)) => {
+                let value = match base {
+                    report::Baseline::B1 => scenarios::rsa_baseline(cores, options.duration()),
+                    report::Baseline::B3 => scenarios::argon2_baseline(cores, options.duration()),
+                    report::Baseline::B2 => {
+                        let (_, healthz) = measure(&server, |addr| {
+                            scenarios::closed_loop(
+                                addr,
+                                Scenario::Healthz,
+                                CONNECTIONS,
+                                options.warmup(),
+                                options.duration(),
+                            )
+                        });
+                        healthz.per_second
+                    }
+                };
+                eprintln!(
+                    "  {:<10} {} just before {}: {value:.1}/s",
+                    backend.name(),
+                    base.name(),
+                    scenario.name()
+                );
+                value
+            }
+        };
+        let (outcome, mut measured) = measure(&server, |addr| {
             scenarios::closed_loop(
                 addr,
                 scenario,
@@ -215,6 +232,7 @@ fn run_backend(
                 options.duration(),
             )
         });
+        measured.baseline = baseline;
         report_outcome(backend, scenario.name(), &outcome, &measured, failures);
         scenarios.push((scenario, measured));
     }
@@ -258,6 +276,7 @@ fn run_backend(
             server_cpu: 0.0,
             loadgen_cpu: 0.0,
             database_cpu: 0.0,
+            baseline: 0.0,
         },
         failures,
     );
@@ -325,6 +344,7 @@ fn measure(
         server_cpu: server_cpu / wall,
         loadgen_cpu: loadgen_cpu / wall,
         database_cpu: database_cpu / wall,
+        baseline: 0.0,
     };
     (outcome, measured)
 }

@@ -5,15 +5,15 @@ use std::fmt::Write as _;
 use crate::scenarios::Scenario;
 use crate::{Backend, BackendResult, Measured, Options, CONNECTIONS};
 
-#[derive(Clone, Copy)]
-enum Baseline {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
     B1,
     B2,
     B3,
 }
 
 impl Baseline {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Baseline::B1 => "B1",
             Baseline::B2 => "B2",
@@ -23,7 +23,7 @@ impl Baseline {
 }
 
 /// The baseline each scenario is judged against and the ratio it must reach (issue #6).
-fn target(scenario: Scenario) -> Option<(Baseline, f64)> {
+pub fn target(scenario: Scenario) -> Option<(Baseline, f64)> {
     match scenario {
         Scenario::Healthz | Scenario::Readyz => None,
         Scenario::Jwks | Scenario::Metadata => Some((Baseline::B2, 0.9)),
@@ -51,68 +51,41 @@ struct Row {
     ratio: Option<f64>,
 }
 
-fn rows(b1: &[f64], b3: &[f64], result: &BackendResult) -> Vec<Row> {
+fn rows(result: &BackendResult) -> Vec<Row> {
     Scenario::ALL
         .iter()
         .map(|&scenario| {
-            let mut per_run: Vec<(f64, Measured, Option<f64>)> = result
+            let mut per_run: Vec<Measured> = result
                 .runs
                 .iter()
-                .enumerate()
-                .filter_map(|(i, run)| {
-                    let measured = run
-                        .scenarios
+                .filter_map(|run| {
+                    run.scenarios
                         .iter()
-                        .find(|(s, _)| *s == scenario)?
-                        .1
-                        .clone();
-                    let b2 = run
-                        .scenarios
-                        .iter()
-                        .find(|(s, _)| *s == Scenario::Healthz)
-                        .map_or(0.0, |(_, m)| m.per_second);
-                    let ratio = target(scenario).map(|(base, _)| {
-                        let value = match base {
-                            Baseline::B1 => b1.get(i).copied().unwrap_or(0.0),
-                            Baseline::B2 => b2,
-                            Baseline::B3 => b3.get(i).copied().unwrap_or(0.0),
-                        };
-                        measured.per_second / value.max(f64::MIN_POSITIVE)
-                    });
-                    Some((measured.per_second, measured, ratio))
+                        .find(|(s, _)| *s == scenario)
+                        .map(|(_, m)| m.clone())
                 })
                 .collect();
-            per_run.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let mut ratios: Vec<f64> = per_run.iter().filter_map(|r| r.2).collect();
+            per_run.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+            // Each run's ratio is to the baseline measured next to it.
+            let mut ratios: Vec<f64> = per_run
+                .iter()
+                .filter(|m| target(scenario).is_some() && m.baseline > 0.0)
+                .map(|m| m.per_second / m.baseline)
+                .collect();
             let ratio = (!ratios.is_empty()).then(|| median(&mut ratios));
-            let measured = per_run
-                .get(per_run.len() / 2)
-                .map(|r| r.1.clone())
-                .unwrap_or(Measured {
-                    per_second: 0.0,
-                    p50_ms: 0.0,
-                    p99_ms: 0.0,
-                    peak_rss_mib: 0.0,
-                    server_cpu: 0.0,
-                    loadgen_cpu: 0.0,
-                    database_cpu: 0.0,
-                });
             let baseline = target(scenario).map(|(base, goal)| {
-                let mut values: Vec<f64> = match base {
-                    Baseline::B1 => b1.to_vec(),
-                    Baseline::B3 => b3.to_vec(),
-                    Baseline::B2 => result
-                        .runs
-                        .iter()
-                        .filter_map(|run| {
-                            run.scenarios
-                                .iter()
-                                .find(|(s, _)| *s == Scenario::Healthz)
-                                .map(|(_, m)| m.per_second)
-                        })
-                        .collect(),
-                };
+                let mut values: Vec<f64> = per_run.iter().map(|m| m.baseline).collect();
                 (base, median(&mut values), goal)
+            });
+            let measured = per_run.get(per_run.len() / 2).cloned().unwrap_or(Measured {
+                per_second: 0.0,
+                p50_ms: 0.0,
+                p99_ms: 0.0,
+                peak_rss_mib: 0.0,
+                server_cpu: 0.0,
+                loadgen_cpu: 0.0,
+                database_cpu: 0.0,
+                baseline: 0.0,
             });
             Row {
                 scenario,
@@ -182,36 +155,51 @@ fn versions() -> String {
     )
 }
 
-pub fn markdown(
-    options: &Options,
-    cores: usize,
-    b1: &[f64],
-    b3: &[f64],
-    results: &[BackendResult],
-) -> String {
+/// Every measurement of one baseline, in the order taken.
+fn baseline_values(results: &[BackendResult], wanted: Baseline) -> Vec<f64> {
+    results
+        .iter()
+        .flat_map(|result| &result.runs)
+        .flat_map(|run| &run.scenarios)
+        .filter(|(scenario, m)| {
+            target(*scenario).is_some_and(|(base, _)| base == wanted) && m.baseline > 0.0
+        })
+        .map(|(_, m)| m.baseline)
+        .collect()
+}
+
+pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> String {
     let mut out = String::new();
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
         out,
-        "Measured by `cargo bench --bench load` on {now}: {} run(s) of {:.1} s per scenario (after a {:.1} s warm-up), {CONNECTIONS} keep-alive connections, the load generator on the same machine.\n",
+        "Measured by `cargo bench --bench load` on {now}: {} run(s) of {:.1} s per scenario (after a {:.1} s warm-up), {CONNECTIONS} keep-alive connections, the load generator on the same machine. Each scenario's baseline is measured just before it, and its ratio is the median of the runs' ratios, each to its own baseline.\n",
         options.runs,
         options.seconds,
         options.warmup().as_secs_f64()
     );
     let _ = writeln!(out, "- Machine: {}", machine());
     let _ = writeln!(out, "- Versions: {}", versions());
-    let _ = writeln!(
-        out,
-        "- B1 raw RS256 signatures/s on {cores} cores (aws-lc-rs, RSA-2048): median {:.0} (runs: {})",
-        median(&mut b1.to_vec()),
-        b1.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ")
+    let (b1, b3) = (
+        baseline_values(results, Baseline::B1),
+        baseline_values(results, Baseline::B3),
     );
     let _ = writeln!(
         out,
-        "- B3 argon2id verifications/s on {cores} cores (m=19456 KiB, t=2, p=1): median {:.1} (runs: {})\n",
-        median(&mut b3.to_vec()),
-        b3.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", ")
+        "- B1 raw RS256 signatures/s on {cores} cores (aws-lc-rs, RSA-2048): median {:.0} (min {:.0}, max {:.0} over {} measurements)",
+        median(&mut b1.clone()),
+        b1.iter().copied().fold(f64::INFINITY, f64::min),
+        b1.iter().copied().fold(0.0, f64::max),
+        b1.len()
+    );
+    let _ = writeln!(
+        out,
+        "- B3 argon2id verifications/s on {cores} cores (m=19456 KiB, t=2, p=1): median {:.1} (min {:.1}, max {:.1} over {} measurements)\n",
+        median(&mut b3.clone()),
+        b3.iter().copied().fold(f64::INFINITY, f64::min),
+        b3.iter().copied().fold(0.0, f64::max),
+        b3.len()
     );
     let _ = writeln!(out, "![ratio to baseline per scenario](benchmarks.svg)\n");
     for result in results {
@@ -225,7 +213,7 @@ pub fn markdown(
             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"
         );
         let mut peak_rss: f64 = 0.0;
-        for row in rows(b1, b3, result) {
+        for row in rows(result) {
             let m = &row.measured;
             peak_rss = peak_rss.max(m.peak_rss_mib);
             let database_cpu = match result.backend {
@@ -319,17 +307,17 @@ pub fn markdown(
             median(&mut per_run(Scenario::Introspection, Scenario::Readyz));
         let _ = writeln!(
             out,
-            "- What a database read per request allows: /readyz, which does nothing but a hop to the blocking pool, a pooled connection and `SELECT 1`, reached {readyz_to_b2:.2} × B2. Introspection checks revocation in the database the same way and also verifies a signature and authenticates its caller; it reached {introspection_to_readyz:.2} × /readyz.\n"
+            "- What a database read per request allows: /readyz, which does nothing but a hop to the blocking pool, a pooled connection and `SELECT 1`, reached {readyz_to_b2:.2} × B2. Introspection also checks revocation in the database (concurrent checks share one query), and verifies a signature and authenticates its caller; it reached {introspection_to_readyz:.2} × /readyz.\n"
         );
     }
     out
 }
 
-pub fn svg(b1: &[f64], b3: &[f64], results: &[BackendResult]) -> String {
+pub fn svg(results: &[BackendResult]) -> String {
     let bars: Vec<(String, f64, f64)> = results
         .iter()
         .flat_map(|result| {
-            rows(b1, b3, result)
+            rows(result)
                 .into_iter()
                 .filter_map(|row| {
                     let (_, _, goal) = row.baseline?;
