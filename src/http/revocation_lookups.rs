@@ -4,7 +4,12 @@
 //! one task on the blocking pool answers everything queued with one query and repeats until
 //! the queue is empty. A lookup queued while a query runs waits for the next query, so every
 //! answer reflects the database as it was after its request arrived.
+//!
+//! One query runs at a time: a statement that hangs holds up every introspection, as a
+//! hung database would hold up each of them before. When the database is unreachable, every
+//! queued lookup fails at once instead of one batch per pool timeout.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
@@ -18,6 +23,9 @@ const MAX_BATCH: usize = 256;
 
 type Reply = oneshot::Sender<Result<bool, HttpError>>;
 
+/// Which of the given jtis are revoked.
+type Lookup = dyn Fn(&[&str]) -> Result<HashSet<String>, HttpError> + Send + Sync;
+
 #[derive(Default)]
 struct Queue {
     waiting: Vec<(String, Reply)>,
@@ -26,14 +34,22 @@ struct Queue {
 }
 
 pub struct RevocationLookups {
-    pool: Pool,
+    lookup: Box<Lookup>,
     queue: Mutex<Queue>,
 }
 
 impl RevocationLookups {
     pub fn new(pool: Pool) -> Arc<RevocationLookups> {
+        RevocationLookups::with_lookup(move |jtis| {
+            with_pooled_connection(&pool, |conn| tokens::revoked_among(conn, jtis))
+        })
+    }
+
+    fn with_lookup(
+        lookup: impl Fn(&[&str]) -> Result<HashSet<String>, HttpError> + Send + Sync + 'static,
+    ) -> Arc<RevocationLookups> {
         Arc::new(RevocationLookups {
-            pool,
+            lookup: Box::new(lookup),
             queue: Mutex::new(Queue::default()),
         })
     }
@@ -68,6 +84,8 @@ impl RevocationLookups {
         loop {
             let batch: Vec<(String, Reply)> = {
                 let mut queue = self.lock();
+                // Requests whose client went away need no query.
+                queue.waiting.retain(|(_, reply)| !reply.is_closed());
                 if queue.waiting.is_empty() {
                     queue.draining = false;
                     return;
@@ -76,12 +94,17 @@ impl RevocationLookups {
                 queue.waiting.drain(..take).collect()
             };
             let jtis: Vec<&str> = batch.iter().map(|(jti, _)| jti.as_str()).collect();
-            let revoked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                with_pooled_connection(&self.pool, |conn| tokens::revoked_among(conn, &jtis))
-            }))
-            .unwrap_or_else(|_| Err(HttpError::internal("revocation lookup panicked")));
-            for (jti, reply) in batch {
-                // A requester that went away (client disconnected) needs no answer.
+            let revoked =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.lookup)(&jtis)))
+                    .unwrap_or_else(|_| Err(HttpError::internal("revocation lookup panicked")));
+            let mut answered = batch;
+            if let Err(outage @ HttpError::Unavailable(_)) = &revoked {
+                // The next query would wait out the same pool timeout: fail them all now.
+                // An error is no stale answer, so this costs no consistency.
+                answered.append(&mut self.lock().waiting);
+                tracing::warn!(error = %outage, failed = answered.len(), "revocation lookups failed");
+            }
+            for (jti, reply) in answered {
                 let _ = reply.send(match &revoked {
                     Ok(set) => Ok(set.contains(&jti)),
                     Err(e) => Err(e.clone()),
@@ -214,5 +237,101 @@ mod tests {
         assert!(matches!(answer.try_recv(), Ok(Err(HttpError::Internal(_)))));
         let queue = lookups.lock();
         assert!(!queue.draining && queue.waiting.is_empty());
+    }
+
+    /// A lookup function that reports each call's batch, then waits for the test's word.
+    struct Scripted {
+        calls: std::sync::mpsc::Receiver<Vec<String>>,
+        proceed: std::sync::mpsc::Sender<Result<HashSet<String>, HttpError>>,
+        lookups: Arc<RevocationLookups>,
+    }
+
+    fn scripted() -> Scripted {
+        let (call_tx, calls) = std::sync::mpsc::channel();
+        let (proceed, answer_rx) = std::sync::mpsc::channel();
+        let (call_tx, answer_rx) = (Mutex::new(call_tx), Mutex::new(answer_rx));
+        let lookups = RevocationLookups::with_lookup(move |jtis| {
+            let batch = jtis.iter().map(|jti| jti.to_string()).collect();
+            call_tx.lock().unwrap().send(batch).unwrap();
+            answer_rx.lock().unwrap().recv().unwrap()
+        });
+        Scripted {
+            calls,
+            proceed,
+            lookups,
+        }
+    }
+
+    /// Waits, yielding to the runtime, until `done` holds.
+    async fn until(mut done: impl FnMut() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("waited 10 s");
+    }
+
+    #[actix_web::test]
+    async fn a_lookup_queued_while_a_query_runs_is_answered_by_a_later_query() {
+        let s = scripted();
+        let first = actix_web::rt::spawn({
+            let lookups = Arc::clone(&s.lookups);
+            async move { ask(&lookups, "a").await }
+        });
+        let mut first_batch = None;
+        until(|| {
+            first_batch = first_batch.take().or_else(|| s.calls.try_recv().ok());
+            first_batch.is_some()
+        })
+        .await;
+        // The first query has started; "b" arrives now, and is revoked in between.
+        let second = actix_web::rt::spawn({
+            let lookups = Arc::clone(&s.lookups);
+            async move { ask(&lookups, "b").await }
+        });
+        until(|| s.lookups.lock().waiting.len() == 1).await;
+        s.proceed.send(Ok(HashSet::new())).unwrap();
+        let mut second_batch = None;
+        until(|| {
+            second_batch = second_batch.take().or_else(|| s.calls.try_recv().ok());
+            second_batch.is_some()
+        })
+        .await;
+        s.proceed.send(Ok(HashSet::from(["b".to_owned()]))).unwrap();
+
+        assert_eq!(first_batch.unwrap(), ["a"]);
+        assert_eq!(second_batch.unwrap(), ["b"]);
+        assert!(!first.await.unwrap().unwrap());
+        assert!(second.await.unwrap().unwrap(), "b saw the revocation");
+    }
+
+    #[actix_web::test]
+    async fn an_unreachable_database_fails_every_queued_lookup_at_once() {
+        let s = scripted();
+        let asking = |jti: &'static str| {
+            let lookups = Arc::clone(&s.lookups);
+            actix_web::rt::spawn(async move { ask(&lookups, jti).await })
+        };
+        let first = asking("a");
+        let mut started = false;
+        until(|| {
+            started = started || s.calls.try_recv().is_ok();
+            started
+        })
+        .await;
+        let queued = [asking("b"), asking("c")];
+        until(|| s.lookups.lock().waiting.len() == 2).await;
+        s.proceed
+            .send(Err(HttpError::Unavailable("pool timed out".into())))
+            .unwrap();
+        for task in std::iter::once(first).chain(queued) {
+            assert!(matches!(
+                task.await.unwrap(),
+                Err(HttpError::Unavailable(_))
+            ));
+        }
+        assert!(s.calls.try_recv().is_err(), "no second query was made");
     }
 }

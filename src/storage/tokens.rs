@@ -173,6 +173,15 @@ pub fn revoked_among(
     conn: &mut DbConnection,
     jtis: &[&str],
 ) -> StorageResult<std::collections::HashSet<String>> {
+    // diesel never keeps an IN list prepared on SQLite; a lookup alone (the common batch)
+    // takes the prepared primary-key statement instead.
+    if let [jti] = jtis {
+        return Ok(find_access(conn, jti)?
+            .filter(|row| row.revoked_at.is_some())
+            .map(|row| row.jti)
+            .into_iter()
+            .collect());
+    }
     Ok(access_tokens::table
         .filter(access_tokens::jti.eq_any(jtis))
         .filter(access_tokens::revoked_at.is_not_null())
