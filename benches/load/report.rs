@@ -284,7 +284,7 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
         );
         let _ = writeln!(
             out,
-            "- Cost of /metrics under client_credentials (throughput lost with `server.metrics = true`, two fresh servers measured back to back): {overhead:.1} % (target < 5 %: {})",
+            "- Cost of /metrics under client_credentials (throughput lost with `server.metrics = true`, fresh servers measured with, without, without, with, back to back; median of the runs): {overhead:.1} % (target < 5 %: {})",
             verdict(overhead < 5.0)
         );
         let per_run = |scenario: Scenario, over: Scenario| -> Vec<f64> {
