@@ -613,6 +613,18 @@ fn consent_is_remembered_denied_or_skipped(db: TestDb) {
     let wider = browser.get(&app.authorize_url(&webapp_params(&p, "read write")));
     assert_eq!(wider.status, 200, "a wider scope asks again");
     assert!(wider.body.contains("write"));
+    // The consent is this client's only: another client with the same scope still asks.
+    let other = browser.get(&app.authorize_url(&[
+        ("response_type", "code"),
+        ("client_id", OTHER),
+        ("redirect_uri", "https://other.example.com/cb"),
+        ("scope", "read"),
+        ("state", "o"),
+        ("code_challenge", &p.challenge),
+        ("code_challenge_method", "S256"),
+    ]));
+    assert_eq!(other.status, 200, "{}", other.body);
+    assert!(other.body.contains("Another App"));
 
     // A skip_consent client never shows the page.
     let console = browser.get(&app.authorize_url(&[
