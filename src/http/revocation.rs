@@ -118,7 +118,7 @@ pub async fn introspect(
     // revocation check goes to the blocking pool, joined with concurrent requests' checks.
     let Some(claims) = revocation::verify_access(&state.settings, &state.keys.current(), &token)
     else {
-        return respond(Ok(serde_json::json!({"active": false})));
+        return respond(Ok(revocation::inactive()));
     };
     let revoked = state.revocations.is_revoked(claims.jti.clone()).await;
     respond(revoked.map(|revoked| revocation::introspect_access(claims, revoked)))

@@ -134,6 +134,7 @@ pub fn introspect_refresh(
     }))
 }
 
-fn inactive() -> Value {
+/// The whole answer for any token that is not active (RFC 7662 2.2).
+pub fn inactive() -> Value {
     json!({"active": false})
 }
