@@ -74,3 +74,44 @@ fn readiness_turns_503_when_the_database_is_gone() {
         "liveness does not depend on the database"
     );
 }
+
+/// SQLite's blocking work is CPU on a local file: the server keeps at most two blocking
+/// threads per core however many requests arrive at once (unbounded, the pool grew to
+/// 10-16 threads here, and to 32 under the benchmark).
+#[cfg(target_os = "linux")]
+#[test]
+fn sqlite_server_bounds_its_blocking_threads() {
+    let db = TestDb::create(Backend::Sqlite).expect("SQLite needs no server");
+    let config = write_config(&db, "gatehouse.toml", "");
+    let server = TestServer::start(&db, &config);
+    let url = server.url("/readyz");
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let callers: Vec<_> = (0..32)
+            .map(|_| {
+                let url = &url;
+                scope.spawn(move || (0..25).map(|_| get(url, &[]).status).collect::<Vec<_>>())
+            })
+            .collect();
+        callers
+            .into_iter()
+            .flat_map(|caller| caller.join().expect("caller"))
+            .collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Checkpoints, housekeeping and the key refresh run one task each on the main
+    // runtime's blocking pool, which the bound does not cover.
+    const BACKGROUND: usize = 3;
+    let blocking_threads = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .expect("the server's threads")
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim() == "tokio-rt-worker")
+        })
+        .count();
+    assert!(
+        blocking_threads >= 1 && blocking_threads <= 2 * cores.max(2) + BACKGROUND,
+        "{blocking_threads} blocking threads on {cores} cores"
+    );
+}

@@ -338,6 +338,11 @@ impl TestServer {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The address the server listens on, `IP:PORT`.
     pub fn addr(&self) -> &str {
         self.base_url.trim_start_matches("http://")
