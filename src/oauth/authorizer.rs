@@ -47,58 +47,82 @@ impl Authorizer for DbAuthorizer<'_> {
         Ok(code)
     }
 
+    /// Only reads: the code is marked redeemed in the transaction that records what it is
+    /// exchanged for (`DbIssuer::issue`), so a redemption costs one commit. A request that
+    /// fails after this (a wrong code_verifier, say) still spends the code: see
+    /// `spend_unused_code`.
     fn extract(&mut self, code: &str) -> Result<Option<Grant>, ()> {
         let ctx = self.ctx;
         // oxide-auth authenticates the client before it extracts the code.
         let client_id = ctx.notes.borrow().authenticated_client.clone().ok_or(())?;
-        let redemption =
-            code_store::redeem(&mut ctx.conn(), &digest_secret(code), &client_id, ctx.now)
-                .map_err(|e| ctx.fail(e))?;
-        match redemption {
-            Redemption::First(row) => {
-                let mut extensions = Extensions::new();
-                if let Some(challenge) = &row.code_challenge {
-                    extensions.set_raw(
-                        pkce::EXTENSION.to_owned(),
-                        Value::private(Some(challenge.clone())),
-                    );
-                }
-                let grant = Grant {
-                    owner_id: row.user_id.clone(),
-                    client_id: row.client_id.clone(),
-                    scope: super::scope::parse(&row.scope).ok_or(())?,
-                    redirect_uri: url::Url::parse(&row.redirect_uri).map_err(|_| ())?,
-                    until: Utc.timestamp_opt(row.expires_at, 0).single().ok_or(())?,
-                    extensions,
-                };
-                ctx.notes.borrow_mut().redeemed_code = Some(row);
-                Ok(Some(grant))
-            }
-            Redemption::Replay(row) => {
-                crate::metrics::global().code_replay_detected();
-                crate::audit::AuditEvent::new("code_replay_detected", "detected")
-                    .user(Some(&row.user_id))
-                    .client(Some(&row.client_id))
-                    .ip(ctx.client_ip.as_deref())
-                    .detail("an authorization code was presented again; the tokens issued from it are revoked")
-                    .record();
-                if let Some(family_id) = &row.family_id {
-                    token_store::revoke_family(&mut ctx.conn(), family_id, ctx.now)
+        let code_hash = digest_secret(code);
+        let found = code_store::find(&mut ctx.conn(), &code_hash).map_err(|e| ctx.fail(e))?;
+        let row = match found {
+            Some(row) if row.client_id == client_id && row.redeemed_at.is_none() => row,
+            // A replay, another client's code, or garbage: settled as they always were.
+            _ => {
+                let redemption =
+                    code_store::redeem(&mut ctx.conn(), &code_hash, &client_id, ctx.now)
                         .map_err(|e| ctx.fail(e))?;
-                }
-                ctx.notes.borrow_mut().invalid_grant =
-                    Some("the authorization code was already used");
-                Ok(None)
+                return settle_unredeemable(ctx, redemption);
             }
-            Redemption::OtherClient => {
-                ctx.notes.borrow_mut().invalid_grant =
-                    Some("the authorization code was issued to another client");
-                Ok(None)
-            }
-            Redemption::Unknown => {
-                ctx.notes.borrow_mut().invalid_grant = Some("the authorization code is invalid");
-                Ok(None)
-            }
+        };
+        let mut extensions = Extensions::new();
+        if let Some(challenge) = &row.code_challenge {
+            extensions.set_raw(
+                pkce::EXTENSION.to_owned(),
+                Value::private(Some(challenge.clone())),
+            );
         }
+        let grant = Grant {
+            owner_id: row.user_id.clone(),
+            client_id: row.client_id.clone(),
+            scope: super::scope::parse(&row.scope).ok_or(())?,
+            redirect_uri: url::Url::parse(&row.redirect_uri).map_err(|_| ())?,
+            until: Utc.timestamp_opt(row.expires_at, 0).single().ok_or(())?,
+            extensions,
+        };
+        ctx.notes.borrow_mut().redeemed_code = Some(row);
+        Ok(Some(grant))
     }
+}
+
+/// The answer for a code that cannot be exchanged; a replay revokes what the first
+/// redemption issued.
+pub(super) fn settle_unredeemable(
+    ctx: &FlowContext<'_>,
+    redemption: Redemption,
+) -> Result<Option<Grant>, ()> {
+    let description = match redemption {
+        Redemption::Replay(row) => {
+            crate::metrics::global().code_replay_detected();
+            crate::audit::AuditEvent::new("code_replay_detected", "detected")
+                .user(Some(&row.user_id))
+                .client(Some(&row.client_id))
+                .ip(ctx.client_ip.as_deref())
+                .detail("an authorization code was presented again; the tokens issued from it are revoked")
+                .record();
+            if let Some(family_id) = &row.family_id {
+                token_store::revoke_family(&mut ctx.conn(), family_id, ctx.now)
+                    .map_err(|e| ctx.fail(e))?;
+            }
+            "the authorization code was already used"
+        }
+        Redemption::OtherClient => "the authorization code was issued to another client",
+        // `First` cannot follow a read that found the code spent, foreign or missing (a spent
+        // code never becomes unspent); were it to, the code is spent now and this request
+        // carries no grant.
+        Redemption::Unknown | Redemption::First(_) => "the authorization code is invalid",
+    };
+    ctx.notes.borrow_mut().invalid_grant = Some(description);
+    Ok(None)
+}
+
+/// Spends a code whose request failed after `extract` (PKCE, redirect_uri, expiry), so that
+/// a code is good for one attempt, as when extract itself marked it redeemed.
+pub fn spend_unused_code(
+    ctx: &FlowContext<'_>,
+    code: &CodeRow,
+) -> Result<(), crate::storage::StorageError> {
+    code_store::redeem(&mut ctx.conn(), &code.code_hash, &code.client_id, ctx.now).map(|_| ())
 }

@@ -6,11 +6,13 @@ use oxide_auth::endpoint::Issuer;
 use oxide_auth::primitives::grant::Grant;
 use oxide_auth::primitives::issuer::{IssuedToken, RefreshedToken, TokenType};
 
+use super::authorizer::settle_unredeemable;
 use super::context::FlowContext;
 use super::tokens::{issue_for_user, rotate_refresh, MintError};
 use crate::config::GrantType;
 use crate::crypto::mac::digest_secret;
-use crate::storage::tokens::{self as token_store, FamilyRow};
+use crate::storage::codes as code_store;
+use crate::storage::tokens::{self as token_store, FamilyRow, FromCode};
 
 pub struct DbIssuer<'a> {
     pub ctx: &'a FlowContext<'a>,
@@ -20,22 +22,41 @@ impl Issuer for DbIssuer<'_> {
     fn issue(&mut self, grant: Grant) -> Result<IssuedToken, ()> {
         let ctx = self.ctx;
         let client = ctx.client(&grant.client_id)?.ok_or(())?;
-        let code_hash = ctx
+        // Taken, not read: once the issue is tried the code is spent (by this request, or
+        // by the one that beat it), and nothing is left for `spend_unused_code` to do.
+        let code = ctx
             .notes
-            .borrow()
+            .borrow_mut()
             .redeemed_code
-            .as_ref()
-            .map(|c| c.code_hash.clone());
+            .take()
+            .map(|c| (c.code_hash, c.client_id));
+        let from_code = code.as_ref().map(|(code_hash, client_id)| FromCode {
+            code_hash,
+            client_id,
+        });
         let scope = super::scope::to_string(&grant.scope);
-        let minted = issue_for_user(
+        let minted = match issue_for_user(
             ctx,
             &client,
             &grant.owner_id,
             &scope,
             ctx.grant_type,
-            code_hash.as_deref(),
-        )
-        .map_err(|e| self.mint_failed(e))?;
+            from_code,
+        ) {
+            Ok(minted) => minted,
+            Err(MintError::CodeAlreadyRedeemed) => {
+                // Another presentation of the code was redeemed first: this one is a replay.
+                let (code_hash, client_id) = code.as_ref().ok_or(())?;
+                let redemption = code_store::redeem(&mut ctx.conn(), code_hash, client_id, ctx.now)
+                    .map_err(|e| ctx.fail(e))?;
+                settle_unredeemable(ctx, redemption)?;
+                return Err(());
+            }
+            Err(e) => {
+                self.mint_failed(e);
+                return Err(());
+            }
+        };
         Ok(IssuedToken {
             token: minted.access_token,
             refresh: minted.refresh_token,
@@ -177,6 +198,8 @@ impl DbIssuer<'_> {
         match error {
             MintError::Storage(e) => self.ctx.fail(e),
             MintError::Key(e) => tracing::error!(error = %e, "cannot sign an access token"),
+            // Only a code exchange can meet it, and `issue` answers it as a replay.
+            MintError::CodeAlreadyRedeemed => {}
         }
     }
 }

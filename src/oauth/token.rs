@@ -10,7 +10,7 @@ use oxide_auth_actix::{OAuthResponse, WebError};
 use serde_json::{json, Map, Value};
 
 use super::client::{Client, ClientRegistry};
-use super::context::FlowContext;
+use super::context::{FlowContext, Notes};
 use super::endpoint::GatehouseEndpoint;
 use super::issuer::DbIssuer;
 use super::registrar::DbRegistrar;
@@ -440,7 +440,7 @@ pub fn client_credentials(
     let minted = match super::tokens::issue_for_client(settings, keys, client, &scope) {
         Ok(minted) => minted,
         Err(super::tokens::MintError::Storage(e)) => return Err(e),
-        Err(super::tokens::MintError::Key(e)) => return Err(StorageError::Corrupt(e.to_string())),
+        Err(e) => return Err(StorageError::Corrupt(e.to_string())),
     };
     Ok(TokenAnswer {
         status: 200,
@@ -458,7 +458,20 @@ fn finish(
     ctx: &FlowContext<'_>,
     result: Result<OAuthResponse, WebError>,
 ) -> Result<TokenAnswer, StorageError> {
-    let notes = ctx.take_notes();
+    let mut notes = ctx.take_notes();
+    let unused_code = notes.redeemed_code.take();
+    let answer = answer_of(ctx, result, notes)?;
+    if let Some(code) = unused_code.filter(|_| answer.status != 200) {
+        super::authorizer::spend_unused_code(ctx, &code)?;
+    }
+    Ok(answer)
+}
+
+fn answer_of(
+    ctx: &FlowContext<'_>,
+    result: Result<OAuthResponse, WebError>,
+    notes: Notes,
+) -> Result<TokenAnswer, StorageError> {
     if let Some(failure) = notes.failure {
         return Err(failure);
     }

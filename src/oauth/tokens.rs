@@ -8,7 +8,7 @@ use super::context::FlowContext;
 use crate::config::{GrantType, Settings};
 use crate::crypto::{mac::digest_secret, random};
 use crate::keys::KeyState;
-use crate::storage::tokens::{self as token_store, AccessRow, FamilyRow, RefreshRow};
+use crate::storage::tokens::{self as token_store, AccessRow, FamilyRow, FromCode, RefreshRow};
 use crate::storage::StorageError;
 
 /// RFC 9068 section 2.2.
@@ -36,6 +36,9 @@ pub enum MintError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
+    /// Another redemption of the code came first; nothing was recorded.
+    #[error("the authorization code was redeemed by another request")]
+    CodeAlreadyRedeemed,
 }
 
 /// A signed access token and the row that lets a family revocation reach it.
@@ -114,14 +117,15 @@ fn new_refresh(ctx: &FlowContext<'_>, family: &FamilyRow, scope: &str) -> (Strin
 }
 
 /// Issues an access token (and a refresh token when the client may refresh) for a user's
-/// grant, recorded as a new family. `code_hash` links the family to the redeemed code.
+/// grant, recorded as a new family. With `from_code`, the code is redeemed in the same
+/// transaction; the signature is made first, so that no write waits for it.
 pub fn issue_for_user(
     ctx: &FlowContext<'_>,
     client: &Client,
     user_id: &str,
     scope: &str,
     grant_type: GrantType,
-    code_hash: Option<&str>,
+    from_code: Option<FromCode<'_>>,
 ) -> Result<Minted, MintError> {
     let now = ctx.now;
     let family = FamilyRow {
@@ -138,17 +142,16 @@ pub fn issue_for_user(
     let refresh = client
         .allows(GrantType::RefreshToken)
         .then(|| new_refresh(ctx, &family, scope));
-    // When the code was replayed while we were issuing, the family is recorded revoked
-    // (the replay could not see it). This redemption still won the race and gets its
-    // answer, exactly as if the replay had come a moment later; its tokens are dead
-    // (refresh at once, the access token at introspection and expiry).
-    token_store::create_family(
+    let recorded = token_store::create_family(
         &mut ctx.conn(),
         &family,
         refresh.as_ref().map(|(_, row)| row),
         &access.row,
-        code_hash,
+        from_code,
     )?;
+    if !recorded {
+        return Err(MintError::CodeAlreadyRedeemed);
+    }
     Ok(Minted {
         access_token: access.token,
         expires_at: access.expires_at,

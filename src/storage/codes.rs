@@ -101,20 +101,22 @@ pub fn redeem(
     })
 }
 
-/// Records the family a redemption created. Returns false when a replay was detected first:
-/// the caller must then revoke the family, because the replay could not.
-pub fn link_family(
+/// Inside a write: marks the code redeemed for `family_id` if it is still unredeemed and
+/// `client_id`'s. Returns whether it did.
+pub(super) fn redeem_into(
     conn: &mut DbConnection,
     code_hash: &str,
+    client_id: &str,
+    now: i64,
     family_id: &str,
 ) -> StorageResult<bool> {
-    let statement = super::prepared::LinkFamily {
+    let statement = super::prepared::RedeemInto {
         code_hash,
+        client_id,
+        now,
         family_id,
     };
-    super::write(conn, |conn| {
-        Ok(super::prepared::execute(conn, statement)? == 1)
-    })
+    Ok(super::prepared::execute(conn, statement)? == 1)
 }
 
 /// Looks a code up without redeeming it.

@@ -95,22 +95,45 @@ impl QueryFragment<Pg> for RotateRefresh<'_> {
 }
 
 /// Inserts a new family with its access token and, when the client may refresh, its first
-/// refresh token; with a code, links the family to it unless a replay of the code was
-/// detected first. Returns how many codes were linked (1, or 0 after a replay, or 0 when no
-/// code was given).
+/// refresh token. With a code, the same statement marks the code redeemed and links it to
+/// the family, and inserts nothing unless it was this statement that redeemed it: of two
+/// concurrent redemptions the second waits for the first's row lock, re-checks
+/// `redeemed_at IS NULL` against the committed row and finds it set. Returns how many codes
+/// this statement redeemed (1, or 0 when another redemption came first or no code was given).
 pub struct CreateFamily<'a> {
     pub family: &'a FamilyRow,
     pub refresh: Option<&'a RefreshRow>,
     pub access: &'a AccessRow,
-    pub from_code: Option<&'a str>,
+    /// The code's digest and the client that presented it.
+    pub code_hash: Option<&'a str>,
+    pub code_client: Option<&'a str>,
 }
 
 impl QueryFragment<Pg> for CreateFamily<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let family = self.family;
+        // The statement's text must not depend on the values, or it could not be prepared
+        // once: a missing code or refresh token is a bind that a WHERE clause tests.
+        let flag = |set: bool| -> &'static bool {
+            if set {
+                &true
+            } else {
+                &false
+            }
+        };
+        out.push_sql("WITH redeemed AS (UPDATE authorization_codes SET redeemed_at = ");
+        out.push_bind_param::<BigInt, _>(&family.created_at)?;
+        out.push_sql(", family_id = ");
+        out.push_bind_param::<Text, _>(&family.id)?;
+        out.push_sql(" WHERE code_hash = ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.code_hash)?;
+        out.push_sql(" AND client_id = ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.code_client)?;
+        out.push_sql(" AND redeemed_at IS NULL RETURNING 1), proceed AS (SELECT 1 WHERE NOT ");
+        out.push_bind_param::<Bool, _>(flag(self.code_hash.is_some()))?;
         out.push_sql(
-            "WITH family AS (INSERT INTO token_families \
-             (id, client_id, user_id, grant_type, scope, created_at, expires_at) VALUES (",
+            " OR EXISTS (SELECT 1 FROM redeemed)), family AS (INSERT INTO token_families \
+             (id, client_id, user_id, grant_type, scope, created_at, expires_at) SELECT ",
         );
         push_binds!(out;
             Text => &family.id,
@@ -121,30 +144,19 @@ impl QueryFragment<Pg> for CreateFamily<'_> {
             BigInt => &family.created_at,
             BigInt => &family.expires_at,
         );
-        // The statement's text must not depend on the values, or it could not be prepared
-        // once: a missing refresh token is a row the WHERE clause leaves out.
         out.push_sql(
-            ")), refresh AS (INSERT INTO refresh_tokens \
+            " FROM proceed), refresh AS (INSERT INTO refresh_tokens \
              (token_hash, family_id, client_id, scope, created_at, idle_expires_at) SELECT ",
         );
         push_refresh_values(&mut out, self.refresh.unwrap_or(&NO_REFRESH))?;
-        out.push_sql(" WHERE ");
-        let has_refresh: &'static bool = if self.refresh.is_some() {
-            &true
-        } else {
-            &false
-        };
-        out.push_bind_param::<Bool, _>(has_refresh)?;
+        out.push_sql(" FROM proceed WHERE ");
+        out.push_bind_param::<Bool, _>(flag(self.refresh.is_some()))?;
         out.push_sql(
             "), access AS (INSERT INTO access_tokens (jti, family_id, client_id, expires_at) \
              SELECT ",
         );
         push_access_values(&mut out, self.access)?;
-        out.push_sql("), linked AS (UPDATE authorization_codes SET family_id = ");
-        out.push_bind_param::<Text, _>(&family.id)?;
-        out.push_sql(" WHERE code_hash = ");
-        out.push_bind_param::<Nullable<Text>, _>(&self.from_code)?;
-        out.push_sql(" AND replayed_at IS NULL RETURNING 1) SELECT count(*) FROM linked");
+        out.push_sql(" FROM proceed) SELECT count(*) FROM redeemed");
         Ok(())
     }
 }
@@ -249,21 +261,27 @@ on_both_backends!(
     }
 );
 
-/// Links a redeemed code to the family its redemption created, unless a replay of the code
-/// was detected first.
-pub struct LinkFamily<'a> {
+/// Marks a code redeemed for the family its redemption created, if it is still unredeemed
+/// and the client's (SQLite; PostgreSQL does this inside `CreateFamily`).
+pub struct RedeemInto<'a> {
     pub code_hash: &'a str,
+    pub client_id: &'a str,
+    pub now: i64,
     pub family_id: &'a str,
 }
 
 on_both_backends!(
-    LinkFamily | statement,
+    RedeemInto | statement,
     out | {
-        out.push_sql("UPDATE authorization_codes SET family_id = ");
+        out.push_sql("UPDATE authorization_codes SET redeemed_at = ");
+        out.push_bind_param::<BigInt, _>(&statement.now)?;
+        out.push_sql(", family_id = ");
         out.push_bind_param::<Text, _>(statement.family_id)?;
         out.push_sql(" WHERE code_hash = ");
         out.push_bind_param::<Text, _>(statement.code_hash)?;
-        out.push_sql(" AND replayed_at IS NULL");
+        out.push_sql(" AND client_id = ");
+        out.push_bind_param::<Text, _>(statement.client_id)?;
+        out.push_sql(" AND redeemed_at IS NULL");
         Ok(())
     }
 );
@@ -337,7 +355,7 @@ prepared_once!(
     CreateFamily -> BigInt,
     InsertCode,
     RedeemCode -> super::schema::authorization_codes::SqlType,
-    LinkFamily,
+    RedeemInto,
     LockLiveFamily,
     MarkRotated
 );

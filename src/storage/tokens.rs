@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 
 use super::schema::{access_tokens, refresh_tokens, token_families, users};
-use super::{DbConnection, StorageResult};
+use super::{DbConnection, StorageError, StorageResult};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = token_families)]
@@ -42,32 +42,36 @@ pub struct AccessRow {
     pub revoked_at: Option<i64>,
 }
 
-/// Records a new family with its first tokens, atomically. With `from_code`, the family is
-/// linked to the code that was redeemed for it in the same transaction (one commit, not
-/// two); when a replay of that code was detected first, the replay could not see this
-/// family, so it is recorded revoked, and `false` is returned.
+/// The authorization code a family is issued for, and the client that presented it.
+#[derive(Debug, Clone, Copy)]
+pub struct FromCode<'a> {
+    pub code_hash: &'a str,
+    pub client_id: &'a str,
+}
+
+/// Records a new family with its first tokens, atomically. With `from_code`, the same
+/// transaction marks that code redeemed and links it to the family: one commit per
+/// redemption. Returns false, writing nothing, when the code had been redeemed already (a
+/// concurrent redemption came first): the caller must treat the request as a replay.
 pub fn create_family(
     conn: &mut DbConnection,
     family: &FamilyRow,
     refresh: Option<&RefreshRow>,
     access: &AccessRow,
-    from_code: Option<&str>,
+    from_code: Option<FromCode<'_>>,
 ) -> StorageResult<bool> {
     if let DbConnection::Postgresql(pg) = conn {
         let statement = super::prepared::CreateFamily {
             family,
             refresh,
             access,
-            from_code,
+            code_hash: from_code.map(|c| c.code_hash),
+            code_client: from_code.map(|c| c.client_id),
         };
-        let linked: i64 = statement.get_result(pg)?;
-        if from_code.is_some() && linked == 0 {
-            revoke_family(conn, &family.id, family.created_at)?;
-            return Ok(false);
-        }
-        return Ok(true);
+        let redeemed: i64 = statement.get_result(pg)?;
+        return Ok(from_code.is_none() || redeemed == 1);
     }
-    super::write_transaction(conn, |conn| {
+    let recorded = super::write_transaction(conn, |conn| {
         diesel::insert_into(token_families::table)
             .values(family)
             .execute(conn)?;
@@ -80,13 +84,26 @@ pub fn create_family(
             .values(access)
             .execute(conn)?;
         match from_code {
-            Some(code_hash) if !super::codes::link_family(conn, code_hash, &family.id)? => {
-                revoke_family_rows(conn, &family.id, family.created_at)?;
-                Ok(false)
+            Some(code)
+                if !super::codes::redeem_into(
+                    conn,
+                    code.code_hash,
+                    code.client_id,
+                    family.created_at,
+                    &family.id,
+                )? =>
+            {
+                // Another redemption came first: none of this may stay.
+                Err(diesel::result::Error::RollbackTransaction.into())
             }
-            _ => Ok(true),
+            _ => Ok(()),
         }
-    })
+    });
+    match recorded {
+        Ok(()) => Ok(true),
+        Err(StorageError::Query(diesel::result::Error::RollbackTransaction)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Marks `old_hash` rotated and records its successor and the new access token, atomically.

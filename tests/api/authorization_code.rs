@@ -369,6 +369,14 @@ fn token_endpoint_pkce_failures_are_invalid_grant(db: TestDb) {
     let wrong = redeem(&app, &code, &pkce().verifier);
     assert_eq!(wrong.status, 400);
     assert_eq!(wrong.json()["error"], "invalid_grant");
+    // A code is good for one attempt: the right verifier after a wrong one is too late.
+    let retry = redeem(&app, &code, &p.verifier);
+    assert_eq!(retry.json()["error"], "invalid_grant", "{}", retry.body);
+    let live: i64 = token_families::table
+        .count()
+        .get_result(&mut app.db.connect())
+        .unwrap();
+    assert_eq!(live, 0, "nothing was issued for the code");
 
     let code = code_for_webapp(&app, &mut browser, &p);
     let missing = app.token(
