@@ -80,17 +80,37 @@ impl HashPool {
             return Some(work(&mut Vec::new()));
         }
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        let job: Job = Box::new(move |memory| {
+        self.enqueue(Box::new(move |memory| {
             let _ = sender.send(work(memory));
-        });
+        }));
+        // A job that panicked dropped its sender: the caller hears of a failure, not a hang.
+        receiver.recv().ok()
+    }
+
+    /// `run` for async callers: the job is queued and awaited, so the caller holds no
+    /// thread while its hash waits for a core. Without any hash thread it fails (`None`):
+    /// an async worker must never hash.
+    async fn run_async<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
+    ) -> Option<T> {
+        if self.threads == 0 {
+            return None;
+        }
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.enqueue(Box::new(move |memory| {
+            let _ = sender.send(work(memory));
+        }));
+        receiver.await.ok()
+    }
+
+    fn enqueue(&self, job: Job) {
         self.shared
             .queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back(job);
         self.shared.queued_or_freed.notify_one();
-        // A job that panicked dropped its sender: the caller hears of a failure, not a hang.
-        receiver.recv().ok()
     }
 }
 
@@ -157,11 +177,35 @@ pub fn verify(secret: &str, phc: &str) -> bool {
     }
     let (secret, phc) = (secret.to_owned(), phc.to_owned());
     HashPool::global()
-        .run(move |memory| {
-            PasswordHash::new(&phc)
-                .is_ok_and(|parsed| verify_parsed(secret.as_bytes(), &parsed, memory))
-        })
+        .run(move |memory| verify_phc(&secret, &phc, memory))
         .unwrap_or(false)
+}
+
+/// `verify` for the HTTP handlers: awaited on the async worker, which neither hashes nor
+/// lends a blocking-pool thread to wait for the hash (a burst of logins would otherwise
+/// occupy every blocking thread, and every database request would queue behind the hashes).
+pub async fn verify_async(secret: &str, phc: &str) -> bool {
+    if PasswordHash::new(phc).is_err() {
+        return false;
+    }
+    let (secret, phc) = (secret.to_owned(), phc.to_owned());
+    HashPool::global()
+        .run_async(move |memory| verify_phc(&secret, &phc, memory))
+        .await
+        .unwrap_or(false)
+}
+
+/// `verify_dummy` for the HTTP handlers (see `verify_async`).
+pub async fn verify_dummy_async(secret: &str) -> bool {
+    let secret = secret.to_owned();
+    let _ = HashPool::global()
+        .run_async(move |memory| verify_phc(&secret, dummy_phc(), memory))
+        .await;
+    false
+}
+
+fn verify_phc(secret: &str, phc: &str, memory: &mut Vec<Block>) -> bool {
+    PasswordHash::new(phc).is_ok_and(|parsed| verify_parsed(secret.as_bytes(), &parsed, memory))
 }
 
 /// `PasswordVerifier::verify_password`, but in the hash thread's working memory, which is
@@ -201,10 +245,14 @@ fn verify_parsed(secret: &[u8], hash: &PasswordHash<'_>, memory: &mut Vec<Block>
 /// Spends the same time as verifying against a real hash and always fails: used when there is
 /// no such user or client, so that the answer's timing does not say which.
 pub fn verify_dummy(secret: &str) -> bool {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    let phc = DUMMY.get_or_init(|| hash_unbounded("gatehouse dummy password"));
-    let _ = verify(secret, phc);
+    let _ = verify(secret, dummy_phc());
     false
+}
+
+/// Made on first use, by whichever thread needs it first (a hash thread, for the handlers).
+fn dummy_phc() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| hash_unbounded("gatehouse dummy password"))
 }
 
 pub fn is_argon2id_phc(phc: &str) -> bool {

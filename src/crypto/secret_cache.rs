@@ -77,17 +77,17 @@ impl SecretCache {
 
     /// Verifies `secret` against `phc`: from the cache when it was verified before, else
     /// with argon2 (and remembered when right). `None` for `phc` costs a dummy verification.
-    pub fn verify(&self, client_id: &str, secret: &str, phc: Option<&str>) -> bool {
+    pub async fn verify(&self, client_id: &str, secret: &str, phc: Option<&str>) -> bool {
         match phc {
             Some(phc) if self.recognises(client_id, secret, phc) => true,
             Some(phc) => {
-                let ok = super::password::verify(secret, phc);
+                let ok = super::password::verify_async(secret, phc).await;
                 if ok {
                     self.remember(client_id, secret, phc);
                 }
                 ok
             }
-            None => super::password::verify_dummy(secret),
+            None => super::password::verify_dummy_async(secret).await,
         }
     }
 }
@@ -98,16 +98,20 @@ mod tests {
 
     #[test]
     fn only_the_verified_secret_for_the_same_hash_is_recognised() {
+        actix_web::rt::System::new().block_on(verified_secrets_are_recognised());
+    }
+
+    async fn verified_secrets_are_recognised() {
         let cache = SecretCache::new();
         let phc = super::super::password::hash("the right secret");
         assert!(
             !cache.recognises("c", "the right secret", &phc),
             "nothing before a verification"
         );
-        assert!(cache.verify("c", "the right secret", Some(&phc)));
+        assert!(cache.verify("c", "the right secret", Some(&phc)).await);
         assert!(cache.recognises("c", "the right secret", &phc));
         assert!(!cache.recognises("c", "the wrong secret", &phc));
-        assert!(!cache.verify("c", "the wrong secret", Some(&phc)));
+        assert!(!cache.verify("c", "the wrong secret", Some(&phc)).await);
         assert!(
             !cache.recognises("other", "the right secret", &phc),
             "per client"

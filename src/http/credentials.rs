@@ -1,8 +1,6 @@
 //! Checking passwords and client secrets for the HTTP handlers: the row is read with a
-//! pooled connection, then argon2 runs on the blocking pool with no connection held, so
-//! requests queued for a hash cannot starve the pool.
-
-use actix_web::web;
+//! pooled connection, then argon2 runs on the hash threads with no connection and no
+//! blocking-pool thread held, so requests queued for a hash starve neither.
 
 use super::{AppState, HttpError};
 use crate::crypto::password;
@@ -52,14 +50,10 @@ pub async fn check_password(
         Verdict::Allowed(pending) => pending,
         Verdict::Limited { retry_after } => return Ok(PasswordCheck::Limited { retry_after }),
     };
-    let hash = user.as_ref().map(|u| u.password_hash.clone());
-    let secret = secret.to_owned();
-    let verified = web::block(move || match hash {
-        Some(hash) => password::verify(&secret, &hash),
-        None => password::verify_dummy(&secret),
-    })
-    .await
-    .map_err(|e| HttpError::internal(format!("blocking task failed: {e}")))?;
+    let verified = match &user {
+        Some(user) => password::verify_async(secret, &user.password_hash).await,
+        None => password::verify_dummy_async(secret).await,
+    };
     match user {
         Some(user) if verified && !user.disabled => {
             super::run_blocking(&state.pool, move |conn| ratelimit::succeeded(conn, pending))
@@ -101,11 +95,10 @@ pub async fn check_client_secret(
             if let Err(retry_after) = state.client_rate.check(Caller::Unauthenticated { ip }) {
                 return Ok(ClientCheck::Limited { retry_after });
             }
-            let cache = state.secret_cache.clone();
-            let (id, secret) = (client_id.to_owned(), secret.to_owned());
-            web::block(move || cache.verify(&id, &secret, hash.as_deref()))
+            state
+                .secret_cache
+                .verify(client_id, secret, hash.as_deref())
                 .await
-                .map_err(|e| HttpError::internal(format!("blocking task failed: {e}")))?
         }
     };
     let Some(client) = client.filter(|_| verified) else {

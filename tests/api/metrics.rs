@@ -7,7 +7,7 @@ use crate::support::*;
 on_both_backends!(metrics_count_what_happened);
 
 /// The value of the sample named exactly `series` (name and labels as printed).
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())

@@ -100,3 +100,49 @@ fn failures_look_alike_and_are_refused(db: TestDb) {
     );
     assert_eq!(wider.json()["error"], "invalid_scope");
 }
+
+/// A burst of logins waits at the hash threads (one per core), not in the blocking pool: on
+/// SQLite, which bounds that pool to two threads per core, more hashes queue than there are
+/// blocking threads, and database requests still get a thread meanwhile. When each waiting
+/// login held a blocking thread, the queue could not grow past the pool's bound and every
+/// database request waited behind the hashes.
+#[test]
+fn a_burst_of_logins_does_not_hold_the_blocking_pool() {
+    let db = TestDb::create(Backend::Sqlite).expect("SQLite needs no server");
+    // Attempts in flight count against the failure budgets until they succeed.
+    let app = OAuthServer::start_configured(
+        db,
+        "",
+        "[limits]\nfailures_per_username = 1000\nfailures_per_ip = 1000\n",
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let blocking_threads = 2 * cores.max(2);
+    let queued = || {
+        let text = get(&app.server.url("/metrics"), &[]).body;
+        crate::metrics::sample(&text, "gatehouse_password_hashes_queued").unwrap_or(0.0)
+    };
+    // The client's secret is verified once and then recognised: only passwords hash below.
+    let first = password_grant(&app, USERNAME, PASSWORD, (LEGACY, LEGACY_SECRET));
+    assert_eq!(first.status, 200, "{}", first.body);
+    std::thread::scope(|scope| {
+        let logins: Vec<_> = (0..16 * blocking_threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    password_grant(&app, USERNAME, PASSWORD, (LEGACY, LEGACY_SECRET)).status
+                })
+            })
+            .collect();
+        let backlog = eventually(std::time::Duration::from_secs(60), || {
+            let waiting = queued();
+            (waiting > blocking_threads as f64).then_some(waiting)
+        });
+        let ready = get(&app.server.url("/readyz"), &[]);
+        let statuses: Vec<u16> = logins.into_iter().map(|l| l.join().unwrap()).collect();
+        assert!(
+            backlog.is_some(),
+            "no more than {blocking_threads} hashes ever waited at once"
+        );
+        assert_eq!(ready.status, 200);
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    });
+}
