@@ -11,6 +11,7 @@ use super::pkce;
 use crate::crypto::{mac::digest_secret, random};
 use crate::storage::codes::{self as code_store, CodeRow, Redemption};
 use crate::storage::tokens as token_store;
+use crate::storage::StorageError;
 
 pub struct DbAuthorizer<'a> {
     pub ctx: &'a FlowContext<'a>,
@@ -95,17 +96,7 @@ pub(super) fn settle_unredeemable(
 ) -> Result<Option<Grant>, ()> {
     let description = match redemption {
         Redemption::Replay(row) => {
-            crate::metrics::global().code_replay_detected();
-            crate::audit::AuditEvent::new("code_replay_detected", "detected")
-                .user(Some(&row.user_id))
-                .client(Some(&row.client_id))
-                .ip(ctx.client_ip.as_deref())
-                .detail("an authorization code was presented again; the tokens issued from it are revoked")
-                .record();
-            if let Some(family_id) = &row.family_id {
-                token_store::revoke_family(&mut ctx.conn(), family_id, ctx.now)
-                    .map_err(|e| ctx.fail(e))?;
-            }
+            revoke_replayed(ctx, &row).map_err(|e| ctx.fail(e))?;
             "the authorization code was already used"
         }
         Redemption::OtherClient => "the authorization code was issued to another client",
@@ -118,11 +109,30 @@ pub(super) fn settle_unredeemable(
     Ok(None)
 }
 
-/// Spends a code whose request failed after `extract` (PKCE, redirect_uri, expiry), so that
-/// a code is good for one attempt, as when extract itself marked it redeemed.
-pub fn spend_unused_code(
-    ctx: &FlowContext<'_>,
-    code: &CodeRow,
-) -> Result<(), crate::storage::StorageError> {
-    code_store::redeem(&mut ctx.conn(), &code.code_hash, &code.client_id, ctx.now).map(|_| ())
+/// A code was presented again: the tokens its first redemption issued are revoked.
+fn revoke_replayed(ctx: &FlowContext<'_>, row: &CodeRow) -> Result<(), StorageError> {
+    crate::metrics::global().code_replay_detected();
+    crate::audit::AuditEvent::new("code_replay_detected", "detected")
+        .user(Some(&row.user_id))
+        .client(Some(&row.client_id))
+        .ip(ctx.client_ip.as_deref())
+        .detail("an authorization code was presented again; the tokens issued from it are revoked")
+        .record();
+    if let Some(family_id) = &row.family_id {
+        token_store::revoke_family(&mut ctx.conn(), family_id, ctx.now)?;
+    }
+    Ok(())
+}
+
+/// Spends a code whose exchange failed after `extract` (PKCE, redirect_uri, expiry, or a
+/// server error), so that a code is good for one attempt. When another presentation was
+/// redeemed meanwhile, this one was a replay, and what that one got is revoked.
+pub fn spend_unused_code(ctx: &FlowContext<'_>, code: &CodeRow) -> Result<(), StorageError> {
+    // Bound first: the connection's borrow must end before a revocation borrows it again.
+    let redemption =
+        code_store::redeem(&mut ctx.conn(), &code.code_hash, &code.client_id, ctx.now)?;
+    match redemption {
+        Redemption::Replay(row) => revoke_replayed(ctx, &row),
+        _ => Ok(()),
+    }
 }

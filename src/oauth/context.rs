@@ -48,7 +48,7 @@ pub struct Notes {
     /// A more precise description for an error that oxide-auth reports without one.
     pub error_description: Option<&'static str>,
     /// The code `extract` found exchangeable. It is marked redeemed with the tokens it is
-    /// exchanged for, or spent when the request fails before that.
+    /// exchanged for, or spent by `token::finish` when the exchange fails.
     pub redeemed_code: Option<CodeRow>,
     /// A confidential client's token was presented without that client's credentials.
     pub unauthenticated: bool,

@@ -22,17 +22,12 @@ impl Issuer for DbIssuer<'_> {
     fn issue(&mut self, grant: Grant) -> Result<IssuedToken, ()> {
         let ctx = self.ctx;
         let client = ctx.client(&grant.client_id)?.ok_or(())?;
-        // Taken, not read: once the issue is tried the code is spent (by this request, or
-        // by the one that beat it), and nothing is left for `spend_unused_code` to do.
-        let code = ctx
-            .notes
-            .borrow_mut()
-            .redeemed_code
-            .take()
-            .map(|c| (c.code_hash, c.client_id));
-        let from_code = code.as_ref().map(|(code_hash, client_id)| FromCode {
-            code_hash,
-            client_id,
+        // Taken: after this call the code is spent (by this request, or by the one that beat
+        // it), unless minting failed, which puts it back for `spend_unused_code`.
+        let code = ctx.notes.borrow_mut().redeemed_code.take();
+        let from_code = code.as_ref().map(|c| FromCode {
+            code_hash: &c.code_hash,
+            client_id: &c.client_id,
         });
         let scope = super::scope::to_string(&grant.scope);
         let minted = match issue_for_user(
@@ -46,14 +41,16 @@ impl Issuer for DbIssuer<'_> {
             Ok(minted) => minted,
             Err(MintError::CodeAlreadyRedeemed) => {
                 // Another presentation of the code was redeemed first: this one is a replay.
-                let (code_hash, client_id) = code.as_ref().ok_or(())?;
-                let redemption = code_store::redeem(&mut ctx.conn(), code_hash, client_id, ctx.now)
-                    .map_err(|e| ctx.fail(e))?;
+                let code = code.as_ref().ok_or(())?;
+                let redemption =
+                    code_store::redeem(&mut ctx.conn(), &code.code_hash, &code.client_id, ctx.now)
+                        .map_err(|e| ctx.fail(e))?;
                 settle_unredeemable(ctx, redemption)?;
                 return Err(());
             }
             Err(e) => {
                 self.mint_failed(e);
+                ctx.notes.borrow_mut().redeemed_code = code;
                 return Err(());
             }
         };

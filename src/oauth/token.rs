@@ -460,11 +460,16 @@ fn finish(
 ) -> Result<TokenAnswer, StorageError> {
     let mut notes = ctx.take_notes();
     let unused_code = notes.redeemed_code.take();
-    let answer = answer_of(ctx, result, notes)?;
-    if let Some(code) = unused_code.filter(|_| answer.status != 200) {
-        super::authorizer::spend_unused_code(ctx, &code)?;
+    let answer = answer_of(ctx, result, notes);
+    let issued = matches!(&answer, Ok(answer) if answer.status == 200);
+    if let Some(code) = unused_code.filter(|_| !issued) {
+        // The answer stands either way: a code that cannot be spent now is refused later
+        // by its expiry.
+        if let Err(error) = super::authorizer::spend_unused_code(ctx, &code) {
+            tracing::warn!(%error, "cannot spend an authorization code after a failed exchange");
+        }
     }
-    Ok(answer)
+    answer
 }
 
 fn answer_of(

@@ -23,7 +23,12 @@ pub struct CodeRow {
     pub auth_time: i64,
     pub created_at: i64,
     pub expires_at: i64,
+    /// Set in the same commit as `family_id` (see `tokens::create_family`), or alone when
+    /// the code was spent by a failed exchange.
     pub redeemed_at: Option<i64>,
+    /// When the code was first presented again, for the record: the replay itself revokes
+    /// `family_id`, which is never missing on a redeemed code that issued anything (the
+    /// migration's comment predates redemption and linking sharing one commit).
     pub replayed_at: Option<i64>,
     /// The token family the redemption created.
     pub family_id: Option<String>,
@@ -49,9 +54,10 @@ pub enum Redemption {
     Unknown,
 }
 
-/// Marks the code redeemed with a conditional update, so that of two concurrent redemptions
-/// exactly one sees `First`, on either backend. A later presentation by the same client is
-/// marked as a replay.
+/// Spends a code that will not be exchanged, or tells why it cannot be: marks it redeemed
+/// with a conditional update (of two concurrent calls exactly one sees `First`, on either
+/// backend), and a later presentation by the same client as a replay. An exchange that
+/// issues tokens redeems the code in `tokens::create_family` instead, in the same commit.
 pub fn redeem(
     conn: &mut DbConnection,
     code_hash: &str,

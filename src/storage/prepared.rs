@@ -14,8 +14,9 @@
 //!
 //! Within one statement every part sees the same snapshot, and foreign keys are checked
 //! when the statement ends, so the order of the parts does not matter, with one exception
-//! that the rotation relies on: under READ COMMITTED an UPDATE that finds its row changed by
-//! a transaction that committed meanwhile re-checks its WHERE clause against the new row.
+//! that the rotation and the code exchange rely on: under READ COMMITTED an UPDATE that
+//! finds its row changed by a transaction that committed meanwhile re-checks its WHERE
+//! clause against the new row.
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};

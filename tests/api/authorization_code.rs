@@ -18,6 +18,7 @@ on_both_backends!(
     a_code_is_bound_to_its_client,
     an_expired_code_is_refused,
     concurrent_redemptions_have_exactly_one_winner,
+    a_failed_presentation_racing_a_redemption_revokes_it,
     forms_without_a_valid_csrf_token_are_refused,
     consent_is_remembered_denied_or_skipped,
     client_authentication_methods,
@@ -527,6 +528,42 @@ fn concurrent_redemptions_have_exactly_one_winner(db: TestDb) {
             .get_result(&mut app.db.connect())
             .unwrap();
         assert_eq!(live, 0);
+    }
+}
+
+/// A presentation that fails its PKCE check is still a presentation: racing a correct one,
+/// whichever order they commit in, no tokens stay live.
+fn a_failed_presentation_racing_a_redemption_revokes_it(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    for _ in 0..12 {
+        let code = code_for_webapp(&app, &mut browser, &p);
+        let wrong = pkce().verifier;
+        let statuses: Vec<u16> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..4)
+                .map(|n| {
+                    let verifier = if n == 0 { &p.verifier } else { &wrong };
+                    let (app, code) = (&app, &code);
+                    s.spawn(move || redeem(app, code, verifier).status)
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert!(
+            statuses.iter().filter(|s| **s == 200).count() <= 1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses[1..].iter().all(|s| *s == 400),
+            "a wrong verifier is invalid_grant, never a server error: {statuses:?}"
+        );
+        let live: i64 = token_families::table
+            .filter(token_families::revoked_at.is_null())
+            .count()
+            .get_result(&mut app.db.connect())
+            .unwrap();
+        assert_eq!(live, 0, "{statuses:?}");
     }
 }
 
