@@ -208,18 +208,20 @@ const CODE_COLUMNS: &str = "code_hash, client_id, user_id, redirect_uri, redirec
 /// Stores a new authorization code. diesel renders an insert whose optional fields may be
 /// DEFAULT afresh each time and never keeps it prepared, so PostgreSQL parsed and planned
 /// it on every /authorize.
+///
+/// On PostgreSQL the insert commits without waiting for its WAL record to reach the disk
+/// (`synchronous_commit` off for this statement's own transaction only, like `SET LOCAL`):
+/// a crash can lose the last fraction of a second of codes, and a lost code costs its user
+/// one more trip through /authorize, while every other write keeps waiting for the flush.
 pub struct InsertCode<'a> {
     pub code: &'a CodeRow,
 }
 
-on_both_backends!(
-    InsertCode | statement,
-    out | {
-        let code = statement.code;
-        out.push_sql("INSERT INTO authorization_codes (");
-        out.push_sql(CODE_COLUMNS);
-        out.push_sql(") VALUES (");
-        push_binds!(out;
+/// The code's columns as bind parameters, in `CODE_COLUMNS` order.
+macro_rules! push_code_values {
+    ($out:expr, $code:expr) => {{
+        let code = $code;
+        push_binds!($out;
             Text => &code.code_hash,
             Text => &code.client_id,
             Text => &code.user_id,
@@ -235,10 +237,32 @@ on_both_backends!(
             Nullable<BigInt> => &code.replayed_at,
             Nullable<Text> => &code.family_id,
         );
+    }};
+}
+
+impl QueryFragment<Sqlite> for InsertCode<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql("INSERT INTO authorization_codes (");
+        out.push_sql(CODE_COLUMNS);
+        out.push_sql(") VALUES (");
+        push_code_values!(out, self.code);
         out.push_sql(")");
         Ok(())
     }
-);
+}
+
+impl QueryFragment<Pg> for InsertCode<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("INSERT INTO authorization_codes (");
+        out.push_sql(CODE_COLUMNS);
+        out.push_sql(") SELECT ");
+        push_code_values!(out, self.code);
+        out.push_sql(
+            " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS lose_on_crash",
+        );
+        Ok(())
+    }
+}
 
 /// Marks the code redeemed and returns it, only when it is this client's and unredeemed.
 pub struct RedeemCode<'a> {

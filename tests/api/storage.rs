@@ -96,6 +96,15 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
         .unwrap();
     gatehouse::storage::codes::insert(&mut conn, &code("ancient", now - 2 * 24 * 3600)).unwrap();
     gatehouse::storage::codes::insert(&mut conn, &code("recent", now - 60)).unwrap();
+    if let gatehouse::storage::DbConnection::Postgresql(pg) = &mut conn {
+        // A code's insert skips the WAL flush for its own transaction, never the session's.
+        let setting: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+            "current_setting('synchronous_commit')",
+        ))
+        .get_result(pg)
+        .unwrap();
+        assert_eq!(setting, "on");
+    }
 
     let old_family = gatehouse::storage::tokens::FamilyRow {
         id: "old-family".into(),
