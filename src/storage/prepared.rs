@@ -217,10 +217,14 @@ pub struct InsertCode<'a> {
     pub code: &'a CodeRow,
 }
 
-/// The code's columns as bind parameters, in `CODE_COLUMNS` order.
-macro_rules! push_code_values {
-    ($out:expr, $code:expr) => {{
+/// `INSERT INTO authorization_codes (CODE_COLUMNS)`, then `$open`, the code's values as
+/// bind parameters in that order, and `$close`.
+macro_rules! insert_code {
+    ($out:ident, $code:expr, $open:literal, $close:literal) => {{
         let code = $code;
+        $out.push_sql("INSERT INTO authorization_codes (");
+        $out.push_sql(CODE_COLUMNS);
+        $out.push_sql($open);
         push_binds!($out;
             Text => &code.code_hash,
             Text => &code.client_id,
@@ -237,30 +241,25 @@ macro_rules! push_code_values {
             Nullable<BigInt> => &code.replayed_at,
             Nullable<Text> => &code.family_id,
         );
+        $out.push_sql($close);
+        Ok(())
     }};
 }
 
 impl QueryFragment<Sqlite> for InsertCode<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_sql("INSERT INTO authorization_codes (");
-        out.push_sql(CODE_COLUMNS);
-        out.push_sql(") VALUES (");
-        push_code_values!(out, self.code);
-        out.push_sql(")");
-        Ok(())
+        insert_code!(out, self.code, ") VALUES (", ")")
     }
 }
 
 impl QueryFragment<Pg> for InsertCode<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql("INSERT INTO authorization_codes (");
-        out.push_sql(CODE_COLUMNS);
-        out.push_sql(") SELECT ");
-        push_code_values!(out, self.code);
-        out.push_sql(
-            " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS lose_on_crash",
-        );
-        Ok(())
+        insert_code!(
+            out,
+            self.code,
+            ") SELECT ",
+            " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS lose_on_crash"
+        )
     }
 }
 

@@ -373,11 +373,11 @@ fn token_endpoint_pkce_failures_are_invalid_grant(db: TestDb) {
     // A code is good for one attempt: the right verifier after a wrong one is too late.
     let retry = redeem(&app, &code, &p.verifier);
     assert_eq!(retry.json()["error"], "invalid_grant", "{}", retry.body);
-    let live: i64 = token_families::table
+    let families: i64 = token_families::table
         .count()
         .get_result(&mut app.db.connect())
         .unwrap();
-    assert_eq!(live, 0, "nothing was issued for the code");
+    assert_eq!(families, 0, "nothing was issued for the code");
 
     let code = code_for_webapp(&app, &mut browser, &p);
     let missing = app.token(
@@ -442,12 +442,11 @@ fn a_second_redemption_fails_and_revokes_the_tokens(db: TestDb) {
         revoked.is_some(),
         "the access token from the first redemption is revoked"
     );
-    let live_families: i64 = token_families::table
-        .filter(token_families::revoked_at.is_null())
-        .count()
-        .get_result(&mut conn)
-        .unwrap();
-    assert_eq!(live_families, 0, "its refresh token family is revoked");
+    assert_eq!(
+        app.live_families(),
+        0,
+        "its refresh token family is revoked"
+    );
 
     let garbage = redeem(&app, "not-a-code", &p.verifier);
     assert_eq!(garbage.json()["error"], "invalid_grant");
@@ -505,12 +504,7 @@ fn concurrent_redemptions_have_exactly_one_winner(db: TestDb) {
     let p = pkce();
     for _ in 0..3 {
         let code = code_for_webapp(&app, &mut browser, &p);
-        let statuses: Vec<u16> = std::thread::scope(|s| {
-            let racers: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| redeem(&app, &code, &p.verifier).status))
-                .collect();
-            racers.into_iter().map(|r| r.join().unwrap()).collect()
-        });
+        let statuses = race(4, |_| redeem(&app, &code, &p.verifier).status);
         assert_eq!(
             statuses.iter().filter(|s| **s == 200).count(),
             1,
@@ -522,12 +516,7 @@ fn concurrent_redemptions_have_exactly_one_winner(db: TestDb) {
             "{statuses:?}"
         );
         // The losers were replays: whatever the interleaving, the winner's family ends revoked.
-        let live: i64 = token_families::table
-            .filter(token_families::revoked_at.is_null())
-            .count()
-            .get_result(&mut app.db.connect())
-            .unwrap();
-        assert_eq!(live, 0);
+        assert_eq!(app.live_families(), 0);
     }
 }
 
@@ -540,15 +529,9 @@ fn a_failed_presentation_racing_a_redemption_revokes_it(db: TestDb) {
     for _ in 0..12 {
         let code = code_for_webapp(&app, &mut browser, &p);
         let wrong = pkce().verifier;
-        let statuses: Vec<u16> = std::thread::scope(|s| {
-            let racers: Vec<_> = (0..4)
-                .map(|n| {
-                    let verifier = if n == 0 { &p.verifier } else { &wrong };
-                    let (app, code) = (&app, &code);
-                    s.spawn(move || redeem(app, code, verifier).status)
-                })
-                .collect();
-            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        let statuses = race(4, |n| {
+            let verifier = if n == 0 { &p.verifier } else { &wrong };
+            redeem(&app, &code, verifier).status
         });
         assert!(
             statuses.iter().filter(|s| **s == 200).count() <= 1,
@@ -558,12 +541,7 @@ fn a_failed_presentation_racing_a_redemption_revokes_it(db: TestDb) {
             statuses[1..].iter().all(|s| *s == 400),
             "a wrong verifier is invalid_grant, never a server error: {statuses:?}"
         );
-        let live: i64 = token_families::table
-            .filter(token_families::revoked_at.is_null())
-            .count()
-            .get_result(&mut app.db.connect())
-            .unwrap();
-        assert_eq!(live, 0, "{statuses:?}");
+        assert_eq!(app.live_families(), 0, "{statuses:?}");
     }
 }
 

@@ -21,14 +21,6 @@ fn refresh_of(body: &Value) -> String {
         .to_owned()
 }
 
-fn live_families(app: &OAuthServer) -> i64 {
-    token_families::table
-        .filter(token_families::revoked_at.is_null())
-        .count()
-        .get_result(&mut app.db.connect())
-        .unwrap()
-}
-
 fn refresh_tokens_rotate_and_reuse_revokes_the_family(db: TestDb) {
     let app = OAuthServer::start(db);
     let first = app.webapp_tokens("read");
@@ -52,7 +44,7 @@ fn refresh_tokens_rotate_and_reuse_revokes_the_family(db: TestDb) {
     let reuse = app.refresh(&r1, None);
     assert_eq!(reuse.status, 400);
     assert_eq!(reuse.json()["error"], "invalid_grant");
-    assert_eq!(live_families(&app), 0);
+    assert_eq!(app.live_families(), 0);
     let newest = app.refresh(&r3, None);
     assert_eq!(
         newest.json()["error"],
@@ -144,12 +136,7 @@ fn concurrent_refreshes_cannot_both_succeed(db: TestDb) {
     let app = OAuthServer::start(db);
     for _ in 0..3 {
         let token = refresh_of(&app.webapp_tokens("read"));
-        let statuses: Vec<u16> = std::thread::scope(|s| {
-            let racers: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| app.refresh(&token, None).status))
-                .collect();
-            racers.into_iter().map(|r| r.join().unwrap()).collect()
-        });
+        let statuses = race(4, |_| app.refresh(&token, None).status);
         assert!(
             statuses.iter().filter(|s| **s == 200).count() <= 1,
             "{statuses:?}"
@@ -160,7 +147,7 @@ fn concurrent_refreshes_cannot_both_succeed(db: TestDb) {
         );
     }
     assert_eq!(
-        live_families(&app),
+        app.live_families(),
         0,
         "every raced family was caught as reuse"
     );
@@ -228,7 +215,7 @@ fn a_disabled_user_keeps_no_working_token(db: TestDb) {
         refreshed.body
     );
     assert_eq!(
-        live_families(&app),
+        app.live_families(),
         0,
         "disabling revokes the user's grants"
     );
@@ -243,6 +230,6 @@ fn an_unauthenticated_replay_revokes_nothing(db: TestDb) {
         None,
     );
     assert_eq!(anonymous.status, 401, "{}", anonymous.body);
-    assert_eq!(live_families(&app), 1, "no credentials, no revocation");
+    assert_eq!(app.live_families(), 1, "no credentials, no revocation");
     assert_eq!(app.refresh(&r2, None).status, 200);
 }

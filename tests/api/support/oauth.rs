@@ -292,7 +292,27 @@ impl OAuthServer {
     }
 }
 
+/// Runs `attempt(n)` for n in 0..racers from as many threads at once; the statuses, in n order.
+pub fn race(racers: usize, attempt: impl Fn(usize) -> u16 + Sync) -> Vec<u16> {
+    std::thread::scope(|s| {
+        let attempt = &attempt;
+        let threads: Vec<_> = (0..racers).map(|n| s.spawn(move || attempt(n))).collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
 impl OAuthServer {
+    /// Token families not revoked.
+    pub fn live_families(&self) -> i64 {
+        use diesel::prelude::*;
+        use gatehouse::storage::schema::token_families;
+        token_families::table
+            .filter(token_families::revoked_at.is_null())
+            .count()
+            .get_result(&mut self.db.connect())
+            .unwrap()
+    }
+
     /// The token response of a complete authorization-code flow for webapp and alice.
     pub fn webapp_tokens(&self, scope: &str) -> serde_json::Value {
         let mut browser = Browser::new();
