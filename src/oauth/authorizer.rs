@@ -116,7 +116,12 @@ fn revoke_replayed(ctx: &FlowContext<'_>, row: &CodeRow) -> Result<(), StorageEr
         .user(Some(&row.user_id))
         .client(Some(&row.client_id))
         .ip(ctx.client_ip.as_deref())
-        .detail("an authorization code was presented again; the tokens issued from it are revoked")
+        .detail(match row.family_id {
+            Some(_) => {
+                "an authorization code was presented again; the tokens issued from it are revoked"
+            }
+            None => "an authorization code was presented again; it had issued no tokens",
+        })
         .record();
     if let Some(family_id) = &row.family_id {
         token_store::revoke_family(&mut ctx.conn(), family_id, ctx.now)?;

@@ -378,6 +378,20 @@ fn token_endpoint_pkce_failures_are_invalid_grant(db: TestDb) {
         .get_result(&mut app.db.connect())
         .unwrap();
     assert_eq!(families, 0, "nothing was issued for the code");
+    let replay_detail = eventually(Duration::from_secs(10), || {
+        use gatehouse::storage::schema::audit_events;
+        audit_events::table
+            .filter(audit_events::event.eq("code_replay_detected"))
+            .select(audit_events::detail)
+            .first::<Option<String>>(&mut app.db.connect())
+            .ok()
+            .flatten()
+    });
+    assert_eq!(
+        replay_detail.as_deref(),
+        Some("an authorization code was presented again; it had issued no tokens"),
+        "the trail does not claim a revocation that did not happen"
+    );
 
     let code = code_for_webapp(&app, &mut browser, &p);
     let missing = app.token(
