@@ -27,9 +27,10 @@ use crate::telemetry::RequestSpan;
 /// the longest-idle thread first, so under steady load the work rotates over dozens of
 /// threads (32 under the authorization-code benchmark), each with a cold cache. On SQLite
 /// every blocking task is CPU work on a local file behind one writer, so more threads than
-/// twice the cores only add switches: bounding them gave 4-5% more refresh rotations and
-/// authorization-code flows. On PostgreSQL a task mostly waits for the network, the bound
-/// made no difference, and the pool's own limit (`database.pool_size`) is left to decide.
+/// twice the cores only add switches: bounding them gave 5-9% more refresh rotations and
+/// authorization-code flows at 8 connections, 13-18% at 64. On PostgreSQL a task mostly
+/// waits for the network, the bound made no difference, and the pool's own limit
+/// (`database.pool_size`) is left to decide.
 fn blocking_threads_per_worker(sqlite: bool, cores: usize, workers: usize) -> Option<usize> {
     sqlite.then(|| (2 * cores).div_ceil(workers.max(1)).max(2))
 }
