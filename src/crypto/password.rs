@@ -171,13 +171,8 @@ fn hash_unbounded(secret: &str) -> String {
 /// Constant-time verification. Parameters are read from the PHC string, so hashes made with
 /// older parameters still verify.
 pub fn verify(secret: &str, phc: &str) -> bool {
-    // A string that is no hash fails here, without queueing behind other callers' hashes.
-    if PasswordHash::new(phc).is_err() {
-        return false;
-    }
-    let (secret, phc) = (secret.to_owned(), phc.to_owned());
-    HashPool::global()
-        .run(move |memory| verify_phc(&secret, &phc, memory))
+    verification(secret, phc)
+        .and_then(|job| HashPool::global().run(job))
         .unwrap_or(false)
 }
 
@@ -185,17 +180,25 @@ pub fn verify(secret: &str, phc: &str) -> bool {
 /// lends a blocking-pool thread to wait for the hash (a burst of logins would otherwise
 /// occupy every blocking thread, and every database request would queue behind the hashes).
 pub async fn verify_async(secret: &str, phc: &str) -> bool {
-    if PasswordHash::new(phc).is_err() {
-        return false;
+    match verification(secret, phc) {
+        Some(job) => HashPool::global().run_async(job).await.unwrap_or(false),
+        None => false,
     }
-    let (secret, phc) = (secret.to_owned(), phc.to_owned());
-    HashPool::global()
-        .run_async(move |memory| verify_phc(&secret, &phc, memory))
-        .await
-        .unwrap_or(false)
 }
 
-/// `verify_dummy` for the HTTP handlers (see `verify_async`).
+/// The hash thread's job that verifies `secret` against `phc`; `None` for a string that is
+/// no hash, which fails at once, without queueing behind other callers' hashes.
+fn verification(
+    secret: &str,
+    phc: &str,
+) -> Option<impl FnOnce(&mut Vec<Block>) -> bool + Send + 'static> {
+    PasswordHash::new(phc).ok()?;
+    let (secret, phc) = (secret.to_owned(), phc.to_owned());
+    Some(move |memory: &mut Vec<Block>| verify_phc(&secret, &phc, memory))
+}
+
+/// `verify_dummy` for the HTTP handlers (see `verify_async`). The dummy hash is made on a
+/// hash thread the first time, never on the async worker.
 pub async fn verify_dummy_async(secret: &str) -> bool {
     let secret = secret.to_owned();
     let _ = HashPool::global()

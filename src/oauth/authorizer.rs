@@ -60,13 +60,8 @@ impl Authorizer for DbAuthorizer<'_> {
         let found = code_store::find(&mut ctx.conn(), &code_hash).map_err(|e| ctx.fail(e))?;
         let row = match found {
             Some(row) if row.client_id == client_id && row.redeemed_at.is_none() => row,
-            // A replay, another client's code, or garbage: settled as they always were.
-            _ => {
-                let redemption =
-                    code_store::redeem(&mut ctx.conn(), &code_hash, &client_id, ctx.now)
-                        .map_err(|e| ctx.fail(e))?;
-                return settle_unredeemable(ctx, redemption);
-            }
+            // A replay, another client's code, or garbage.
+            _ => return refuse_code(ctx, &code_hash, &client_id),
         };
         let mut extensions = Extensions::new();
         if let Some(challenge) = &row.code_challenge {
@@ -88,25 +83,43 @@ impl Authorizer for DbAuthorizer<'_> {
     }
 }
 
-/// The answer for a code that cannot be exchanged; a replay revokes what the first
-/// redemption issued.
-pub(super) fn settle_unredeemable(
+/// Refuses a code that will not be exchanged, saying why (see `spend`).
+pub(super) fn refuse_code(
     ctx: &FlowContext<'_>,
-    redemption: Redemption,
+    code_hash: &str,
+    client_id: &str,
 ) -> Result<Option<Grant>, ()> {
-    let description = match redemption {
+    let description = spend(ctx, code_hash, client_id).map_err(|e| ctx.fail(e))?;
+    ctx.notes.borrow_mut().invalid_grant = Some(description);
+    Ok(None)
+}
+
+/// Spends a code whose exchange failed after `extract` (PKCE, redirect_uri, expiry, or a
+/// server error), so that a code is good for one attempt.
+pub fn spend_unused_code(ctx: &FlowContext<'_>, code: &CodeRow) -> Result<(), StorageError> {
+    spend(ctx, &code.code_hash, &code.client_id).map(|_| ())
+}
+
+/// Marks the code redeemed if it is still unredeemed and `client_id`'s. One this client
+/// spent before is a replay, and what its redemption issued is revoked. Returns why the
+/// code cannot be exchanged now.
+fn spend(
+    ctx: &FlowContext<'_>,
+    code_hash: &str,
+    client_id: &str,
+) -> Result<&'static str, StorageError> {
+    // Bound first: the connection's borrow must end before a revocation borrows it again.
+    let redemption = code_store::redeem(&mut ctx.conn(), code_hash, client_id, ctx.now)?;
+    Ok(match redemption {
         Redemption::Replay(row) => {
-            revoke_replayed(ctx, &row).map_err(|e| ctx.fail(e))?;
+            revoke_replayed(ctx, &row)?;
             "the authorization code was already used"
         }
         Redemption::OtherClient => "the authorization code was issued to another client",
-        // `First` cannot follow a read that found the code spent, foreign or missing (a spent
-        // code never becomes unspent); were it to, the code is spent now and this request
-        // carries no grant.
+        // Spent by this call: the code is good for nothing more, and this request carries
+        // no grant (extract found it missing, or the exchange failed).
         Redemption::Unknown | Redemption::First(_) => "the authorization code is invalid",
-    };
-    ctx.notes.borrow_mut().invalid_grant = Some(description);
-    Ok(None)
+    })
 }
 
 /// A code was presented again: the tokens its first redemption issued are revoked.
@@ -127,17 +140,4 @@ fn revoke_replayed(ctx: &FlowContext<'_>, row: &CodeRow) -> Result<(), StorageEr
         token_store::revoke_family(&mut ctx.conn(), family_id, ctx.now)?;
     }
     Ok(())
-}
-
-/// Spends a code whose exchange failed after `extract` (PKCE, redirect_uri, expiry, or a
-/// server error), so that a code is good for one attempt. When another presentation was
-/// redeemed meanwhile, this one was a replay, and what that one got is revoked.
-pub fn spend_unused_code(ctx: &FlowContext<'_>, code: &CodeRow) -> Result<(), StorageError> {
-    // Bound first: the connection's borrow must end before a revocation borrows it again.
-    let redemption =
-        code_store::redeem(&mut ctx.conn(), &code.code_hash, &code.client_id, ctx.now)?;
-    match redemption {
-        Redemption::Replay(row) => revoke_replayed(ctx, &row),
-        _ => Ok(()),
-    }
 }

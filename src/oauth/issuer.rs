@@ -6,12 +6,11 @@ use oxide_auth::endpoint::Issuer;
 use oxide_auth::primitives::grant::Grant;
 use oxide_auth::primitives::issuer::{IssuedToken, RefreshedToken, TokenType};
 
-use super::authorizer::settle_unredeemable;
+use super::authorizer::refuse_code;
 use super::context::FlowContext;
 use super::tokens::{issue_for_user, rotate_refresh, MintError};
 use crate::config::GrantType;
 use crate::crypto::mac::digest_secret;
-use crate::storage::codes as code_store;
 use crate::storage::tokens::{self as token_store, FamilyRow, FromCode};
 
 pub struct DbIssuer<'a> {
@@ -38,14 +37,11 @@ impl Issuer for DbIssuer<'_> {
             ctx.grant_type,
             from_code,
         ) {
-            Ok(minted) => minted,
-            Err(MintError::CodeAlreadyRedeemed) => {
+            Ok(Some(minted)) => minted,
+            Ok(None) => {
                 // Another presentation of the code was redeemed first: this one is a replay.
                 let code = code.as_ref().ok_or(())?;
-                let redemption =
-                    code_store::redeem(&mut ctx.conn(), &code.code_hash, &code.client_id, ctx.now)
-                        .map_err(|e| ctx.fail(e))?;
-                settle_unredeemable(ctx, redemption)?;
+                refuse_code(ctx, &code.code_hash, &code.client_id)?;
                 return Err(());
             }
             Err(e) => {
@@ -195,8 +191,6 @@ impl DbIssuer<'_> {
         match error {
             MintError::Storage(e) => self.ctx.fail(e),
             MintError::Key(e) => tracing::error!(error = %e, "cannot sign an access token"),
-            // Only a code exchange can meet it, and `issue` answers it as a replay.
-            MintError::CodeAlreadyRedeemed => {}
         }
     }
 }

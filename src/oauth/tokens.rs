@@ -36,9 +36,6 @@ pub enum MintError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
-    /// Another redemption of the code came first; nothing was recorded.
-    #[error("the authorization code was redeemed by another request")]
-    CodeAlreadyRedeemed,
 }
 
 /// A signed access token and the row that lets a family revocation reach it.
@@ -118,7 +115,8 @@ fn new_refresh(ctx: &FlowContext<'_>, family: &FamilyRow, scope: &str) -> (Strin
 
 /// Issues an access token (and a refresh token when the client may refresh) for a user's
 /// grant, recorded as a new family. With `from_code`, the code is redeemed in the same
-/// transaction; the signature is made first, so that no write waits for it.
+/// transaction; the signature is made first, so that no write waits for it. `None`, with
+/// nothing recorded, when another request redeemed the code first: that is a replay.
 pub fn issue_for_user(
     ctx: &FlowContext<'_>,
     client: &Client,
@@ -126,7 +124,7 @@ pub fn issue_for_user(
     scope: &str,
     grant_type: GrantType,
     from_code: Option<FromCode<'_>>,
-) -> Result<Minted, MintError> {
+) -> Result<Option<Minted>, MintError> {
     let now = ctx.now;
     let family = FamilyRow {
         id: uuid::Uuid::new_v4().to_string(),
@@ -149,14 +147,11 @@ pub fn issue_for_user(
         &access.row,
         from_code,
     )?;
-    if !recorded {
-        return Err(MintError::CodeAlreadyRedeemed);
-    }
-    Ok(Minted {
+    Ok(recorded.then(|| Minted {
         access_token: access.token,
         expires_at: access.expires_at,
         refresh_token: refresh.map(|(token, _)| token),
-    })
+    }))
 }
 
 /// Rotates `presented` (a live refresh token of `family`): it is marked used and a new one

@@ -26,7 +26,7 @@ use diesel::sqlite::Sqlite;
 use diesel::{PgConnection, QueryResult, RunQueryDsl, SqliteConnection};
 
 use super::codes::CodeRow;
-use super::tokens::{AccessRow, FamilyRow, RefreshRow};
+use super::tokens::{AccessRow, FamilyRow, FromCode, RefreshRow};
 use super::DbConnection;
 
 /// Pushes values as comma-separated bind parameters: `push_binds!(out; Text => &a, ...)`.
@@ -105,9 +105,7 @@ pub struct CreateFamily<'a> {
     pub family: &'a FamilyRow,
     pub refresh: Option<&'a RefreshRow>,
     pub access: &'a AccessRow,
-    /// The code's digest and the client that presented it.
-    pub code_hash: Option<&'a str>,
-    pub code_client: Option<&'a str>,
+    pub from_code: Option<FromCode<'a>>,
 }
 
 impl QueryFragment<Pg> for CreateFamily<'_> {
@@ -126,12 +124,13 @@ impl QueryFragment<Pg> for CreateFamily<'_> {
         out.push_bind_param::<BigInt, _>(&family.created_at)?;
         out.push_sql(", family_id = ");
         out.push_bind_param::<Text, _>(&family.id)?;
+        // Without a code, an empty digest, which no code has, and a false flag.
         out.push_sql(" WHERE code_hash = ");
-        out.push_bind_param::<Nullable<Text>, _>(&self.code_hash)?;
+        out.push_bind_param::<Text, _>(self.from_code.map_or("", |c| c.code_hash))?;
         out.push_sql(" AND client_id = ");
-        out.push_bind_param::<Nullable<Text>, _>(&self.code_client)?;
+        out.push_bind_param::<Text, _>(self.from_code.map_or("", |c| c.client_id))?;
         out.push_sql(" AND redeemed_at IS NULL RETURNING 1), proceed AS (SELECT 1 WHERE NOT ");
-        out.push_bind_param::<Bool, _>(flag(self.code_hash.is_some()))?;
+        out.push_bind_param::<Bool, _>(flag(self.from_code.is_some()))?;
         out.push_sql(
             " OR EXISTS (SELECT 1 FROM redeemed)), family AS (INSERT INTO token_families \
              (id, client_id, user_id, grant_type, scope, created_at, expires_at) SELECT ",

@@ -65,8 +65,7 @@ pub fn create_family(
             family,
             refresh,
             access,
-            code_hash: from_code.map(|c| c.code_hash),
-            code_client: from_code.map(|c| c.client_id),
+            from_code,
         };
         let redeemed: i64 = statement.get_result(pg)?;
         return Ok(from_code.is_none() || redeemed == 1);

@@ -85,18 +85,10 @@ fn sqlite_server_bounds_its_blocking_threads() {
     let config = write_config(&db, "gatehouse.toml", "");
     let server = TestServer::start(&db, &config);
     let url = server.url("/readyz");
-    let statuses: Vec<u16> = std::thread::scope(|scope| {
-        let callers: Vec<_> = (0..32)
-            .map(|_| {
-                let url = &url;
-                scope.spawn(move || (0..25).map(|_| get(url, &[]).status).collect::<Vec<_>>())
-            })
-            .collect();
-        callers
-            .into_iter()
-            .flat_map(|caller| caller.join().expect("caller"))
-            .collect()
-    });
+    let statuses = race(32, |_| {
+        (0..25).map(|_| get(&url, &[]).status).collect::<Vec<_>>()
+    })
+    .concat();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Checkpoints, housekeeping and the key refresh run one task each on the main

@@ -369,6 +369,16 @@ impl Drop for TestServer {
     }
 }
 
+/// Runs `attempt(n)` for n in 0..racers from as many threads at once; their results, in n
+/// order.
+pub fn race<T: Send>(racers: usize, attempt: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let attempt = &attempt;
+        let threads: Vec<_> = (0..racers).map(|n| s.spawn(move || attempt(n))).collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
 /// An HTTP client that reports every status instead of turning 4xx/5xx into errors.
 pub fn http() -> ureq::Agent {
     ureq::Agent::config_builder()

@@ -292,15 +292,6 @@ impl OAuthServer {
     }
 }
 
-/// Runs `attempt(n)` for n in 0..racers from as many threads at once; the statuses, in n order.
-pub fn race(racers: usize, attempt: impl Fn(usize) -> u16 + Sync) -> Vec<u16> {
-    std::thread::scope(|s| {
-        let attempt = &attempt;
-        let threads: Vec<_> = (0..racers).map(|n| s.spawn(move || attempt(n))).collect();
-        threads.into_iter().map(|t| t.join().unwrap()).collect()
-    })
-}
-
 impl OAuthServer {
     /// Token families not revoked.
     pub fn live_families(&self) -> i64 {
