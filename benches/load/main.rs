@@ -10,6 +10,7 @@
 //! the repository, failing on any error: what CI runs so the benchmark cannot rot).
 
 mod client;
+mod floors;
 mod report;
 mod scenarios;
 mod server;
@@ -87,6 +88,8 @@ pub struct RunResult {
     /// so that the difference is the metrics and not the order of the scenarios.
     pub metrics_on_per_second: f64,
     pub metrics_off_per_second: f64,
+    /// The prices of the least work each scenario must do (see `floors`).
+    pub floors: floors::Floors,
 }
 
 pub struct BackendResult {
@@ -244,7 +247,20 @@ fn run_backend(
             half_rate: 0.0,
             metrics_on_per_second: 0.0,
             metrics_off_per_second: 0.0,
+            floors: floors::Floors::default(),
         });
+    }
+    // No server runs while the floors are measured: they are the machine's, not gatehouse's.
+    let floors = floors::measure(backend, workspace.url(), cores, options.duration());
+    eprintln!(
+        "  {:<10} floors: {:.0} RS256 verifications/s; {:.0} durable one-row writes/s at {:.0} µs of CPU each",
+        backend.name(),
+        floors.verifications_per_second,
+        floors.writes_per_second,
+        floors.write_cpu_seconds * 1e6
+    );
+    if floors.writes_per_second <= 0.0 {
+        failures.push(format!("{}: durable writes not measured", backend.name()));
     }
     // p99 of /token at half the peak client-credentials rate, paced so a stall shows.
     let peak = scenarios
@@ -322,6 +338,7 @@ fn run_backend(
         half_rate,
         metrics_on_per_second: metrics_on,
         metrics_off_per_second: metrics_off,
+        floors,
     })
 }
 

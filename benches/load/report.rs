@@ -2,8 +2,9 @@
 
 use std::fmt::Write as _;
 
+use crate::floors::{self, Prices};
 use crate::scenarios::Scenario;
-use crate::{Backend, BackendResult, Measured, Options, CONNECTIONS};
+use crate::{Backend, BackendResult, Measured, Options, RunResult, CONNECTIONS};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Baseline {
@@ -308,6 +309,116 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
         let _ = writeln!(
             out,
             "- What a database read per request allows: /readyz, which does nothing but a hop to the blocking pool, a pooled connection and `SELECT 1`, reached {readyz_to_b2:.2} × B2. Introspection also checks revocation in the database (concurrent checks share one query), and verifies a signature and authenticates its caller; it reached {introspection_to_readyz:.2} × /readyz.\n"
+        );
+        out.push_str(&machine_allows(result, cores as f64));
+    }
+    out
+}
+
+/// A run's baseline of the given kind, as measured next to the scenario judged by it.
+fn run_baseline(run: &RunResult, scenario: Scenario) -> f64 {
+    run.scenarios
+        .iter()
+        .find(|(s, _)| *s == scenario)
+        .map_or(0.0, |(_, m)| m.baseline)
+}
+
+/// The section that says which targets this machine could meet at all (see `floors`).
+fn machine_allows(result: &BackendResult, cores: f64) -> String {
+    let mut out = String::new();
+    let priced: Vec<(&RunResult, Prices)> = result
+        .runs
+        .iter()
+        .filter_map(|run| {
+            let (b1, b3) = (
+                run_baseline(run, Scenario::ClientCredentials),
+                run_baseline(run, Scenario::Password),
+            );
+            Prices::of_run(cores, &run.floors, &run.scenarios, b1, b3).map(|p| (run, p))
+        })
+        .collect();
+    if priced.is_empty() {
+        return out;
+    }
+    let mut verifications: Vec<f64> = priced
+        .iter()
+        .map(|(run, _)| run.floors.verifications_per_second)
+        .collect();
+    let mut writes: Vec<f64> = priced
+        .iter()
+        .map(|(run, _)| run.floors.writes_per_second)
+        .collect();
+    let mut write_cpu: Vec<f64> = priced
+        .iter()
+        .map(|(run, _)| run.floors.write_cpu_seconds * 1e6)
+        .collect();
+    let _ = writeln!(
+        out,
+        "### What this machine allows
+"
+    );
+    let _ = writeln!(
+        out,
+        "Each bound prices the least work one operation must do with the same run's measurements, as CPU time per operation on {cores:.0} cores (load generator and database included, since they share the cores): a signature at B1, an argon2id verification at B3, an RS256 verification ({:.0}/s on every core), a bare HTTP request as /healthz, an HTTP request that reads the database as /readyz, and a durable one-row write ({:.0}/s, {:.0} µs of CPU each: an INSERT committed on its own through gatehouse's connection settings, into a table with only a primary key). The bound is the median over the runs, as a ratio to the scenario's baseline. A target above its bound cannot be met on this machine by any server that does that work; below it, the gap is gatehouse's.\n",
+        median(&mut verifications),
+        median(&mut writes),
+        median(&mut write_cpu),
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | least work per operation | bound | target | measured | |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---|");
+    let measured_ratios = rows(result);
+    for scenario in Scenario::ALL {
+        let Some((base, goal)) = target(scenario) else {
+            continue;
+        };
+        let mut bounds = Vec::new();
+        let mut work = "";
+        for (run, prices) in &priced {
+            let Some(bound) = floors::bound(scenario, prices, cores) else {
+                continue;
+            };
+            let baseline = run_baseline(run, scenario);
+            if baseline > 0.0 {
+                work = bound.work;
+                bounds.push(bound.per_second / baseline);
+            }
+        }
+        if bounds.is_empty() {
+            continue;
+        }
+        let bound = median(&mut bounds);
+        let measured = measured_ratios
+            .iter()
+            .find(|row| row.scenario == scenario)
+            .and_then(|row| row.ratio)
+            .map_or(String::new(), |r| format!("{r:.2}"));
+        let verdict = if bound < goal {
+            "**the target is out of reach**"
+        } else {
+            "within reach: the gap is gatehouse's"
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {work} | {bound:.2} × {} | {goal} | {measured} | {verdict} |",
+            scenario.name(),
+            base.name()
+        );
+    }
+    let mut without_read: Vec<f64> = priced
+        .iter()
+        .filter_map(|(run, prices)| {
+            let b2 = run_baseline(run, Scenario::Introspection);
+            (b2 > 0.0).then(|| floors::introspection_without_read(prices, cores) / b2)
+        })
+        .collect();
+    if !without_read.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n- Introspection without a database read per request (revocation held in memory, which would let an instance answer from a view that another instance's revocation has not reached yet): one bare HTTP request and one verification allow {:.2} × B2.\n",
+            median(&mut without_read)
         );
     }
     out

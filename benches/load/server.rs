@@ -33,6 +33,7 @@ impl Backend {
 pub struct Workspace {
     dir: tempfile::TempDir,
     config: PathBuf,
+    url: String,
     pg: Option<(String, String)>,
 }
 
@@ -58,7 +59,12 @@ impl Workspace {
         };
         let config = dir.path().join("gatehouse.toml");
         std::fs::write(&config, config_text(&url, port)).map_err(|e| e.to_string())?;
-        let workspace = Workspace { dir, config, pg };
+        let workspace = Workspace {
+            dir,
+            config,
+            url,
+            pg,
+        };
         workspace.cli(&["migrate"], None)?;
         workspace.cli(&["users", "add", USER, "--password-stdin"], Some(PASSWORD))?;
         Ok(workspace)
@@ -100,6 +106,11 @@ impl Workspace {
             }
         }
         cmd
+    }
+
+    /// The database's URL, as the server's configuration gives it.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     pub fn path(&self) -> &Path {

@@ -1,0 +1,250 @@
+//! What this machine allows each scenario, whatever the server: the least work one
+//! operation must do, priced by measurements taken in the same run, added up. A target above
+//! that bound asks for more than the hardware can give; one below it leaves the gap to
+//! gatehouse.
+//!
+//! Everything an operation does here shares the same cores (the load generator, the server,
+//! PostgreSQL), so the price of each part is CPU time per operation, not its latency: an
+//! operation that costs `c` core-seconds in all can run at most `cores / c` times a second.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::sql_types::{BigInt, Text};
+use diesel::RunQueryDsl;
+use gatehouse::storage::{ConnectionManager, DbConnection};
+
+use crate::scenarios::Scenario;
+use crate::server::{self, Backend};
+use crate::Measured;
+
+/// The prices measured once per run and backend, besides the scenarios' own figures.
+#[derive(Clone, Copy, Default)]
+pub struct Floors {
+    /// RS256 verifications per second on every core (aws-lc-rs, RSA-2048, as introspection
+    /// verifies: the public key given by its components).
+    pub verifications_per_second: f64,
+    /// Single-row INSERT transactions per second, each committed durably on its own.
+    pub writes_per_second: f64,
+    /// CPU core-seconds per such write: the writing threads plus, on PostgreSQL, the
+    /// database's processes.
+    pub write_cpu_seconds: f64,
+}
+
+pub fn measure(backend: &Backend, url: &str, cores: usize, duration: Duration) -> Floors {
+    let verifications_per_second = verify_baseline(cores, duration);
+    let (writes_per_second, write_cpu_seconds) = match durable_writes(backend, url, duration) {
+        Ok(prices) => prices,
+        Err(e) => {
+            eprintln!("  {:<10} durable writes not measured: {e}", backend.name());
+            (0.0, 0.0)
+        }
+    };
+    Floors {
+        verifications_per_second,
+        writes_per_second,
+        write_cpu_seconds,
+    }
+}
+
+/// RS256 verifications per second on every core.
+fn verify_baseline(threads: usize, duration: Duration) -> f64 {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::rsa::KeySize;
+    use aws_lc_rs::signature::{
+        KeyPair, RsaKeyPair, RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256,
+    };
+    let key = RsaKeyPair::generate(KeySize::Rsa2048).expect("generate an RSA key");
+    let message = vec![b'x'; 420];
+    let mut signature = vec![0u8; key.public_modulus_len()];
+    key.sign(
+        &RSA_PKCS1_SHA256,
+        &SystemRandom::new(),
+        &message,
+        &mut signature,
+    )
+    .expect("sign");
+    let public: RsaPublicKeyComponents<Vec<u8>> = key.public_key().into();
+    let total = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let end = Instant::now() + duration;
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    public
+                        .verify(&RSA_PKCS1_2048_8192_SHA256, &message, &signature)
+                        .expect("verify");
+                    n += 1;
+                }
+                total.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+    });
+    total.into_inner() as f64 / duration.as_secs_f64()
+}
+
+/// The cheapest durable record there is: a one-row INSERT into a table with only a primary
+/// key, each its own transaction, through gatehouse's own connection settings (SQLite: WAL,
+/// `synchronous = NORMAL`). SQLite takes one writer at a time, so one thread writes; on
+/// PostgreSQL as many threads as the benchmark has connections, so that commits group.
+/// Returns writes per second and CPU core-seconds per write.
+fn durable_writes(backend: &Backend, url: &str, duration: Duration) -> Result<(f64, f64), String> {
+    let manager = ConnectionManager::new(url).map_err(|e| e.to_string())?;
+    let connect = || manager.connect().map_err(|e| e.to_string());
+    let setup =
+        "CREATE TABLE IF NOT EXISTS bench_floor (id TEXT PRIMARY KEY NOT NULL, at BIGINT NOT NULL)";
+    connect()?.batch_execute(setup).map_err(|e| e.to_string())?;
+    let (threads, insert) = match backend {
+        Backend::Sqlite => (1, "INSERT INTO bench_floor (id, at) VALUES (?, ?)"),
+        Backend::Postgres { .. } => (
+            crate::CONNECTIONS,
+            "INSERT INTO bench_floor (id, at) VALUES ($1, $2)",
+        ),
+    };
+    let mut connections = (0..threads)
+        .map(|_| connect())
+        .collect::<Result<Vec<_>, _>>()?;
+    let own_stat = "/proc/self/stat";
+    let database_cpu = || match backend {
+        Backend::Sqlite => 0.0,
+        Backend::Postgres { .. } => server::postgres_cpu_seconds(),
+    };
+    let (own_before, database_before) = (server::process_cpu_seconds(own_stat), database_cpu());
+    let started = Instant::now();
+    let total = AtomicU64::new(0);
+    let failure = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for (thread, conn) in connections.iter_mut().enumerate() {
+            let (total, failure) = (&total, &failure);
+            scope.spawn(move || {
+                let end = Instant::now() + duration;
+                let mut n = 0i64;
+                while Instant::now() < end {
+                    let written = write_one(conn, insert, &format!("{thread}-{n}"), n);
+                    if let Err(e) = written {
+                        *failure.lock().unwrap() = Some(e.to_string());
+                        break;
+                    }
+                    n += 1;
+                }
+                total.fetch_add(n as u64, Ordering::Relaxed);
+            });
+        }
+    });
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = server::process_cpu_seconds(own_stat) - own_before + database_cpu() - database_before;
+    let _ = connections[0].batch_execute("DROP TABLE bench_floor");
+    if let Some(e) = failure.into_inner().unwrap() {
+        return Err(e);
+    }
+    let writes = total.into_inner() as f64;
+    Ok((writes / wall, cpu / writes.max(1.0)))
+}
+
+fn write_one(
+    conn: &mut DbConnection,
+    insert: &str,
+    id: &str,
+    at: i64,
+) -> diesel::QueryResult<usize> {
+    match conn {
+        DbConnection::Sqlite(sqlite) => diesel::sql_query(insert)
+            .bind::<Text, _>(id)
+            .bind::<BigInt, _>(at)
+            .execute(sqlite),
+        DbConnection::Postgresql(pg) => diesel::sql_query(insert)
+            .bind::<Text, _>(id)
+            .bind::<BigInt, _>(at)
+            .execute(pg),
+    }
+}
+
+/// The prices of one run, in CPU core-seconds per unit of work.
+pub struct Prices {
+    signature: f64,
+    verification: f64,
+    hash: f64,
+    /// An HTTP request answered without work: /healthz, load generator included.
+    request: f64,
+    /// An HTTP request that reads the database once: /readyz, load generator and database
+    /// included.
+    reading_request: f64,
+    write: f64,
+}
+
+impl Prices {
+    /// `None` when a part was not measured in this run.
+    pub fn of_run(
+        cores: f64,
+        floors: &Floors,
+        scenarios: &[(Scenario, Measured)],
+        b1: f64,
+        b3: f64,
+    ) -> Option<Prices> {
+        let cost = |wanted: Scenario| {
+            scenarios
+                .iter()
+                .find(|(s, _)| *s == wanted)
+                .map(|(_, m)| (m.server_cpu + m.loadgen_cpu + m.database_cpu) / m.per_second)
+                .filter(|c| c.is_finite() && *c > 0.0)
+        };
+        let positive = |rate: f64| (rate > 0.0).then(|| cores / rate);
+        Some(Prices {
+            signature: positive(b1)?,
+            verification: positive(floors.verifications_per_second)?,
+            hash: positive(b3)?,
+            request: cost(Scenario::Healthz)?,
+            reading_request: cost(Scenario::Readyz)?,
+            write: (floors.write_cpu_seconds > 0.0).then_some(floors.write_cpu_seconds)?,
+        })
+    }
+}
+
+/// The least work one operation of a scenario must do, in words and priced.
+pub struct Bound {
+    pub work: &'static str,
+    pub per_second: f64,
+}
+
+/// The bound for each scenario with a target that depends on more than the web framework;
+/// `None` for the rest.
+pub fn bound(scenario: Scenario, prices: &Prices, cores: f64) -> Option<Bound> {
+    let p = prices;
+    let (work, cost) = match scenario {
+        Scenario::ClientCredentials => (
+            "one HTTP request and one signature",
+            p.request + p.signature,
+        ),
+        Scenario::Refresh => (
+            "one HTTP request that reads the database, one durable write, one signature",
+            p.reading_request + p.write + p.signature,
+        ),
+        Scenario::AuthorizationCode => (
+            "two HTTP requests that read the database (/authorize, /token), one durable write \
+             (the redemption; a code sealed instead of stored would need none at /authorize), \
+             one signature",
+            2.0 * p.reading_request + p.write + p.signature,
+        ),
+        Scenario::Password => (
+            "one argon2id verification, one HTTP request that reads the database, one durable \
+             write, one signature",
+            p.hash + p.reading_request + p.write + p.signature,
+        ),
+        Scenario::Introspection => (
+            "one HTTP request that reads the database (revocation), one signature verification",
+            p.reading_request + p.verification,
+        ),
+        _ => return None,
+    };
+    Some(Bound {
+        work,
+        per_second: cores / cost,
+    })
+}
+
+/// Introspection with revocation held in memory instead of read per request.
+pub fn introspection_without_read(prices: &Prices, cores: f64) -> f64 {
+    cores / (prices.request + prices.verification)
+}
