@@ -145,7 +145,7 @@ fn main() {
         std::process::exit(1);
     }
     let markdown = report::markdown(&options, cores, &results);
-    let svg = report::svg(&results);
+    let svg = report::svg(&results, cores as f64);
     let dir = if options.smoke {
         std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-smoke")
     } else {

@@ -323,10 +323,9 @@ fn run_baseline(run: &RunResult, scenario: Scenario) -> f64 {
         .map_or(0.0, |(_, m)| m.baseline)
 }
 
-/// The section that says which targets this machine could meet at all (see `floors`).
-fn machine_allows(result: &BackendResult, cores: f64) -> String {
-    let mut out = String::new();
-    let priced: Vec<(&RunResult, Prices)> = result
+/// Each run of a backend with the prices of its parts; runs missing a part are left out.
+fn priced_runs(result: &BackendResult, cores: f64) -> Vec<(&RunResult, Prices)> {
+    result
         .runs
         .iter()
         .filter_map(|run| {
@@ -336,7 +335,35 @@ fn machine_allows(result: &BackendResult, cores: f64) -> String {
             );
             Prices::of_run(cores, &run.floors, &run.scenarios, b1, b3).map(|p| (run, p))
         })
-        .collect();
+        .collect()
+}
+
+/// The median over the runs of a scenario's bound, as a ratio to its baseline, and the work
+/// it prices.
+fn median_bound(
+    priced: &[(&RunResult, Prices)],
+    scenario: Scenario,
+    cores: f64,
+) -> Option<(f64, &'static str)> {
+    let mut bounds = Vec::new();
+    let mut work = "";
+    for (run, prices) in priced {
+        let Some(bound) = floors::bound(scenario, prices, cores) else {
+            continue;
+        };
+        let baseline = run_baseline(run, scenario);
+        if baseline > 0.0 {
+            work = bound.work;
+            bounds.push(bound.per_second / baseline);
+        }
+    }
+    (!bounds.is_empty()).then(|| (median(&mut bounds), work))
+}
+
+/// The section that says which targets this machine could meet at all (see `floors`).
+fn machine_allows(result: &BackendResult, cores: f64) -> String {
+    let mut out = String::new();
+    let priced = priced_runs(result, cores);
     if priced.is_empty() {
         return out;
     }
@@ -352,14 +379,10 @@ fn machine_allows(result: &BackendResult, cores: f64) -> String {
         .iter()
         .map(|(run, _)| run.floors.write_cpu_seconds * 1e6)
         .collect();
+    let _ = writeln!(out, "### What this machine allows\n");
     let _ = writeln!(
         out,
-        "### What this machine allows
-"
-    );
-    let _ = writeln!(
-        out,
-        "Each bound prices the least work one operation must do with the same run's measurements, as CPU time per operation on {cores:.0} cores (load generator and database included, since they share the cores): a signature at B1, an argon2id verification at B3, an RS256 verification ({:.0}/s on every core), a bare HTTP request as /healthz, an HTTP request that reads the database as /readyz, and a durable one-row write ({:.0}/s, {:.0} µs of CPU each: an INSERT committed on its own through gatehouse's connection settings, into a table with only a primary key). The bound is the median over the runs, as a ratio to the scenario's baseline. A target above its bound cannot be met on this machine by any server that does that work; below it, the gap is gatehouse's.\n",
+        "Each bound prices the least work one operation must do with the same run's measurements, as CPU time per operation on {cores:.0} cores (load generator and database included, since they share the cores): a signature at B1, an argon2id verification at B3, an RS256 verification ({:.0}/s on every core), a bare HTTP request as /healthz, an HTTP request that reads the database as /readyz (a hop to the blocking pool, as every query takes, and `SELECT 1`), and a durable one-row write ({:.0}/s, {:.0} µs of CPU each: an INSERT committed on its own through gatehouse's connection settings, into a table with only a primary key). The bound is the median over the runs, as a ratio to the scenario's baseline. A target above its bound cannot be met on this machine by any server that does that work; below it, the gap is gatehouse's.\n",
         median(&mut verifications),
         median(&mut writes),
         median(&mut write_cpu),
@@ -374,22 +397,9 @@ fn machine_allows(result: &BackendResult, cores: f64) -> String {
         let Some((base, goal)) = target(scenario) else {
             continue;
         };
-        let mut bounds = Vec::new();
-        let mut work = "";
-        for (run, prices) in &priced {
-            let Some(bound) = floors::bound(scenario, prices, cores) else {
-                continue;
-            };
-            let baseline = run_baseline(run, scenario);
-            if baseline > 0.0 {
-                work = bound.work;
-                bounds.push(bound.per_second / baseline);
-            }
-        }
-        if bounds.is_empty() {
+        let Some((bound, work)) = median_bound(&priced, scenario, cores) else {
             continue;
-        }
-        let bound = median(&mut bounds);
+        };
         let measured = measured_ratios
             .iter()
             .find(|row| row.scenario == scenario)
@@ -424,18 +434,21 @@ fn machine_allows(result: &BackendResult, cores: f64) -> String {
     out
 }
 
-pub fn svg(results: &[BackendResult]) -> String {
-    let bars: Vec<(String, f64, f64)> = results
+pub fn svg(results: &[BackendResult], cores: f64) -> String {
+    let bars: Vec<(String, f64, f64, Option<f64>)> = results
         .iter()
         .flat_map(|result| {
+            let priced = priced_runs(result, cores);
             rows(result)
                 .into_iter()
                 .filter_map(|row| {
                     let (_, _, goal) = row.baseline?;
+                    let bound = median_bound(&priced, row.scenario, cores).map(|(b, _)| b);
                     Some((
                         format!("{} · {}", result.backend.name(), row.scenario.name()),
                         row.ratio?,
                         goal,
+                        bound,
                     ))
                 })
                 .collect::<Vec<_>>()
@@ -444,11 +457,11 @@ pub fn svg(results: &[BackendResult]) -> String {
     let (label_width, bar_width, row_height) = (300.0, 420.0, 24.0);
     let max_ratio = bars
         .iter()
-        .map(|b| b.1.max(b.2))
+        .map(|b| b.1.max(b.2).max(b.3.unwrap_or(0.0)))
         .fold(1.0_f64, f64::max)
         .ceil();
     let scale = bar_width / max_ratio;
-    let height = 50.0 + row_height * bars.len() as f64;
+    let height = 66.0 + row_height * bars.len() as f64;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -457,10 +470,10 @@ pub fn svg(results: &[BackendResult]) -> String {
     );
     let _ = writeln!(
         out,
-        r#"<text x="10" y="18" font-size="14" font-weight="bold">Throughput as a fraction of its baseline (B1 RSA, B2 /healthz, B3 argon2id); tick = target</text>"#
+        r#"<text x="10" y="18" font-size="14" font-weight="bold">Throughput as a fraction of its baseline (B1 RSA, B2 /healthz, B3 argon2id)</text><text x="10" y="36">solid tick: the target; dashed tick: the most this machine allows for the scenario's least work</text>"#
     );
-    for (i, (label, ratio, goal)) in bars.iter().enumerate() {
-        let y = 34.0 + row_height * i as f64;
+    for (i, (label, ratio, goal, bound)) in bars.iter().enumerate() {
+        let y = 50.0 + row_height * i as f64;
         let colour = if ratio >= goal { "#2e7d32" } else { "#e65100" };
         let _ = writeln!(
             out,
@@ -472,8 +485,17 @@ pub fn svg(results: &[BackendResult]) -> String {
             gx = label_width + goal * scale,
             y1 = y - 2.0,
             y2 = y + 18.0,
-            vx = label_width + ratio.max(*goal) * scale + 6.0,
+            vx = label_width + ratio.max(*goal).max(bound.unwrap_or(0.0)) * scale + 6.0,
         );
+        if let Some(bound) = bound {
+            let _ = writeln!(
+                out,
+                r#"<line x1="{bx:.1}" x2="{bx:.1}" y1="{y1}" y2="{y2}" stroke="dimgray" stroke-width="2" stroke-dasharray="3,2"/>"#,
+                bx = label_width + bound * scale,
+                y1 = y - 4.0,
+                y2 = y + 20.0,
+            );
+        }
     }
     out.push_str("</svg>\n");
     out
