@@ -66,23 +66,13 @@ fn verify_baseline(threads: usize, duration: Duration) -> f64 {
     )
     .expect("sign");
     let public: RsaPublicKeyComponents<Vec<u8>> = key.public_key().into();
-    let total = AtomicU64::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                let end = Instant::now() + duration;
-                let mut n = 0u64;
-                while Instant::now() < end {
-                    public
-                        .verify(&RSA_PKCS1_2048_8192_SHA256, &message, &signature)
-                        .expect("verify");
-                    n += 1;
-                }
-                total.fetch_add(n, Ordering::Relaxed);
-            });
+    crate::scenarios::per_second_on_every_core(threads, duration, || {
+        || {
+            public
+                .verify(&RSA_PKCS1_2048_8192_SHA256, &message, &signature)
+                .expect("verify")
         }
-    });
-    total.into_inner() as f64 / duration.as_secs_f64()
+    })
 }
 
 /// The cheapest durable record there is: a one-row INSERT into a table with only a primary

@@ -388,29 +388,24 @@ fn run(
     }
 }
 
-/// B1: raw RS256 signatures per second on every core, with the key size gatehouse uses and
-/// its library (aws-lc-rs, key pair parsed once), over a payload the size of an access
-/// token's signing input.
-pub fn rsa_baseline(threads: usize, duration: Duration) -> f64 {
-    use aws_lc_rs::rand::SystemRandom;
-    use aws_lc_rs::rsa::KeySize;
-    use aws_lc_rs::signature::{KeyPair, RsaKeyPair, RSA_PKCS1_SHA256};
-    let key = RsaKeyPair::generate(KeySize::Rsa2048).expect("generate an RSA key");
-    let message = vec![b'x'; 420];
+/// How many times a second `threads` threads together complete an operation, each running
+/// its own (made by `make`, so that it may keep state) flat out for `duration`.
+pub fn per_second_on_every_core<Op: FnMut()>(
+    threads: usize,
+    duration: Duration,
+    make: impl Fn() -> Op + Sync,
+) -> f64 {
     let total = AtomicU64::new(0);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
-                let rng = SystemRandom::new();
-                let mut signature = vec![0u8; key.public_modulus_len()];
+                let mut operation = make();
                 let end = Instant::now() + duration;
                 let mut n = 0u64;
                 while Instant::now() < end {
-                    key.sign(&RSA_PKCS1_SHA256, &rng, &message, &mut signature)
-                        .expect("sign");
+                    operation();
                     n += 1;
                 }
-                let _ = key.public_key();
                 total.fetch_add(n, Ordering::Relaxed);
             });
         }
@@ -418,23 +413,31 @@ pub fn rsa_baseline(threads: usize, duration: Duration) -> f64 {
     total.into_inner() as f64 / duration.as_secs_f64()
 }
 
+/// B1: raw RS256 signatures per second on every core, with the key size gatehouse uses and
+/// its library (aws-lc-rs, key pair parsed once), over a payload the size of an access
+/// token's signing input.
+pub fn rsa_baseline(threads: usize, duration: Duration) -> f64 {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::rsa::KeySize;
+    use aws_lc_rs::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+    let key = RsaKeyPair::generate(KeySize::Rsa2048).expect("generate an RSA key");
+    let message = vec![b'x'; 420];
+    per_second_on_every_core(threads, duration, || {
+        let rng = SystemRandom::new();
+        let mut signature = vec![0u8; key.public_modulus_len()];
+        let (key, message) = (&key, &message);
+        move || {
+            key.sign(&RSA_PKCS1_SHA256, &rng, message, &mut signature)
+                .expect("sign")
+        }
+    })
+}
+
 /// B3: argon2id verifications per second on every core with gatehouse's parameters and
 /// code (`crypto::password::verify`).
 pub fn argon2_baseline(threads: usize, duration: Duration) -> f64 {
     let hash = gatehouse::crypto::password::hash(PASSWORD);
-    let total = AtomicU64::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                let end = Instant::now() + duration;
-                let mut n = 0u64;
-                while Instant::now() < end {
-                    assert!(gatehouse::crypto::password::verify(PASSWORD, &hash));
-                    n += 1;
-                }
-                total.fetch_add(n, Ordering::Relaxed);
-            });
-        }
-    });
-    total.into_inner() as f64 / duration.as_secs_f64()
+    per_second_on_every_core(threads, duration, || {
+        || assert!(gatehouse::crypto::password::verify(PASSWORD, &hash))
+    })
 }
