@@ -205,7 +205,7 @@ fn run_backend(
                     report::Baseline::B1 => scenarios::rsa_baseline(cores, options.duration()),
                     report::Baseline::B3 => scenarios::argon2_baseline(cores, options.duration()),
                     report::Baseline::B2 => {
-                        let (_, healthz) = measure(&server, |addr| {
+                        let (_, healthz) = measure(&server, options.warmup(), |addr| {
                             scenarios::closed_loop(
                                 addr,
                                 Scenario::Healthz,
@@ -226,7 +226,7 @@ fn run_backend(
                 value
             }
         };
-        let (outcome, mut measured) = measure(&server, |addr| {
+        let (outcome, mut measured) = measure(&server, options.warmup(), |addr| {
             scenarios::closed_loop(
                 addr,
                 scenario,
@@ -269,7 +269,7 @@ fn run_backend(
         .map_or(100.0, |(_, m)| m.per_second);
     let half_rate = (peak / 2.0).max(1.0);
     let server = Server::start(&workspace, port)?;
-    let (paced, _) = measure(&server, |addr| {
+    let (paced, _) = measure(&server, options.warmup(), |addr| {
         scenarios::paced(
             addr,
             Scenario::ClientCredentials,
@@ -317,7 +317,7 @@ fn run_backend(
         };
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
         let server = Server::start(&workspace, port)?;
-        let (outcome, measured) = measure(&server, |addr| {
+        let (outcome, measured) = measure(&server, options.warmup(), |addr| {
             scenarios::closed_loop(
                 addr,
                 Scenario::ClientCredentials,
@@ -342,31 +342,48 @@ fn run_backend(
     })
 }
 
-/// Runs `drive` against `server` and adds what /proc says about both processes.
+/// Runs `drive` against `server` and adds what /proc says about both processes. CPU is
+/// counted over the measured window only (after the lead and the warm-up), the window that
+/// `per_second` counts operations in, so that CPU per operation is right.
 fn measure(
     server: &Server,
+    warmup: Duration,
     drive: impl FnOnce(std::net::SocketAddr) -> Outcome,
 ) -> (Outcome, Measured) {
-    let own_stat = "/proc/self/stat";
-    let (server_before, own_before) = (server.cpu_seconds(), server::process_cpu_seconds(own_stat));
-    let database_before = server::postgres_cpu_seconds();
-    let started = Instant::now();
+    let pid = server.pid();
+    let sample = move || CpuSample {
+        server: server::process_cpu_seconds(&format!("/proc/{pid}/stat")),
+        loadgen: server::process_cpu_seconds("/proc/self/stat"),
+        database: server::postgres_cpu_seconds(),
+        at: Instant::now(),
+    };
+    let window_start = Instant::now() + scenarios::LEAD + warmup;
+    let sampler = std::thread::spawn(move || {
+        std::thread::sleep(window_start.saturating_duration_since(Instant::now()));
+        sample()
+    });
     let outcome = drive(server.addr);
-    let wall = started.elapsed().as_secs_f64();
-    let server_cpu = server.cpu_seconds() - server_before;
-    let loadgen_cpu = server::process_cpu_seconds(own_stat) - own_before;
-    let database_cpu = server::postgres_cpu_seconds() - database_before;
+    let after = sample();
+    let before = sampler.join().expect("the CPU sampler does not panic");
+    let wall = after.at.duration_since(before.at).as_secs_f64().max(1e-3);
     let measured = Measured {
         per_second: outcome.per_second(),
         p50_ms: outcome.percentile_ms(0.5),
         p99_ms: outcome.percentile_ms(0.99),
         peak_rss_mib: server.rss_kib().1 as f64 / 1024.0,
-        server_cpu: server_cpu / wall,
-        loadgen_cpu: loadgen_cpu / wall,
-        database_cpu: database_cpu / wall,
+        server_cpu: (after.server - before.server) / wall,
+        loadgen_cpu: (after.loadgen - before.loadgen) / wall,
+        database_cpu: (after.database - before.database) / wall,
         baseline: 0.0,
     };
     (outcome, measured)
+}
+
+struct CpuSample {
+    server: f64,
+    loadgen: f64,
+    database: f64,
+    at: Instant,
 }
 
 fn report_outcome(

@@ -284,6 +284,9 @@ pub fn paced(
     run(addr, scenario, connections, warmup, duration, Some(rate))
 }
 
+/// Time for the connections to open and each scenario's setup before the clock starts.
+pub const LEAD: Duration = Duration::from_millis(200);
+
 fn run(
     addr: SocketAddr,
     scenario: Scenario,
@@ -293,7 +296,7 @@ fn run(
     rate: Option<f64>,
 ) -> Outcome {
     let errors = AtomicU64::new(0);
-    let begin = Instant::now() + Duration::from_millis(200);
+    let begin = Instant::now() + LEAD;
     let measure_from = begin + warmup;
     let end = measure_from + duration;
     let results: Vec<(Vec<u32>, Option<String>)> = std::thread::scope(|scope| {

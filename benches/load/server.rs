@@ -266,10 +266,6 @@ impl Server {
         };
         (field("VmRSS:"), field("VmHWM:"))
     }
-
-    pub fn cpu_seconds(&self) -> f64 {
-        process_cpu_seconds(&format!("/proc/{}/stat", self.pid()))
-    }
 }
 
 impl Drop for Server {
