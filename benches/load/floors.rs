@@ -146,9 +146,10 @@ fn durable_writes(backend: &Backend, url: &str, duration: Duration) -> Result<(f
 
 /// The prices of one run, in CPU core-seconds per unit of work.
 pub struct Prices {
+    /// At client_credentials' B1, for the scenario that is judged against another baseline
+    /// but signs (the password grant).
     signature: f64,
     verification: f64,
-    hash: f64,
     /// An HTTP request answered without work: /healthz, load generator included.
     request: f64,
     /// An HTTP request that reads the database once: /readyz, load generator and database
@@ -164,7 +165,6 @@ impl Prices {
         floors: &Floors,
         scenarios: &[(Scenario, Measured)],
         b1: f64,
-        b3: f64,
         on_postgres: bool,
     ) -> Option<Prices> {
         let cost = |wanted: Scenario| {
@@ -183,7 +183,6 @@ impl Prices {
         Some(Prices {
             signature: positive(b1)?,
             verification: positive(floors.verifications_per_second)?,
-            hash: positive(b3)?,
             request: cost(Scenario::Healthz)?,
             reading_request: cost(Scenario::Readyz)?,
             write: (floors.write_cpu_seconds > 0.0).then_some(floors.write_cpu_seconds)?,
@@ -198,16 +197,21 @@ pub struct Bound {
 }
 
 /// The bound for each scenario with a target that depends on more than the web framework;
-/// `None` for the rest. `baseline` is the scenario's own, measured next to it: a scenario
-/// judged against B1 prices its signature at it (and one judged against B3 its hash), so
-/// that the bound and the measured ratio see the machine in the same state.
+/// `None` for the rest. `baseline` is the scenario's own, measured next to it, and prices
+/// the part the scenario is judged by (a B1 scenario's signature, the password grant's
+/// hash), so that the bound and the measured ratio see the machine in the same state.
 pub fn bound(scenario: Scenario, prices: &Prices, cores: f64, baseline: f64) -> Option<Bound> {
     let p = prices;
-    let own = |base: Baseline, otherwise: f64| match target(scenario) {
-        Some((judged_by, _)) if judged_by == base && baseline > 0.0 => cores / baseline,
-        _ => otherwise,
+    let (judged_by, _) = target(scenario)?;
+    if baseline <= 0.0 {
+        return None;
+    }
+    let own = cores / baseline;
+    let signature = if judged_by == Baseline::B1 {
+        own
+    } else {
+        p.signature
     };
-    let (signature, hash) = (own(Baseline::B1, p.signature), own(Baseline::B3, p.hash));
     let (work, cost) = match scenario {
         Scenario::ClientCredentials => ("one HTTP request, one signature", p.request + signature),
         Scenario::Refresh => (
@@ -224,7 +228,7 @@ pub fn bound(scenario: Scenario, prices: &Prices, cores: f64, baseline: f64) -> 
         Scenario::Password => (
             "one argon2id verification, one HTTP request that reads the database (the user), \
              one durable write, one signature",
-            hash + p.reading_request + p.write + signature,
+            own + p.reading_request + p.write + signature,
         ),
         Scenario::Introspection => (
             "one HTTP request that reads the database (revocation), one signature verification",

@@ -329,13 +329,9 @@ fn priced_runs(result: &BackendResult, cores: f64) -> Vec<(&RunResult, Prices)> 
         .runs
         .iter()
         .filter_map(|run| {
-            let (b1, b3) = (
-                run_baseline(run, Scenario::ClientCredentials),
-                run_baseline(run, Scenario::Password),
-            );
+            let b1 = run_baseline(run, Scenario::ClientCredentials);
             let on_postgres = matches!(result.backend, Backend::Postgres { .. });
-            Prices::of_run(cores, &run.floors, &run.scenarios, b1, b3, on_postgres)
-                .map(|p| (run, p))
+            Prices::of_run(cores, &run.floors, &run.scenarios, b1, on_postgres).map(|p| (run, p))
         })
         .collect()
 }
@@ -351,10 +347,7 @@ fn median_bound(
     let mut work = "";
     for (run, prices) in priced {
         let baseline = run_baseline(run, scenario);
-        let Some(bound) = floors::bound(scenario, prices, cores, baseline) else {
-            continue;
-        };
-        if baseline > 0.0 {
+        if let Some(bound) = floors::bound(scenario, prices, cores, baseline) {
             work = bound.work;
             bounds.push(bound.per_second / baseline);
         }
