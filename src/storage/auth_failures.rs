@@ -9,11 +9,13 @@ use super::{DbConnection, StorageResult};
 
 /// How many failures a bucket holds since `since`.
 pub fn count_since(conn: &mut DbConnection, bucket: &str, since: i64) -> StorageResult<i64> {
-    Ok(auth_failures::table
-        .filter(auth_failures::bucket.eq(bucket))
-        .filter(auth_failures::occurred_at.gt(since))
-        .select(count_star())
-        .get_result(conn)?)
+    Ok(super::on_native_connection!(conn, |c| {
+        auth_failures::table
+            .filter(auth_failures::bucket.eq(bucket))
+            .filter(auth_failures::occurred_at.gt(since))
+            .select(count_star())
+            .get_result(c)
+    })?)
 }
 
 /// When the `n`-th oldest (1-based) failure of a bucket since `since` happened.

@@ -127,11 +127,13 @@ pub(super) fn redeem_into(
 
 /// Looks a code up without redeeming it.
 pub fn find(conn: &mut DbConnection, code_hash: &str) -> StorageResult<Option<CodeRow>> {
-    Ok(authorization_codes::table
-        .find(code_hash)
-        .select(CodeRow::as_select())
-        .get_result(conn)
-        .optional()?)
+    Ok(super::on_native_connection!(conn, |c| {
+        authorization_codes::table
+            .find(code_hash)
+            .select(CodeRow::as_select())
+            .get_result(c)
+            .optional()
+    })?)
 }
 
 /// Codes are useless once expired; keep redeemed ones a while for replay detection.

@@ -21,11 +21,11 @@ pub fn find(
     user_id: &str,
     client_id: &str,
 ) -> StorageResult<Option<ConsentRow>> {
-    Ok(consents::table
+    Ok(super::on_native_connection!(conn, |c| consents::table
         .find((user_id, client_id))
         .select(ConsentRow::as_select())
-        .get_result(conn)
-        .optional()?)
+        .get_result(c)
+        .optional())?)
 }
 
 /// Replaces the remembered consent for this user and client. Two concurrent calls (a

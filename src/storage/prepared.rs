@@ -40,6 +40,68 @@ macro_rules! push_binds {
     }};
 }
 
+/// A new family's values, as bind parameters in the order of `family_columns!`.
+macro_rules! push_family_values {
+    ($out:ident, $family:expr) => {{
+        let family: &FamilyRow = $family;
+        push_binds!($out;
+            Text => &family.id,
+            Text => &family.client_id,
+            Nullable<Text> => &family.user_id,
+            Text => &family.grant_type,
+            Text => &family.scope,
+            BigInt => &family.created_at,
+            BigInt => &family.expires_at,
+        );
+    }};
+}
+
+/// A new refresh token's values, in the order of `refresh_columns!`.
+macro_rules! push_refresh_values {
+    ($out:ident, $refresh:expr) => {{
+        let refresh: &RefreshRow = $refresh;
+        push_binds!($out;
+            Text => &refresh.token_hash,
+            Text => &refresh.family_id,
+            Text => &refresh.client_id,
+            Text => &refresh.scope,
+            BigInt => &refresh.created_at,
+            BigInt => &refresh.idle_expires_at,
+        );
+    }};
+}
+
+/// A new access token's values, in the order of `access_columns!`.
+macro_rules! push_access_values {
+    ($out:ident, $access:expr) => {{
+        let access: &AccessRow = $access;
+        push_binds!($out;
+            Text => &access.jti,
+            Nullable<Text> => &access.family_id,
+            Text => &access.client_id,
+            BigInt => &access.expires_at,
+        );
+    }};
+}
+
+/// The columns a new row sets (the others, `revoked_at` and `rotated_at`, start NULL), as
+/// literals for `concat!`.
+macro_rules! family_columns {
+    () => {
+        "id, client_id, user_id, grant_type, scope, created_at, expires_at"
+    };
+}
+macro_rules! refresh_columns {
+    () => {
+        "token_hash, family_id, client_id, scope, created_at, idle_expires_at"
+    };
+}
+macro_rules! access_columns {
+    () => {
+        "jti, family_id, client_id, expires_at"
+    };
+}
+
 /// The same SQL for both databases: `on_both_backends!(Statement |statement, out| { ... })`.
 macro_rules! on_both_backends {
     ($statement:ident |$this:ident, $out:ident| $body:block) => {
@@ -79,17 +141,19 @@ impl QueryFragment<Pg> for RotateRefresh<'_> {
         out.push_bind_param::<BigInt, _>(&self.now)?;
         out.push_sql(" WHERE token_hash = ");
         out.push_bind_param::<Text, _>(self.old_hash)?;
-        out.push_sql(
+        out.push_sql(concat!(
             " AND rotated_at IS NULL AND EXISTS (SELECT 1 FROM family) RETURNING token_hash), \
-             successor AS (INSERT INTO refresh_tokens \
-             (token_hash, family_id, client_id, scope, created_at, idle_expires_at) SELECT ",
-        );
-        push_refresh_values(&mut out, successor)?;
-        out.push_sql(
-            " WHERE EXISTS (SELECT 1 FROM rotated)), access AS (INSERT INTO access_tokens \
-             (jti, family_id, client_id, expires_at) SELECT ",
-        );
-        push_access_values(&mut out, access)?;
+             successor AS (INSERT INTO refresh_tokens (",
+            refresh_columns!(),
+            ") SELECT ",
+        ));
+        push_refresh_values!(out, successor);
+        out.push_sql(concat!(
+            " WHERE EXISTS (SELECT 1 FROM rotated)), access AS (INSERT INTO access_tokens (",
+            access_columns!(),
+            ") SELECT ",
+        ));
+        push_access_values!(out, access);
         out.push_sql(" WHERE EXISTS (SELECT 1 FROM rotated)) SELECT count(*) FROM rotated");
         Ok(())
     }
@@ -131,31 +195,26 @@ impl QueryFragment<Pg> for CreateFamily<'_> {
         out.push_bind_param::<Text, _>(self.from_code.map_or("", |c| c.client_id))?;
         out.push_sql(" AND redeemed_at IS NULL RETURNING 1), proceed AS (SELECT 1 WHERE NOT ");
         out.push_bind_param::<Bool, _>(flag(self.from_code.is_some()))?;
-        out.push_sql(
-            " OR EXISTS (SELECT 1 FROM redeemed)), family AS (INSERT INTO token_families \
-             (id, client_id, user_id, grant_type, scope, created_at, expires_at) SELECT ",
-        );
-        push_binds!(out;
-            Text => &family.id,
-            Text => &family.client_id,
-            Nullable<Text> => &family.user_id,
-            Text => &family.grant_type,
-            Text => &family.scope,
-            BigInt => &family.created_at,
-            BigInt => &family.expires_at,
-        );
-        out.push_sql(
-            " FROM proceed), refresh AS (INSERT INTO refresh_tokens \
-             (token_hash, family_id, client_id, scope, created_at, idle_expires_at) SELECT ",
-        );
-        push_refresh_values(&mut out, self.refresh.unwrap_or(&NO_REFRESH))?;
+        out.push_sql(concat!(
+            " OR EXISTS (SELECT 1 FROM redeemed)), family AS (INSERT INTO token_families (",
+            family_columns!(),
+            ") SELECT ",
+        ));
+        push_family_values!(out, family);
+        out.push_sql(concat!(
+            " FROM proceed), refresh AS (INSERT INTO refresh_tokens (",
+            refresh_columns!(),
+            ") SELECT ",
+        ));
+        push_refresh_values!(out, self.refresh.unwrap_or(&NO_REFRESH));
         out.push_sql(" FROM proceed WHERE ");
         out.push_bind_param::<Bool, _>(flag(self.refresh.is_some()))?;
-        out.push_sql(
-            "), access AS (INSERT INTO access_tokens (jti, family_id, client_id, expires_at) \
-             SELECT ",
-        );
-        push_access_values(&mut out, self.access)?;
+        out.push_sql(concat!(
+            "), access AS (INSERT INTO access_tokens (",
+            access_columns!(),
+            ") SELECT ",
+        ));
+        push_access_values!(out, self.access);
         out.push_sql(" FROM proceed) SELECT count(*) FROM redeemed");
         Ok(())
     }
@@ -171,33 +230,6 @@ static NO_REFRESH: RefreshRow = RefreshRow {
     idle_expires_at: 0,
     rotated_at: None,
 };
-
-/// token_hash, family_id, client_id, scope, created_at, idle_expires_at
-fn push_refresh_values<'b>(
-    out: &mut AstPass<'_, 'b, Pg>,
-    refresh: &'b RefreshRow,
-) -> QueryResult<()> {
-    push_binds!(out;
-        Text => &refresh.token_hash,
-        Text => &refresh.family_id,
-        Text => &refresh.client_id,
-        Text => &refresh.scope,
-        BigInt => &refresh.created_at,
-        BigInt => &refresh.idle_expires_at,
-    );
-    Ok(())
-}
-
-/// jti, family_id, client_id, expires_at
-fn push_access_values<'b>(out: &mut AstPass<'_, 'b, Pg>, access: &'b AccessRow) -> QueryResult<()> {
-    push_binds!(out;
-        Text => &access.jti,
-        Nullable<Text> => &access.family_id,
-        Text => &access.client_id,
-        BigInt => &access.expires_at,
-    );
-    Ok(())
-}
 
 /// The columns of `authorization_codes`, in the order of the table and of `CodeRow`.
 const CODE_COLUMNS: &str = "code_hash, client_id, user_id, redirect_uri, redirect_uri_sent, \
@@ -343,6 +375,66 @@ on_both_backends!(
     }
 );
 
+/// Inserts a new family (SQLite's family creation is a transaction of several statements;
+/// PostgreSQL's is `CreateFamily`). diesel renders an insert of a row with optional fields
+/// afresh each time on SQLite, which may leave a NULL field out, and never keeps it
+/// prepared.
+pub struct InsertFamily<'a> {
+    pub family: &'a FamilyRow,
+}
+
+on_both_backends!(
+    InsertFamily | statement,
+    out | {
+        out.push_sql(concat!(
+            "INSERT INTO token_families (",
+            family_columns!(),
+            ") VALUES ("
+        ));
+        push_family_values!(out, statement.family);
+        out.push_sql(")");
+        Ok(())
+    }
+);
+
+/// Inserts a new refresh token (SQLite's rotation and family creation).
+pub struct InsertRefresh<'a> {
+    pub refresh: &'a RefreshRow,
+}
+
+on_both_backends!(
+    InsertRefresh | statement,
+    out | {
+        out.push_sql(concat!(
+            "INSERT INTO refresh_tokens (",
+            refresh_columns!(),
+            ") VALUES ("
+        ));
+        push_refresh_values!(out, statement.refresh);
+        out.push_sql(")");
+        Ok(())
+    }
+);
+
+/// Records a new access token of a family (SQLite's rotation and family creation).
+pub struct InsertAccess<'a> {
+    pub access: &'a AccessRow,
+}
+
+on_both_backends!(
+    InsertAccess | statement,
+    out | {
+        out.push_sql(concat!(
+            "INSERT INTO access_tokens (",
+            access_columns!(),
+            ") VALUES ("
+        ));
+        push_access_values!(out, statement.access);
+        out.push_sql(")");
+        Ok(())
+    }
+);
+
 /// Runs a statement that returns no rows on whichever database `conn` is.
 pub fn execute<S>(conn: &mut DbConnection, statement: S) -> QueryResult<usize>
 where
@@ -380,5 +472,8 @@ prepared_once!(
     RedeemCode -> super::schema::authorization_codes::SqlType,
     RedeemInto,
     LockLiveFamily,
-    MarkRotated
+    MarkRotated,
+    InsertFamily,
+    InsertRefresh,
+    InsertAccess
 );

@@ -32,14 +32,16 @@ pub fn find_live(
     id_hash: &str,
     now: i64,
 ) -> StorageResult<Option<(SessionRow, UserRow)>> {
-    Ok(browser_sessions::table
-        .inner_join(users::table.on(users::id.eq(browser_sessions::user_id)))
-        .filter(browser_sessions::id_hash.eq(id_hash))
-        .filter(browser_sessions::expires_at.gt(now))
-        .filter(users::disabled.eq(false))
-        .select((SessionRow::as_select(), UserRow::as_select()))
-        .get_result(conn)
-        .optional()?)
+    Ok(super::on_native_connection!(conn, |c| {
+        browser_sessions::table
+            .inner_join(users::table.on(users::id.eq(browser_sessions::user_id)))
+            .filter(browser_sessions::id_hash.eq(id_hash))
+            .filter(browser_sessions::expires_at.gt(now))
+            .filter(users::disabled.eq(false))
+            .select((SessionRow::as_select(), UserRow::as_select()))
+            .get_result(c)
+            .optional()
+    })?)
 }
 
 pub fn delete(conn: &mut DbConnection, id_hash: &str) -> StorageResult<()> {

@@ -71,17 +71,7 @@ pub fn create_family(
         return Ok(from_code.is_none() || redeemed == 1);
     }
     let recorded = super::write_transaction(conn, |conn| {
-        diesel::insert_into(token_families::table)
-            .values(family)
-            .execute(conn)?;
-        if let Some(refresh) = refresh {
-            diesel::insert_into(refresh_tokens::table)
-                .values(refresh)
-                .execute(conn)?;
-        }
-        diesel::insert_into(access_tokens::table)
-            .values(access)
-            .execute(conn)?;
+        insert_new_rows(conn, Some(family), refresh, access)?;
         match from_code {
             Some(code)
                 if !super::codes::redeem_into(
@@ -141,14 +131,32 @@ pub fn rotate_refresh(
         {
             return Ok(false);
         }
-        diesel::insert_into(refresh_tokens::table)
-            .values(successor)
-            .execute(conn)?;
-        diesel::insert_into(access_tokens::table)
-            .values(access)
-            .execute(conn)?;
+        insert_new_rows(conn, None, Some(successor), access)?;
         Ok(true)
     })
+}
+
+/// SQLite's inserts of new rows, inside the caller's transaction (on PostgreSQL they are
+/// parts of `RotateRefresh` and `CreateFamily`). The statements leave `revoked_at` and
+/// `rotated_at` NULL, as a new row has them.
+fn insert_new_rows(
+    conn: &mut DbConnection,
+    family: Option<&FamilyRow>,
+    refresh: Option<&RefreshRow>,
+    access: &AccessRow,
+) -> StorageResult<()> {
+    use super::prepared::{execute, InsertAccess, InsertFamily, InsertRefresh};
+    if let Some(family) = family {
+        debug_assert!(family.revoked_at.is_none());
+        execute(conn, InsertFamily { family })?;
+    }
+    if let Some(refresh) = refresh {
+        debug_assert!(refresh.rotated_at.is_none());
+        execute(conn, InsertRefresh { refresh })?;
+    }
+    debug_assert!(access.revoked_at.is_none());
+    execute(conn, InsertAccess { access })?;
+    Ok(())
 }
 
 /// Revokes the family and every access token recorded in it. Returns whether the family was
@@ -177,11 +185,13 @@ fn revoke_family_rows(conn: &mut DbConnection, family_id: &str, now: i64) -> Sto
 }
 
 pub fn find_access(conn: &mut DbConnection, jti: &str) -> StorageResult<Option<AccessRow>> {
-    Ok(access_tokens::table
-        .find(jti)
-        .select(AccessRow::as_select())
-        .get_result(conn)
-        .optional()?)
+    Ok(super::on_native_connection!(conn, |c| {
+        access_tokens::table
+            .find(jti)
+            .select(AccessRow::as_select())
+            .get_result(c)
+            .optional()
+    })?)
 }
 
 /// Which of `jtis` are recorded as revoked: one query for many introspections at once.
@@ -222,17 +232,18 @@ pub fn find_refresh(
     conn: &mut DbConnection,
     token_hash: &str,
 ) -> StorageResult<Option<PresentedRefresh>> {
-    let found: Option<(RefreshRow, FamilyRow, Option<bool>)> = refresh_tokens::table
-        .inner_join(token_families::table.on(token_families::id.eq(refresh_tokens::family_id)))
-        .left_join(users::table.on(token_families::user_id.eq(users::id.nullable())))
-        .filter(refresh_tokens::token_hash.eq(token_hash))
-        .select((
-            RefreshRow::as_select(),
-            FamilyRow::as_select(),
-            users::disabled.nullable(),
-        ))
-        .get_result(conn)
-        .optional()?;
+    let found: Option<(RefreshRow, FamilyRow, Option<bool>)> =
+        super::on_native_connection!(conn, |c| refresh_tokens::table
+            .inner_join(token_families::table.on(token_families::id.eq(refresh_tokens::family_id)))
+            .left_join(users::table.on(token_families::user_id.eq(users::id.nullable())))
+            .filter(refresh_tokens::token_hash.eq(token_hash))
+            .select((
+                RefreshRow::as_select(),
+                FamilyRow::as_select(),
+                users::disabled.nullable(),
+            ))
+            .get_result(c)
+            .optional())?;
     Ok(found.map(|(token, family, disabled)| PresentedRefresh {
         user_enabled: match (&family.user_id, disabled) {
             (None, _) => true,

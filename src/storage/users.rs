@@ -31,19 +31,19 @@ pub fn insert(conn: &mut DbConnection, user: &UserRow) -> StorageResult<()> {
 }
 
 pub fn find_by_username(conn: &mut DbConnection, username: &str) -> StorageResult<Option<UserRow>> {
-    Ok(users::table
+    Ok(super::on_native_connection!(conn, |c| users::table
         .filter(users::username.eq(username))
         .select(UserRow::as_select())
-        .get_result(conn)
-        .optional()?)
+        .get_result(c)
+        .optional())?)
 }
 
 pub fn find(conn: &mut DbConnection, id: &str) -> StorageResult<Option<UserRow>> {
-    Ok(users::table
+    Ok(super::on_native_connection!(conn, |c| users::table
         .find(id)
         .select(UserRow::as_select())
-        .get_result(conn)
-        .optional()?)
+        .get_result(c)
+        .optional())?)
 }
 
 pub fn list(conn: &mut DbConnection) -> StorageResult<Vec<UserRow>> {
