@@ -12,7 +12,7 @@ import sys
 import urllib.parse
 
 port, scenario, count, state_dir = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-SECRET = "instructions-client-secret-0123456789"
+SECRET = "bench-client-secret-0123456789"  # as in benches/load/server.rs
 USER, PASSWORD = "bench", "bench password 0123"
 REDIRECT_URI = "https://app.example.com/callback"
 FORM = "application/x-www-form-urlencoded"

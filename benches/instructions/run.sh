@@ -54,47 +54,12 @@ if [[ -n $postgres ]]; then
 else
     url="sqlite://$work/gatehouse.db"
 fi
-secret="instructions-client-secret-0123456789"
+# The benchmark's own configuration, clients and secrets (see benches/load/server.rs).
+secret="bench-client-secret-0123456789"
 hash=$(echo "$secret" | "$bin" hash-secret --stdin)
-cat > "$work/gatehouse.toml" <<TOML
-issuer = "http://127.0.0.1:$port"
-[server]
-bind = "127.0.0.1:$port"
-[database]
-url = "$url"
-[secrets]
-system = "instructions-system-secret-0123456789abcdef0123456789"
-[tokens]
-audience = ["https://api.example.com"]
-[limits]
-client_requests_per_second = 100000000
-client_burst = 100000000
-failures_per_username = 100000000
-failures_per_ip = 100000000
-[log]
-format = "json"
-level = "info"
-[[clients]]
-id = "service"
-secret_hash = "$hash"
-grant_types = ["client_credentials"]
-scopes = ["read", "write"]
-default_scopes = ["read"]
-[[clients]]
-id = "legacy"
-secret_hash = "$hash"
-grant_types = ["password", "refresh_token"]
-scopes = ["read", "write"]
-default_scopes = ["read"]
-[[clients]]
-id = "webapp"
-name = "Instructions Web App"
-secret_hash = "$hash"
-redirect_uris = ["https://app.example.com/callback"]
-grant_types = ["authorization_code", "refresh_token"]
-scopes = ["read", "write"]
-default_scopes = ["read"]
-TOML
+sed -e "s|@PORT@|$port|g" -e "s|@DATABASE_URL@|$url|g" -e "s|@SECRET_HASH@|$hash|g" \
+    -e "s|@SYSTEM_SECRET@|bench-system-secret-0123456789abcdef0123456789|g" \
+    "$repo/benches/load/gatehouse.toml" > "$work/gatehouse.toml"
 config=(--config "$work/gatehouse.toml")
 "$bin" "${config[@]}" migrate >/dev/null 2>&1
 echo "bench password 0123" | "$bin" "${config[@]}" users add bench --password-stdin >/dev/null

@@ -151,60 +151,13 @@ pub fn free_port() -> u16 {
         .unwrap_or(18080)
 }
 
-/// The defaults, plus the clients the scenarios use, with limits out of the way: the
-/// benchmark measures throughput, not the rate limiter.
+/// `gatehouse.toml` filled in; benches/instructions/run.sh uses the same template.
 fn config_text(url: &str, port: u16) -> String {
-    let hash = gatehouse::crypto::password::hash(SECRET);
-    format!(
-        r#"
-issuer = "http://127.0.0.1:{port}"
-
-[server]
-bind = "127.0.0.1:{port}"
-
-[database]
-url = "{url}"
-
-[secrets]
-system = "{SYSTEM_SECRET}"
-
-[tokens]
-audience = ["https://api.example.com"]
-
-[limits]
-client_requests_per_second = 100000000
-client_burst = 100000000
-failures_per_username = 100000000
-failures_per_ip = 100000000
-
-[log]
-format = "json"
-level = "info"
-
-[[clients]]
-id = "service"
-secret_hash = "{hash}"
-grant_types = ["client_credentials"]
-scopes = ["read", "write"]
-default_scopes = ["read"]
-
-[[clients]]
-id = "legacy"
-secret_hash = "{hash}"
-grant_types = ["password", "refresh_token"]
-scopes = ["read", "write"]
-default_scopes = ["read"]
-
-[[clients]]
-id = "webapp"
-name = "Bench Web App"
-secret_hash = "{hash}"
-redirect_uris = ["https://app.example.com/callback"]
-grant_types = ["authorization_code", "refresh_token"]
-scopes = ["read", "write"]
-default_scopes = ["read"]
-"#
-    )
+    include_str!("gatehouse.toml")
+        .replace("@PORT@", &port.to_string())
+        .replace("@DATABASE_URL@", url)
+        .replace("@SYSTEM_SECRET@", SYSTEM_SECRET)
+        .replace("@SECRET_HASH@", &gatehouse::crypto::password::hash(SECRET))
 }
 
 pub struct Server {
