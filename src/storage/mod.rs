@@ -64,7 +64,7 @@ pub type StorageResult<T> = Result<T, StorageError>;
 /// diesel renders the query's whole SQL text again on each of its passes over the query
 /// (to ask whether the statement may be kept prepared, to collect the binds) before it
 /// looks the statement up in its cache, on every execution: under the refresh grant that
-/// was a sixth of what gatehouse executed besides the RSA signature (callgrind). On the
+/// was an eighth of what gatehouse executed besides the RSA signature (callgrind). On the
 /// connection itself, a query with a static query id is found in the cache at once.
 macro_rules! on_native_connection {
     ($conn:expr, |$c:ident| $body:expr) => {
