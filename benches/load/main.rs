@@ -7,10 +7,13 @@
 //!
 //! Options: `--seconds N` per scenario (5), `--runs N` (3, the median is reported),
 //! `--sqlite-only`, `--smoke` (every scenario once for half a second, nothing written to
-//! the repository, failing on any error: what CI runs so the benchmark cannot rot).
+//! the repository, failing on any error: what CI runs so the benchmark cannot rot),
+//! `--instructions --only NAME [--ops N]` (instructions per operation under callgrind; see
+//! `instructions`). `GATEHOUSE_BENCH_BIN=PATH` measures another build of the server.
 
 mod client;
 mod floors;
+mod instructions;
 mod report;
 mod scenarios;
 mod server;
@@ -29,6 +32,10 @@ pub struct Options {
     sqlite_only: bool,
     /// `--only NAME`: just this scenario (for profiling); no report is written.
     only: Option<String>,
+    /// `--instructions`: count instructions per operation instead (needs `--only`).
+    instructions: bool,
+    /// `--ops N`: how many operations `--instructions` counts.
+    ops: usize,
 }
 
 impl Options {
@@ -51,6 +58,8 @@ impl Options {
                 .position(|a| a == "--only")
                 .and_then(|i| args.get(i + 1))
                 .cloned(),
+            instructions: args.iter().any(|a| a == "--instructions"),
+            ops: value("--ops").map_or(2000, |n| n.max(1.0) as usize),
         }
     }
 
@@ -111,6 +120,24 @@ fn main() {
         } else {
             eprintln!("PostgreSQL is not reachable at {admin_url}: measuring SQLite only");
         }
+    }
+
+    if options.instructions {
+        let Some(scenario) = options
+            .only
+            .as_deref()
+            .and_then(|only| Scenario::ALL.into_iter().find(|s| s.name().contains(only)))
+        else {
+            eprintln!("--instructions needs --only NAME, a part of a scenario's name");
+            std::process::exit(2);
+        };
+        for backend in &backends {
+            if let Err(e) = instructions::count(backend, scenario, options.ops) {
+                eprintln!("{}: {e}", backend.name());
+                std::process::exit(1);
+            }
+        }
+        return;
     }
 
     let mut results: Vec<BackendResult> = backends

@@ -96,7 +96,21 @@ impl Workspace {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
+        self.command_under(&[])
+    }
+
+    /// The binary's command, run by `wrapper` (a program and its arguments) when one is
+    /// given, e.g. valgrind. `GATEHOUSE_BENCH_BIN` names another build to measure.
+    fn command_under(&self, wrapper: &[String]) -> Command {
+        let binary = std::env::var("GATEHOUSE_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         cmd.current_dir(self.dir.path())
             .arg("--config")
             .arg(&self.config);
@@ -151,13 +165,60 @@ pub fn free_port() -> u16 {
         .unwrap_or(18080)
 }
 
-/// `gatehouse.toml` filled in; benches/instructions/run.sh uses the same template.
+/// The defaults, plus the clients the scenarios use, with limits out of the way: the
+/// benchmark measures throughput, not the rate limiter.
 fn config_text(url: &str, port: u16) -> String {
-    include_str!("gatehouse.toml")
-        .replace("@PORT@", &port.to_string())
-        .replace("@DATABASE_URL@", url)
-        .replace("@SYSTEM_SECRET@", SYSTEM_SECRET)
-        .replace("@SECRET_HASH@", &gatehouse::crypto::password::hash(SECRET))
+    let hash = gatehouse::crypto::password::hash(SECRET);
+    format!(
+        r#"
+issuer = "http://127.0.0.1:{port}"
+
+[server]
+bind = "127.0.0.1:{port}"
+
+[database]
+url = "{url}"
+
+[secrets]
+system = "{SYSTEM_SECRET}"
+
+[tokens]
+audience = ["https://api.example.com"]
+
+[limits]
+client_requests_per_second = 100000000
+client_burst = 100000000
+failures_per_username = 100000000
+failures_per_ip = 100000000
+
+[log]
+format = "json"
+level = "info"
+
+[[clients]]
+id = "service"
+secret_hash = "{hash}"
+grant_types = ["client_credentials"]
+scopes = ["read", "write"]
+default_scopes = ["read"]
+
+[[clients]]
+id = "legacy"
+secret_hash = "{hash}"
+grant_types = ["password", "refresh_token"]
+scopes = ["read", "write"]
+default_scopes = ["read"]
+
+[[clients]]
+id = "webapp"
+name = "Bench Web App"
+secret_hash = "{hash}"
+redirect_uris = ["https://app.example.com/callback"]
+grant_types = ["authorization_code", "refresh_token"]
+scopes = ["read", "write"]
+default_scopes = ["read"]
+"#
+    )
 }
 
 pub struct Server {
@@ -169,11 +230,20 @@ pub struct Server {
 
 impl Server {
     pub fn start(workspace: &Workspace, port: u16) -> Result<Server, String> {
+        Server::start_under(workspace, port, &[])
+    }
+
+    /// `start`, with the server run by `wrapper` (see `Workspace::command_under`).
+    pub fn start_under(
+        workspace: &Workspace,
+        port: u16,
+        wrapper: &[String],
+    ) -> Result<Server, String> {
         let log = std::fs::File::create(workspace.path().join("server.log"))
             .map_err(|e| e.to_string())?;
         let started = Instant::now();
         let child = workspace
-            .command()
+            .command_under(wrapper)
             .arg("serve")
             .stdout(log)
             .stderr(Stdio::null())

@@ -34,10 +34,7 @@ pub fn insert_all(conn: &mut DbConnection, rows: &[AuditRow]) -> StorageResult<(
             let statement = diesel::insert_into(audit_events::table).values(chunk);
             // MultiConnection does not forward multi-row inserts; each backend's own
             // connection does.
-            match conn {
-                DbConnection::Postgresql(conn) => statement.execute(conn)?,
-                DbConnection::Sqlite(conn) => statement.execute(conn)?,
-            };
+            super::on_native_connection!(conn, |c| statement.execute(c))?;
         }
         Ok(())
     })

@@ -72,10 +72,9 @@ pub fn redeem(
         now,
     };
     let first: Option<CodeRow> = super::write(conn, |conn| {
-        Ok(match conn {
-            DbConnection::Postgresql(conn) => statement.get_result(conn).optional()?,
-            DbConnection::Sqlite(conn) => statement.get_result(conn).optional()?,
-        })
+        Ok(super::on_native_connection!(conn, |c| statement
+            .get_result(c)
+            .optional())?)
     })?;
     if let Some(row) = first {
         return Ok(Redemption::First(row));

@@ -1,5 +1,8 @@
 //! Storage: diesel only. One code path for PostgreSQL and SQLite through diesel's
-//! `MultiConnection`; the backend is chosen from the URL scheme, never guessed.
+//! `MultiConnection`; the backend is chosen from the URL scheme, never guessed. The hot
+//! lookups and the prepared statements run on the connection it wraps
+//! (`on_native_connection!`), where diesel finds a prepared statement without rendering
+//! its SQL first.
 //!
 //! Lookups by a unique key end in `get_result`, not `first`: `first` adds `LIMIT ?`, and
 //! SQLite (3.47 on) plans with the bound LIMIT value and so re-prepares such a statement

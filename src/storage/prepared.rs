@@ -440,10 +440,7 @@ pub fn execute<S>(conn: &mut DbConnection, statement: S) -> QueryResult<usize>
 where
     S: ExecuteDsl<PgConnection> + ExecuteDsl<SqliteConnection>,
 {
-    match conn {
-        DbConnection::Postgresql(conn) => ExecuteDsl::execute(statement, conn),
-        DbConnection::Sqlite(conn) => ExecuteDsl::execute(statement, conn),
-    }
+    super::on_native_connection!(conn, |c| ExecuteDsl::execute(statement, c))
 }
 
 /// Static query ids: diesel then keeps each statement prepared on the connection. A
