@@ -2,6 +2,8 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# SQLite's compile options (see the file).
+COPY .cargo .cargo
 COPY src src
 COPY migrations migrations
 COPY config config

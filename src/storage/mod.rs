@@ -204,6 +204,33 @@ mod tests {
         (dir, conn)
     }
 
+    #[derive(diesel::QueryableByName)]
+    struct CompileOption {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        compile_options: String,
+    }
+
+    /// .cargo/config.toml builds SQLite without the two process-wide mutexes every pooled
+    /// connection would otherwise queue on (see there).
+    #[test]
+    fn sqlite_is_built_without_process_wide_allocation_locks() {
+        let (_dir, mut conn) = sqlite();
+        let options: Vec<String> = diesel::sql_query("PRAGMA compile_options")
+            .load::<CompileOption>(&mut conn)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.compile_options)
+            .collect();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "memory statistics are on: {options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "one page-cache group for all connections: {options:?}"
+        );
+    }
+
     #[test]
     fn a_write_inside_a_write_does_not_wait_on_itself() {
         let (_dir, mut conn) = sqlite();
