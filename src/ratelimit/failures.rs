@@ -53,9 +53,9 @@ pub fn begin(
     let buckets = buckets(attempt, limits);
     let names: Vec<String> = buckets.iter().map(|(b, _)| b.clone()).collect();
     let row_ids = auth_failures::record(conn, &names, now)?;
+    let counts = auth_failures::counts_since(conn, &names, now - window)?;
     let mut retry_after = 0u64;
-    for (bucket, budget) in &buckets {
-        let count = auth_failures::count_since(conn, bucket, now - window)?;
+    for ((bucket, budget), count) in buckets.iter().zip(counts) {
         if count > i64::from(*budget) {
             // The attempt may go through once enough of the oldest failures leave the window.
             let excess = count - i64::from(*budget);

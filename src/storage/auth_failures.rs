@@ -7,15 +7,29 @@ use diesel::prelude::*;
 use super::schema::auth_failures;
 use super::{DbConnection, StorageResult};
 
-/// How many failures a bucket holds since `since`.
-pub fn count_since(conn: &mut DbConnection, bucket: &str, since: i64) -> StorageResult<i64> {
-    Ok(super::on_native_connection!(conn, |c| {
+/// How many failures each of `buckets` holds since `since`, in the order given: one query
+/// for all of them, a round trip less per bucket on PostgreSQL.
+pub fn counts_since(
+    conn: &mut DbConnection,
+    buckets: &[String],
+    since: i64,
+) -> StorageResult<Vec<i64>> {
+    let held: Vec<(String, i64)> = super::on_native_connection!(conn, |c| {
         auth_failures::table
-            .filter(auth_failures::bucket.eq(bucket))
+            .filter(auth_failures::bucket.eq_any(buckets))
             .filter(auth_failures::occurred_at.gt(since))
-            .select(count_star())
-            .get_result(c)
-    })?)
+            .group_by(auth_failures::bucket)
+            .select((auth_failures::bucket, count_star()))
+            .load(c)
+    })?;
+    Ok(buckets
+        .iter()
+        .map(|bucket| {
+            held.iter()
+                .find(|(held_bucket, _)| held_bucket == bucket)
+                .map_or(0, |(_, count)| *count)
+        })
+        .collect())
 }
 
 /// When the `n`-th oldest (1-based) failure of a bucket since `since` happened.
@@ -42,24 +56,32 @@ pub fn delete(conn: &mut DbConnection, ids: &[String]) -> StorageResult<()> {
     })
 }
 
-/// Records one failure per bucket, committed at once; returns the new rows' ids.
+/// Records one failure per bucket in one statement, so that they commit together; returns
+/// the new rows' ids.
 pub fn record(conn: &mut DbConnection, buckets: &[String], at: i64) -> StorageResult<Vec<String>> {
-    // One row at a time: diesel's MultiConnection has no batch insert.
-    super::write_transaction(conn, |conn| {
-        let mut ids = Vec::with_capacity(buckets.len());
-        for bucket in buckets {
-            let id = uuid::Uuid::new_v4().to_string();
-            diesel::insert_into(auth_failures::table)
-                .values((
-                    auth_failures::id.eq(&id),
-                    auth_failures::bucket.eq(bucket),
-                    auth_failures::occurred_at.eq(at),
-                ))
-                .execute(conn)?;
-            ids.push(id);
-        }
-        Ok(ids)
-    })
+    let ids: Vec<String> = buckets
+        .iter()
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let rows: Vec<_> = ids
+        .iter()
+        .zip(buckets)
+        .map(|(id, bucket)| {
+            (
+                auth_failures::id.eq(id),
+                auth_failures::bucket.eq(bucket),
+                auth_failures::occurred_at.eq(at),
+            )
+        })
+        .collect();
+    super::write(conn, |conn| {
+        let statement = diesel::insert_into(auth_failures::table).values(&rows);
+        // MultiConnection does not forward multi-row inserts; each backend's own connection
+        // does.
+        super::on_native_connection!(conn, |c| statement.execute(c))?;
+        Ok(())
+    })?;
+    Ok(ids)
 }
 
 pub fn delete_before(conn: &mut DbConnection, cutoff: i64) -> StorageResult<usize> {
