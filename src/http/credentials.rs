@@ -4,6 +4,8 @@
 
 use super::{AppState, HttpError};
 use crate::crypto::password;
+use std::sync::Arc;
+
 use crate::oauth::client::Client;
 use crate::ratelimit::client_rate::Caller;
 use crate::ratelimit::{self, Attempt, Verdict};
@@ -69,7 +71,7 @@ pub async fn check_password(
 
 /// What checking a client's secret concluded.
 pub enum ClientCheck {
-    Authenticated(Client),
+    Authenticated(Arc<Client>),
     Refused,
     /// Over the request rate (the client's, or the address's while unauthenticated).
     Limited {
@@ -118,10 +120,10 @@ pub fn charge_unauthenticated(
     state: &AppState,
     client_id: Option<&str>,
     ip: Option<&str>,
-) -> Result<Option<Client>, u64> {
+) -> Result<Option<Arc<Client>>, u64> {
     let public = client_id
         .and_then(|id| state.clients.get(id))
-        .filter(Client::is_public);
+        .filter(|client| client.is_public());
     let caller = match &public {
         Some(client) => Caller::Public {
             client_id: &client.id,

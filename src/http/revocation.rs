@@ -29,7 +29,7 @@ async fn authenticate(
 ) -> Result<String, HttpResponse> {
     if let Some((client_id, secret)) = request.client_secret() {
         return match credentials::check_client_secret(state, client_id, secret, ip).await {
-            Ok(ClientCheck::Authenticated(client)) => Ok(client.id),
+            Ok(ClientCheck::Authenticated(client)) => Ok(client.id.clone()),
             Ok(ClientCheck::Refused) => Err(answer(TokenAnswer::invalid_client())),
             Ok(ClientCheck::Limited { retry_after }) => Err(rate_limited(retry_after)),
             Err(e) => Err(failure(e)),
@@ -37,7 +37,7 @@ async fn authenticate(
     }
     match credentials::charge_unauthenticated(state, request.param("client_id"), ip) {
         Err(retry_after) => Err(rate_limited(retry_after)),
-        Ok(Some(public)) if callers == Callers::AnyClient => Ok(public.id),
+        Ok(Some(public)) if callers == Callers::AnyClient => Ok(public.id.clone()),
         Ok(_) => Err(answer(TokenAnswer::invalid_client())),
     }
 }
@@ -71,7 +71,11 @@ async fn admit(
 
 fn respond(result: Result<Value, HttpError>) -> HttpResponse {
     match result {
-        Ok(body) => answer(TokenAnswer { status: 200, body }),
+        Ok(body) => answer(TokenAnswer {
+            status: 200,
+            body,
+            subject: None,
+        }),
         Err(e) => failure(e),
     }
 }

@@ -26,7 +26,10 @@ pub enum AuthorizeOutcome {
     /// The user must sign in first.
     Login,
     /// The user must approve (or deny) the client's access.
-    Consent { client: Client, scopes: Vec<String> },
+    Consent {
+        client: std::sync::Arc<Client>,
+        scopes: Vec<String>,
+    },
 }
 
 /// Parameters that are ours, never forwarded as part of an authorization request.

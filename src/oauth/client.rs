@@ -25,7 +25,9 @@ pub fn is_client_id(id: &str) -> bool {
     (1..=255).contains(&id.len()) && id.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
-type ClientMap = std::collections::HashMap<String, Client>;
+/// Clients are shared, not copied: a grant looks its client up several times, and a copy
+/// (redirect URIs, scopes, origins) cost the authorization-code flow 40k instructions.
+type ClientMap = std::collections::HashMap<String, std::sync::Arc<Client>>;
 
 /// Every enabled client, read from the database at start (after this instance synced its
 /// configuration) and again every `keys.refresh_interval`, so that a client another
@@ -50,7 +52,7 @@ impl ClientRegistry {
     }
 
     /// An enabled client; `None` for unknown, disabled and impossible ids.
-    pub fn get(&self, client_id: &str) -> Option<Client> {
+    pub fn get(&self, client_id: &str) -> Option<std::sync::Arc<Client>> {
         let clients = self
             .clients
             .read()
@@ -64,7 +66,7 @@ fn read_enabled(conn: &mut crate::storage::DbConnection) -> Result<ClientMap, St
     let mut clients = ClientMap::new();
     for row in crate::storage::clients::list(conn)? {
         if row.enabled {
-            clients.insert(row.id.clone(), Client::from_row(row)?);
+            clients.insert(row.id.clone(), std::sync::Arc::new(Client::from_row(row)?));
         }
     }
     Ok(clients)

@@ -37,7 +37,7 @@ pub enum Interaction {
 
 #[derive(Debug, Default)]
 pub struct Notes {
-    pub client: Option<Client>,
+    pub client: Option<Arc<Client>>,
     /// The client the registrar authenticated for this request.
     pub authenticated_client: Option<String>,
     /// The registered redirect URI the request resolved to, and whether it named it.
@@ -56,6 +56,8 @@ pub struct Notes {
     pub presented_refresh: Option<(RefreshRow, FamilyRow)>,
     /// A storage failure behind a primitive's `Err(())`, kept for the log.
     pub failure: Option<StorageError>,
+    /// The user the issuer minted tokens for, for the audit trail.
+    pub issued_to: Option<String>,
 }
 
 pub struct FlowContext<'c> {
@@ -114,7 +116,7 @@ impl<'c> FlowContext<'c> {
     }
 
     /// The client, from the registry; `None` for unknown or disabled clients.
-    pub(crate) fn client(&self, client_id: &str) -> Result<Option<Client>, ()> {
+    pub(crate) fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, ()> {
         if let Some(client) = self
             .notes
             .borrow()

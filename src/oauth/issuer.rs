@@ -50,6 +50,7 @@ impl Issuer for DbIssuer<'_> {
                 return Err(());
             }
         };
+        ctx.notes.borrow_mut().issued_to = Some(grant.owner_id.clone());
         Ok(IssuedToken {
             token: minted.access_token,
             refresh: minted.refresh_token,
@@ -77,6 +78,7 @@ impl Issuer for DbIssuer<'_> {
                 return Err(());
             }
         };
+        ctx.notes.borrow_mut().issued_to = family.user_id.clone();
         Ok(RefreshedToken {
             token: minted.access_token,
             refresh: minted.refresh_token,

@@ -16,7 +16,10 @@ pub struct DbRegistrar<'a> {
 }
 
 impl DbRegistrar<'_> {
-    fn client(&self, client_id: &str) -> Result<super::client::Client, RegistrarError> {
+    fn client(
+        &self,
+        client_id: &str,
+    ) -> Result<std::sync::Arc<super::client::Client>, RegistrarError> {
         match self.ctx.client(client_id) {
             Ok(Some(client)) => Ok(client),
             Ok(None) => Err(RegistrarError::Unspecified),

@@ -31,6 +31,9 @@ use oxide_auth::primitives::registrar::RegistrarError;
 pub struct TokenAnswer {
     pub status: u16,
     pub body: Value,
+    /// The user the tokens were issued to, for the audit trail; `None` for errors and for
+    /// client_credentials, whose subject is the client.
+    pub subject: Option<String>,
 }
 
 impl TokenAnswer {
@@ -38,6 +41,7 @@ impl TokenAnswer {
         TokenAnswer {
             status,
             body: json!({"error": error, "error_description": description}),
+            subject: None,
         }
     }
 
@@ -181,7 +185,7 @@ impl TokenRequest {
 #[derive(Debug, Clone, Default)]
 pub struct Verified {
     /// The client whose secret, `request.client_secret()`, was verified.
-    pub client: Option<Client>,
+    pub client: Option<Arc<Client>>,
     /// For the password grant: the outcome of checking `request.password_credentials()`.
     pub user: Option<UserCheck>,
     /// The caller's address, for the audit trail.
@@ -200,7 +204,7 @@ pub enum UserCheck {
 /// The client the caller authenticated, with the secret it presented.
 struct Authenticated {
     secret: Option<(String, String)>,
-    client: Option<Client>,
+    client: Option<Arc<Client>>,
     client_ip: Option<String>,
 }
 
@@ -255,9 +259,12 @@ pub fn token(
         Some("authorization_code") => authorization_code(grant, request.body, request.basic),
         Some("refresh_token") => refresh_token(grant, request.body, request.basic),
         Some("password") => password(grant, &request, verified.user),
-        Some("client_credentials") => {
-            client_credentials(settings, &grant.keys, grant.auth.client.as_ref(), &request)
-        }
+        Some("client_credentials") => client_credentials(
+            settings,
+            &grant.keys,
+            grant.auth.client.as_deref(),
+            &request,
+        ),
         Some(_) => Ok(TokenAnswer::error(
             400,
             "unsupported_grant_type",
@@ -371,6 +378,7 @@ fn password(
         }
         Some(UserCheck::Passed { user_id }) => user_id,
     };
+    let subject = Some(user_id.clone());
     let Some(scope) = client.negotiate_scope(request.body.get("scope")) else {
         return Ok(TokenAnswer::error(
             400,
@@ -400,7 +408,11 @@ fn password(
     if let Some(refresh) = issued.refresh {
         body["refresh_token"] = Value::String(refresh);
     }
-    Ok(TokenAnswer { status: 200, body })
+    Ok(TokenAnswer {
+        status: 200,
+        body,
+        subject,
+    })
 }
 
 fn failure_of(ctx: &FlowContext<'_>) -> StorageError {
@@ -450,6 +462,7 @@ pub fn client_credentials(
             "expires_in": settings.tokens.access_ttl.as_secs(),
             "scope": scope,
         }),
+        subject: None,
     })
 }
 
@@ -495,11 +508,15 @@ fn answer_of(
         .get_body()
         .and_then(|b| serde_json::from_str(&b).ok())
         .unwrap_or(Value::Null);
-    Ok(rfc_answer(
+    let mut answer = rfc_answer(
         raw,
         notes.invalid_grant,
         ctx.settings.tokens.access_ttl.as_secs(),
-    ))
+    );
+    if answer.status == 200 {
+        answer.subject = notes.issued_to;
+    }
+    Ok(answer)
 }
 
 /// oxide-auth's JSON made RFC 6749-exact: `error_description` (not `description`),
@@ -555,6 +572,7 @@ fn rfc_answer(raw: Value, invalid_grant: Option<&str>, access_ttl_secs: u64) -> 
     TokenAnswer {
         status: 200,
         body: Value::Object(body),
+        subject: None,
     }
 }
 

@@ -198,15 +198,3 @@ pub fn issue_for_client(
         refresh_token: None,
     })
 }
-
-/// The `sub` of an access token this server just minted, read without verifying it (for the
-/// audit trail; never to decide anything).
-pub fn subject_of(access_token: &str) -> Option<String> {
-    use base64::Engine;
-    let payload = access_token.split('.').nth(1)?;
-    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
-    claims["sub"].as_str().map(str::to_owned)
-}

@@ -51,6 +51,15 @@ fn every_security_event_is_in_the_audit_trail(db: TestDb) {
         Some((SERVICE, SERVICE_SECRET)),
     );
     assert_eq!(service.status, 200);
+    let legacy = app.token(
+        &[
+            ("grant_type", "password"),
+            ("username", USERNAME),
+            ("password", PASSWORD),
+        ],
+        Some((LEGACY, LEGACY_SECRET)),
+    );
+    assert_eq!(legacy.status, 200);
     let second = app.webapp_tokens("read");
     assert_eq!(
         revoke(&app, second["refresh_token"].as_str().unwrap()).status,
@@ -92,6 +101,8 @@ fn every_security_event_is_in_the_audit_trail(db: TestDb) {
     assert_eq!(by_grant("refresh_token")["user_id"].as_str(), user);
     assert_eq!(by_grant("client_credentials")["client_id"], SERVICE);
     assert!(by_grant("client_credentials")["user_id"].is_null());
+    assert_eq!(by_grant("password")["user_id"].as_str(), user);
+    assert_eq!(by_grant("password")["client_id"], LEGACY);
     let reuse = find(&events, "refresh_reuse_detected", "detected").expect("reuse");
     assert_eq!(reuse["client_id"], WEBAPP);
     assert_eq!(reuse["user_id"].as_str(), user);
