@@ -341,36 +341,29 @@ on_both_backends!(
     }
 );
 
-/// Takes the write lock on a live family's row by updating it to itself (SQLite's rotation
-/// is a transaction of several statements; this one orders it against a revocation).
-pub struct LockLiveFamily<'a> {
-    pub family_id: &'a str,
-}
-
-on_both_backends!(
-    LockLiveFamily | statement,
-    out | {
-        out.push_sql("UPDATE token_families SET revoked_at = revoked_at WHERE id = ");
-        out.push_bind_param::<Text, _>(statement.family_id)?;
-        out.push_sql(" AND revoked_at IS NULL");
-        Ok(())
-    }
-);
-
-/// Marks a refresh token rotated unless it was rotated already.
-pub struct MarkRotated<'a> {
+/// Marks a refresh token rotated unless it was rotated already or its family is revoked
+/// (SQLite's rotation; PostgreSQL's is `RotateRefresh`). It is the transaction's first
+/// statement and a write, so it takes SQLite's write lock before it reads the family: a
+/// revocation commits wholly before it (and it rotates nothing) or after the rotation's new
+/// rows (and revokes them too). It replaced a no-op UPDATE of the family row, which took
+/// the lock the same way but dirtied one more page per rotation.
+pub struct MarkRotatedInLiveFamily<'a> {
     pub token_hash: &'a str,
     pub now: i64,
 }
 
 on_both_backends!(
-    MarkRotated | statement,
+    MarkRotatedInLiveFamily | statement,
     out | {
         out.push_sql("UPDATE refresh_tokens SET rotated_at = ");
         out.push_bind_param::<BigInt, _>(&statement.now)?;
         out.push_sql(" WHERE token_hash = ");
         out.push_bind_param::<Text, _>(statement.token_hash)?;
-        out.push_sql(" AND rotated_at IS NULL");
+        out.push_sql(concat!(
+            " AND rotated_at IS NULL AND EXISTS (SELECT 1 FROM token_families",
+            " WHERE token_families.id = refresh_tokens.family_id",
+            " AND token_families.revoked_at IS NULL)"
+        ));
         Ok(())
     }
 );
@@ -468,8 +461,7 @@ prepared_once!(
     InsertCode,
     RedeemCode -> super::schema::authorization_codes::SqlType,
     RedeemInto,
-    LockLiveFamily,
-    MarkRotated,
+    MarkRotatedInLiveFamily,
     InsertFamily,
     InsertRefresh,
     InsertAccess

@@ -116,19 +116,13 @@ pub fn rotate_refresh(
         return Ok(rotated == 1);
     }
     super::write_transaction(conn, |conn| {
-        // Lock the family row first (the same row revoke_family updates), so a revocation
-        // and a rotation always happen one after the other, and never rotate into a
-        // revoked family.
-        let lock_family = super::prepared::LockLiveFamily {
-            family_id: &successor.family_id,
-        };
-        let mark_rotated = super::prepared::MarkRotated {
+        // Never rotates into a revoked family, and orders itself against a revocation (see
+        // the statement).
+        let mark_rotated = super::prepared::MarkRotatedInLiveFamily {
             token_hash: old_hash,
             now,
         };
-        if super::prepared::execute(conn, lock_family)? == 0
-            || super::prepared::execute(conn, mark_rotated)? == 0
-        {
+        if super::prepared::execute(conn, mark_rotated)? == 0 {
             return Ok(false);
         }
         insert_new_rows(conn, None, Some(successor), access)?;

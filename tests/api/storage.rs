@@ -36,6 +36,98 @@ fn the_diesel_schema_matches_both_migrations(db: TestDb) {
     gatehouse::storage::ensure_migrated(&mut conn).expect("nothing pending after migrating");
 }
 
+/// The demo client exists only with the built-in config; a test config has none, so it is
+/// written by hand through the library.
+fn insert_demo_client(
+    conn: &mut gatehouse::storage::DbConnection,
+    config: &std::path::Path,
+    now: i64,
+) {
+    let settings_text = std::fs::read_to_string(config).unwrap();
+    assert!(!settings_text.contains("[[clients]]"));
+    diesel::insert_into(clients::table)
+        .values(gatehouse::storage::clients::ClientRow {
+            id: "demo".into(),
+            name: "demo".into(),
+            secret_hash: None,
+            redirect_uris: "[]".into(),
+            grant_types: "[]".into(),
+            scopes: "[]".into(),
+            default_scopes: "[]".into(),
+            audience: "[]".into(),
+            allowed_origins: "[]".into(),
+            skip_consent: false,
+            enabled: false,
+            updated_at: now,
+        })
+        .execute(conn)
+        .unwrap();
+}
+
+on_both_backends!(a_refresh_token_never_rotates_into_a_revoked_family);
+
+/// The storage layer's own guard, below the issuer's checks: between reading a token and
+/// rotating it, its family may be revoked; the rotation must then write nothing.
+fn a_refresh_token_never_rotates_into_a_revoked_family(db: TestDb) {
+    use gatehouse::storage::tokens::{self, AccessRow, FamilyRow, RefreshRow};
+
+    let config = write_config(&db, "gatehouse.toml", "");
+    drop(TestServer::start(&db, &config));
+    let mut conn = db.connect();
+    let user =
+        gatehouse::accounts::add_user(&mut conn, "rotator", "a long enough password").unwrap();
+    let now = gatehouse::storage::now_unix();
+    insert_demo_client(&mut conn, &config, now);
+    let family = FamilyRow {
+        id: "family".to_owned(),
+        client_id: "demo".to_owned(),
+        user_id: Some(user.id.clone()),
+        grant_type: "authorization_code".to_owned(),
+        scope: "read".to_owned(),
+        created_at: now,
+        expires_at: now + 3600,
+        revoked_at: None,
+    };
+    let refresh = |hash: &str| RefreshRow {
+        token_hash: hash.to_owned(),
+        family_id: family.id.clone(),
+        client_id: "demo".to_owned(),
+        scope: "read".to_owned(),
+        created_at: now,
+        idle_expires_at: now + 600,
+        rotated_at: None,
+    };
+    let access = |jti: &str| AccessRow {
+        jti: jti.to_owned(),
+        family_id: Some(family.id.clone()),
+        client_id: "demo".to_owned(),
+        expires_at: now + 300,
+        revoked_at: None,
+    };
+    assert!(tokens::create_family(
+        &mut conn,
+        &family,
+        Some(&refresh("first")),
+        &access("a1"),
+        None
+    )
+    .unwrap());
+    assert!(
+        tokens::rotate_refresh(&mut conn, "first", now, &refresh("second"), &access("a2")).unwrap(),
+        "a live family rotates"
+    );
+    assert!(tokens::revoke_family(&mut conn, &family.id, now).unwrap());
+    assert!(
+        !tokens::rotate_refresh(&mut conn, "second", now, &refresh("third"), &access("a3"))
+            .unwrap(),
+        "a revoked family rotated"
+    );
+    let second = tokens::find_refresh(&mut conn, "second").unwrap().unwrap();
+    assert_eq!(second.token.rotated_at, None, "the refused rotation wrote");
+    assert!(tokens::find_refresh(&mut conn, "third").unwrap().is_none());
+    assert!(tokens::find_access(&mut conn, "a3").unwrap().is_none());
+}
+
 on_both_backends!(expired_sessions_and_old_codes_are_swept);
 
 fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
@@ -73,27 +165,7 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
         replayed_at: None,
         family_id: None,
     };
-    // The demo client exists only with the built-in config; this test's config has none, so
-    // sync it by hand through the library.
-    let settings_text = std::fs::read_to_string(&config).unwrap();
-    assert!(!settings_text.contains("[[clients]]"));
-    diesel::insert_into(clients::table)
-        .values(gatehouse::storage::clients::ClientRow {
-            id: "demo".into(),
-            name: "demo".into(),
-            secret_hash: None,
-            redirect_uris: "[]".into(),
-            grant_types: "[]".into(),
-            scopes: "[]".into(),
-            default_scopes: "[]".into(),
-            audience: "[]".into(),
-            allowed_origins: "[]".into(),
-            skip_consent: false,
-            enabled: false,
-            updated_at: now,
-        })
-        .execute(&mut conn)
-        .unwrap();
+    insert_demo_client(&mut conn, &config, now);
     gatehouse::storage::codes::insert(&mut conn, &code("ancient", now - 2 * 24 * 3600)).unwrap();
     gatehouse::storage::codes::insert(&mut conn, &code("recent", now - 60)).unwrap();
     if let gatehouse::storage::DbConnection::Postgresql(pg) = &mut conn {
