@@ -36,14 +36,25 @@ fn the_diesel_schema_matches_both_migrations(db: TestDb) {
     gatehouse::storage::ensure_migrated(&mut conn).expect("nothing pending after migrating");
 }
 
-/// The demo client exists only with the built-in config; a test config has none, so it is
-/// written by hand through the library.
-fn insert_demo_client(
-    conn: &mut gatehouse::storage::DbConnection,
-    config: &std::path::Path,
-    now: i64,
+/// A migrated database with one user, `username`, and the demo client, which exists only
+/// with the built-in config (a test config has none), so it is written by hand through the
+/// library. Returns the config, a connection, the user's id and the time.
+fn with_user_and_demo_client(
+    db: &TestDb,
+    username: &str,
+) -> (
+    std::path::PathBuf,
+    gatehouse::storage::DbConnection,
+    String,
+    i64,
 ) {
-    let settings_text = std::fs::read_to_string(config).unwrap();
+    let config = write_config(db, "gatehouse.toml", "");
+    drop(TestServer::start(db, &config));
+    let mut conn = db.connect();
+    let user =
+        gatehouse::accounts::add_user(&mut conn, username, "a long enough password").unwrap();
+    let now = gatehouse::storage::now_unix();
+    let settings_text = std::fs::read_to_string(&config).unwrap();
     assert!(!settings_text.contains("[[clients]]"));
     diesel::insert_into(clients::table)
         .values(gatehouse::storage::clients::ClientRow {
@@ -60,8 +71,9 @@ fn insert_demo_client(
             enabled: false,
             updated_at: now,
         })
-        .execute(conn)
+        .execute(&mut conn)
         .unwrap();
+    (config, conn, user.id, now)
 }
 
 on_both_backends!(a_refresh_token_never_rotates_into_a_revoked_family);
@@ -71,17 +83,11 @@ on_both_backends!(a_refresh_token_never_rotates_into_a_revoked_family);
 fn a_refresh_token_never_rotates_into_a_revoked_family(db: TestDb) {
     use gatehouse::storage::tokens::{self, AccessRow, FamilyRow, RefreshRow};
 
-    let config = write_config(&db, "gatehouse.toml", "");
-    drop(TestServer::start(&db, &config));
-    let mut conn = db.connect();
-    let user =
-        gatehouse::accounts::add_user(&mut conn, "rotator", "a long enough password").unwrap();
-    let now = gatehouse::storage::now_unix();
-    insert_demo_client(&mut conn, &config, now);
+    let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "rotator");
     let family = FamilyRow {
         id: "family".to_owned(),
         client_id: "demo".to_owned(),
-        user_id: Some(user.id.clone()),
+        user_id: Some(user_id),
         grant_type: "authorization_code".to_owned(),
         scope: "read".to_owned(),
         created_at: now,
@@ -134,15 +140,10 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
     use gatehouse::storage::codes::CodeRow;
     use gatehouse::storage::sessions::SessionRow;
 
-    let config = write_config(&db, "gatehouse.toml", "");
-    drop(TestServer::start(&db, &config));
-    let mut conn = db.connect();
-    let user =
-        gatehouse::accounts::add_user(&mut conn, "sweeper", "a long enough password").unwrap();
-    let now = gatehouse::storage::now_unix();
+    let (config, mut conn, user_id, now) = with_user_and_demo_client(&db, "sweeper");
     let session = |id: &str, expires_at: i64| SessionRow {
         id_hash: id.to_owned(),
-        user_id: user.id.clone(),
+        user_id: user_id.clone(),
         authenticated_at: now - 100,
         expires_at,
         last_seen_at: now - 100,
@@ -152,7 +153,7 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
     let code = |hash: &str, expires_at: i64| CodeRow {
         code_hash: hash.to_owned(),
         client_id: "demo".to_owned(),
-        user_id: user.id.clone(),
+        user_id: user_id.clone(),
         redirect_uri: "http://127.0.0.1:8081/callback".to_owned(),
         redirect_uri_sent: true,
         scope: "read".to_owned(),
@@ -165,7 +166,6 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
         replayed_at: None,
         family_id: None,
     };
-    insert_demo_client(&mut conn, &config, now);
     gatehouse::storage::codes::insert(&mut conn, &code("ancient", now - 2 * 24 * 3600)).unwrap();
     gatehouse::storage::codes::insert(&mut conn, &code("recent", now - 60)).unwrap();
     if let gatehouse::storage::DbConnection::Postgresql(pg) = &mut conn {
@@ -181,7 +181,7 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
     let old_family = gatehouse::storage::tokens::FamilyRow {
         id: "old-family".into(),
         client_id: "demo".into(),
-        user_id: Some(user.id.clone()),
+        user_id: Some(user_id.clone()),
         grant_type: "authorization_code".into(),
         scope: "read".into(),
         created_at: now - 100 * 86400,
