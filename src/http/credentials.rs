@@ -2,10 +2,10 @@
 //! pooled connection, then argon2 runs on the hash threads with no connection and no
 //! blocking-pool thread held, so requests queued for a hash starve neither.
 
-use super::{AppState, HttpError};
-use crate::crypto::password;
 use std::sync::Arc;
 
+use super::{AppState, HttpError};
+use crate::crypto::password;
 use crate::oauth::client::Client;
 use crate::ratelimit::client_rate::Caller;
 use crate::ratelimit::{self, Attempt, Verdict};

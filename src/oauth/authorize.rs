@@ -27,7 +27,7 @@ pub enum AuthorizeOutcome {
     Login,
     /// The user must approve (or deny) the client's access.
     Consent {
-        client: std::sync::Arc<Client>,
+        client: Arc<Client>,
         scopes: Vec<String>,
     },
 }

@@ -1,5 +1,7 @@
 //! A registered client as the protocol sees it, read from the database row.
 
+use std::sync::{Arc, RwLock};
+
 use crate::config::GrantType;
 use crate::storage::clients::ClientRow;
 use crate::storage::StorageError;
@@ -27,32 +29,32 @@ pub fn is_client_id(id: &str) -> bool {
 
 /// Clients are shared, not copied: a grant looks its client up several times, and a copy
 /// (redirect URIs, scopes, origins) cost the authorization-code flow 40k instructions.
-type ClientMap = std::collections::HashMap<String, std::sync::Arc<Client>>;
+type ClientMap = std::collections::HashMap<String, Arc<Client>>;
 
 /// Every enabled client, read from the database at start (after this instance synced its
 /// configuration) and again every `keys.refresh_interval`, so that a client another
 /// instance's configuration disabled stops working here too, without a query per request.
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
-    clients: std::sync::RwLock<std::sync::Arc<ClientMap>>,
+    clients: RwLock<Arc<ClientMap>>,
 }
 
 impl ClientRegistry {
     pub fn load(conn: &mut crate::storage::DbConnection) -> Result<ClientRegistry, StorageError> {
         Ok(ClientRegistry {
-            clients: std::sync::RwLock::new(std::sync::Arc::new(read_enabled(conn)?)),
+            clients: RwLock::new(Arc::new(read_enabled(conn)?)),
         })
     }
 
     /// Reads the table again and swaps the new set in.
     pub fn reload(&self, conn: &mut crate::storage::DbConnection) -> Result<(), StorageError> {
-        let fresh = std::sync::Arc::new(read_enabled(conn)?);
+        let fresh = Arc::new(read_enabled(conn)?);
         *self.clients.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }
 
     /// An enabled client; `None` for unknown, disabled and impossible ids.
-    pub fn get(&self, client_id: &str) -> Option<std::sync::Arc<Client>> {
+    pub fn get(&self, client_id: &str) -> Option<Arc<Client>> {
         let clients = self
             .clients
             .read()
@@ -66,7 +68,7 @@ fn read_enabled(conn: &mut crate::storage::DbConnection) -> Result<ClientMap, St
     let mut clients = ClientMap::new();
     for row in crate::storage::clients::list(conn)? {
         if row.enabled {
-            clients.insert(row.id.clone(), std::sync::Arc::new(Client::from_row(row)?));
+            clients.insert(row.id.clone(), Arc::new(Client::from_row(row)?));
         }
     }
     Ok(clients)

@@ -2,6 +2,7 @@
 //! client authentication with argon2id.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use oxide_auth::endpoint::{PreGrant, Registrar, Scope};
 use oxide_auth::primitives::registrar::{
@@ -16,10 +17,7 @@ pub struct DbRegistrar<'a> {
 }
 
 impl DbRegistrar<'_> {
-    fn client(
-        &self,
-        client_id: &str,
-    ) -> Result<std::sync::Arc<super::client::Client>, RegistrarError> {
+    fn client(&self, client_id: &str) -> Result<Arc<super::client::Client>, RegistrarError> {
         match self.ctx.client(client_id) {
             Ok(Some(client)) => Ok(client),
             Ok(None) => Err(RegistrarError::Unspecified),

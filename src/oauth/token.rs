@@ -378,7 +378,6 @@ fn password(
         }
         Some(UserCheck::Passed { user_id }) => user_id,
     };
-    let subject = Some(user_id.clone());
     let Some(scope) = client.negotiate_scope(request.body.get("scope")) else {
         return Ok(TokenAnswer::error(
             400,
@@ -411,7 +410,8 @@ fn password(
     Ok(TokenAnswer {
         status: 200,
         body,
-        subject,
+        // The issuer noted whom it issued to, as in the flows oxide-auth runs.
+        subject: ctx.take_notes().issued_to,
     })
 }
 

@@ -346,8 +346,9 @@ on_both_backends!(
 /// (SQLite's rotation; PostgreSQL's is `RotateRefresh`). It is the transaction's first
 /// statement and a write, so it takes SQLite's write lock before it reads the family: a
 /// revocation commits wholly before it (and it rotates nothing) or after the rotation's new
-/// rows (and revokes them too). It replaced a no-op UPDATE of the family row, which took
-/// the lock the same way but dirtied one more page per rotation.
+/// rows (and revokes them too). It replaced a no-op UPDATE of the family row that took the
+/// lock the same way, one statement more per rotation (6k instructions; bytes written to
+/// the log did not change).
 pub struct MarkRotatedInLiveFamily<'a> {
     pub token_hash: &'a str,
     pub now: i64,
