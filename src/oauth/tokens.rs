@@ -8,7 +8,7 @@ use super::context::FlowContext;
 use crate::config::{GrantType, Settings};
 use crate::crypto::{mac::digest_secret, random};
 use crate::keys::KeyState;
-use crate::storage::tokens::{self as token_store, AccessRow, FamilyRow, FromCode, RefreshRow};
+use crate::storage::tokens::{self as token_store, FamilyRow, FromCode, RefreshRow};
 use crate::storage::StorageError;
 
 /// RFC 9068 section 2.2.
@@ -38,11 +38,9 @@ pub enum MintError {
     Key(#[from] crate::keys::KeyError),
 }
 
-/// A signed access token and the row that lets a family revocation reach it.
 struct SignedAccess {
     token: String,
     expires_at: i64,
-    row: AccessRow,
 }
 
 fn sign_access(
@@ -72,7 +70,7 @@ fn sign_access_with(
     scope: &str,
     family_id: Option<&str>,
 ) -> Result<SignedAccess, MintError> {
-    let jti = random::token::<16>();
+    let jti = token_store::access_jti(family_id, &random::token::<16>());
     let expires_at = now + settings.tokens.access_ttl.as_secs() as i64;
     let token = keys.signing.sign_access_token(&AccessTokenClaims {
         iss: &settings.issuer,
@@ -84,17 +82,7 @@ fn sign_access_with(
         client_id: &client.id,
         scope,
     })?;
-    Ok(SignedAccess {
-        token,
-        expires_at,
-        row: AccessRow {
-            jti,
-            family_id: family_id.map(str::to_owned),
-            client_id: client.id.clone(),
-            expires_at,
-            revoked_at: None,
-        },
-    })
+    Ok(SignedAccess { token, expires_at })
 }
 
 /// A new opaque refresh token of `family`, idle-limited but never beyond the family's end.
@@ -144,7 +132,6 @@ pub fn issue_for_user(
         &mut ctx.conn(),
         &family,
         refresh.as_ref().map(|(_, row)| row),
-        &access.row,
         from_code,
     )?;
     Ok(recorded.then(|| Minted {
@@ -167,13 +154,8 @@ pub fn rotate_refresh(
     let subject = family.user_id.as_deref().unwrap_or(&client.id);
     let access = sign_access(ctx, client, subject, scope, Some(&family.id))?;
     let (token, row) = new_refresh(ctx, family, &presented.scope);
-    let rotated = token_store::rotate_refresh(
-        &mut ctx.conn(),
-        &presented.token_hash,
-        ctx.now,
-        &row,
-        &access.row,
-    )?;
+    let rotated =
+        token_store::rotate_refresh(&mut ctx.conn(), &presented.token_hash, ctx.now, &row)?;
     Ok(rotated.then_some(Minted {
         access_token: access.token,
         expires_at: access.expires_at,

@@ -26,7 +26,7 @@ use diesel::sqlite::Sqlite;
 use diesel::{PgConnection, QueryResult, RunQueryDsl, SqliteConnection};
 
 use super::codes::CodeRow;
-use super::tokens::{AccessRow, FamilyRow, FromCode, RefreshRow};
+use super::tokens::{FamilyRow, FromCode, RefreshRow};
 use super::DbConnection;
 
 /// Pushes values as comma-separated bind parameters: `push_binds!(out; Text => &a, ...)`.
@@ -71,19 +71,6 @@ macro_rules! push_refresh_values {
     }};
 }
 
-/// A new access token's values, in the order of `access_columns!`.
-macro_rules! push_access_values {
-    ($out:ident, $access:expr) => {{
-        let access: &AccessRow = $access;
-        push_binds!($out;
-            Text => &access.jti,
-            Nullable<Text> => &access.family_id,
-            Text => &access.client_id,
-            BigInt => &access.expires_at,
-        );
-    }};
-}
-
 /// The columns a new row sets (the others, `revoked_at` and `rotated_at`, start NULL), as
 /// literals for `concat!`.
 macro_rules! family_columns {
@@ -94,11 +81,6 @@ macro_rules! family_columns {
 macro_rules! refresh_columns {
     () => {
         "token_hash, family_id, client_id, scope, created_at, idle_expires_at"
-    };
-}
-macro_rules! access_columns {
-    () => {
-        "jti, family_id, client_id, expires_at"
     };
 }
 
@@ -118,7 +100,7 @@ macro_rules! on_both_backends {
     };
 }
 
-/// Marks `old_hash` rotated and inserts its successor and the new access token, only while
+/// Marks `old_hash` rotated and inserts its successor, only while
 /// the family is live and the old token unrotated. Locking the family row first orders a
 /// rotation and a revocation of the same family: `FOR NO KEY UPDATE` is the lock a
 /// revocation's UPDATE of that row waits for, and re-checks `revoked_at` after waiting. (It
@@ -130,12 +112,11 @@ pub struct RotateRefresh<'a> {
     pub old_hash: &'a str,
     pub now: i64,
     pub successor: &'a RefreshRow,
-    pub access: &'a AccessRow,
 }
 
 impl QueryFragment<Pg> for RotateRefresh<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let (successor, access) = (self.successor, self.access);
+        let successor = self.successor;
         out.push_sql("WITH family AS (SELECT id FROM token_families WHERE id = ");
         out.push_bind_param::<Text, _>(&successor.family_id)?;
         out.push_sql(" AND revoked_at IS NULL FOR NO KEY UPDATE), rotated AS (UPDATE refresh_tokens SET rotated_at = ");
@@ -149,19 +130,12 @@ impl QueryFragment<Pg> for RotateRefresh<'_> {
             ") SELECT ",
         ));
         push_refresh_values!(out, successor);
-        out.push_sql(concat!(
-            " WHERE EXISTS (SELECT 1 FROM rotated)), access AS (INSERT INTO access_tokens (",
-            access_columns!(),
-            ") SELECT ",
-        ));
-        push_access_values!(out, access);
         out.push_sql(" WHERE EXISTS (SELECT 1 FROM rotated)) SELECT count(*) FROM rotated");
         Ok(())
     }
 }
 
-/// Inserts a new family with its access token and, when the client may refresh, its first
-/// refresh token. With a code, the same statement marks the code redeemed and links it to
+/// Inserts a new family and, when the client may refresh, its first refresh token. With a code, the same statement marks the code redeemed and links it to
 /// the family, and inserts nothing unless it was this statement that redeemed it: of two
 /// concurrent redemptions the second waits for the first's row lock, re-checks
 /// `redeemed_at IS NULL` against the committed row and finds it set. Returns how many codes
@@ -169,7 +143,6 @@ impl QueryFragment<Pg> for RotateRefresh<'_> {
 pub struct CreateFamily<'a> {
     pub family: &'a FamilyRow,
     pub refresh: Option<&'a RefreshRow>,
-    pub access: &'a AccessRow,
     pub from_code: Option<FromCode<'a>>,
 }
 
@@ -210,13 +183,7 @@ impl QueryFragment<Pg> for CreateFamily<'_> {
         push_refresh_values!(out, self.refresh.unwrap_or(&NO_REFRESH));
         out.push_sql(" FROM proceed WHERE ");
         out.push_bind_param::<Bool, _>(flag(self.refresh.is_some()))?;
-        out.push_sql(concat!(
-            "), access AS (INSERT INTO access_tokens (",
-            access_columns!(),
-            ") SELECT ",
-        ));
-        push_access_values!(out, self.access);
-        out.push_sql(" FROM proceed) SELECT count(*) FROM redeemed");
+        out.push_sql(") SELECT count(*) FROM redeemed");
         Ok(())
     }
 }
@@ -411,21 +378,22 @@ on_both_backends!(
     }
 );
 
-/// Records a new access token of a family (SQLite's rotation and family creation).
-pub struct InsertAccess<'a> {
-    pub access: &'a AccessRow,
+/// Whether the access token `jti` was revoked on its own or with the family `family_id`.
+pub struct AccessRevoked<'a> {
+    pub jti: &'a str,
+    pub family_id: &'a str,
 }
 
 on_both_backends!(
-    InsertAccess | statement,
+    AccessRevoked | statement,
     out | {
-        out.push_sql(concat!(
-            "INSERT INTO access_tokens (",
-            access_columns!(),
-            ") VALUES ("
-        ));
-        push_access_values!(out, statement.access);
-        out.push_sql(")");
+        out.push_sql("SELECT EXISTS (SELECT 1 FROM access_tokens WHERE jti = ");
+        out.push_bind_param::<Text, _>(statement.jti)?;
+        out.push_sql(
+            " AND revoked_at IS NOT NULL) OR EXISTS (SELECT 1 FROM token_families WHERE id = ",
+        );
+        out.push_bind_param::<Text, _>(statement.family_id)?;
+        out.push_sql(" AND revoked_at IS NOT NULL)");
         Ok(())
     }
 );
@@ -466,5 +434,5 @@ prepared_once!(
     MarkRotatedInLiveFamily,
     InsertFamily,
     InsertRefresh,
-    InsertAccess
+    AccessRevoked -> Bool
 );

@@ -1,5 +1,12 @@
-//! Token families, refresh tokens (digests only) and the access tokens that belong to a
-//! family, so that revoking a family reaches every token descended from one grant.
+//! Token families, refresh tokens (digests only), and the access tokens revoked one by one.
+//!
+//! An access token of a family names the family in its `jti` (`access_jti`), so revoking
+//! the family reaches every access token descended from one grant without a row per token:
+//! introspection checks the token's own revocation and its family's. Issuing writes no
+//! access-token row at all (a row and its two index entries were a third of the pages each
+//! refresh wrote).
+
+use std::collections::HashSet;
 
 use diesel::prelude::*;
 
@@ -32,6 +39,9 @@ pub struct RefreshRow {
     pub rotated_at: Option<i64>,
 }
 
+/// An access token revoked on its own (RFC 7009), kept until it expires. Rows with a
+/// `family_id` and no `revoked_at` were written for every family token by versions before
+/// family-scoped `jti`s; they go when their family does.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = access_tokens)]
 pub struct AccessRow {
@@ -49,6 +59,21 @@ pub struct FromCode<'a> {
     pub client_id: &'a str,
 }
 
+/// The `jti` of a new access token: `unique` alone, or after the id of the family it belongs
+/// to and a dot. Family ids are UUIDs and `unique` is base64url, so neither holds a dot.
+pub fn access_jti(family_id: Option<&str>, unique: &str) -> String {
+    match family_id {
+        Some(family) => format!("{family}.{unique}"),
+        None => unique.to_owned(),
+    }
+}
+
+/// The family an access token's `jti` names (see `access_jti`). Only meaningful for a `jti`
+/// read from a token whose signature was verified.
+pub fn family_of_jti(jti: &str) -> Option<&str> {
+    jti.split_once('.').map(|(family, _)| family)
+}
+
 /// Records a new family with its first tokens, atomically. With `from_code`, the same
 /// transaction marks that code redeemed and links it to the family: one commit per
 /// redemption. Returns false, writing nothing, when the code had been redeemed already (a
@@ -57,21 +82,19 @@ pub fn create_family(
     conn: &mut DbConnection,
     family: &FamilyRow,
     refresh: Option<&RefreshRow>,
-    access: &AccessRow,
     from_code: Option<FromCode<'_>>,
 ) -> StorageResult<bool> {
     if let DbConnection::Postgresql(pg) = conn {
         let statement = super::prepared::CreateFamily {
             family,
             refresh,
-            access,
             from_code,
         };
         let redeemed: i64 = statement.get_result(pg)?;
         return Ok(from_code.is_none() || redeemed == 1);
     }
     let recorded = super::write_transaction(conn, |conn| {
-        insert_new_rows(conn, Some(family), refresh, access)?;
+        insert_new_rows(conn, Some(family), refresh)?;
         match from_code {
             Some(code)
                 if !super::codes::redeem_into(
@@ -95,7 +118,7 @@ pub fn create_family(
     }
 }
 
-/// Marks `old_hash` rotated and records its successor and the new access token, atomically.
+/// Marks `old_hash` rotated and records its successor, atomically.
 /// Returns false, writing nothing, when the token had been rotated already (by a concurrent
 /// request, or long ago) or its family was revoked meanwhile: the caller must refuse.
 pub fn rotate_refresh(
@@ -103,14 +126,12 @@ pub fn rotate_refresh(
     old_hash: &str,
     now: i64,
     successor: &RefreshRow,
-    access: &AccessRow,
 ) -> StorageResult<bool> {
     if let DbConnection::Postgresql(pg) = conn {
         let statement = super::prepared::RotateRefresh {
             old_hash,
             now,
             successor,
-            access,
         };
         let rotated: i64 = statement.get_result(pg)?;
         return Ok(rotated == 1);
@@ -125,7 +146,7 @@ pub fn rotate_refresh(
         if super::prepared::execute(conn, mark_rotated)? == 0 {
             return Ok(false);
         }
-        insert_new_rows(conn, None, Some(successor), access)?;
+        insert_new_rows(conn, None, Some(successor))?;
         Ok(true)
     })
 }
@@ -137,9 +158,8 @@ fn insert_new_rows(
     conn: &mut DbConnection,
     family: Option<&FamilyRow>,
     refresh: Option<&RefreshRow>,
-    access: &AccessRow,
 ) -> StorageResult<()> {
-    use super::prepared::{execute, InsertAccess, InsertFamily, InsertRefresh};
+    use super::prepared::{execute, InsertFamily, InsertRefresh};
     if let Some(family) = family {
         debug_assert!(family.revoked_at.is_none());
         execute(conn, InsertFamily { family })?;
@@ -148,13 +168,11 @@ fn insert_new_rows(
         debug_assert!(refresh.rotated_at.is_none());
         execute(conn, InsertRefresh { refresh })?;
     }
-    debug_assert!(access.revoked_at.is_none());
-    execute(conn, InsertAccess { access })?;
     Ok(())
 }
 
-/// Revokes the family and every access token recorded in it. Returns whether the family was
-/// live before this call.
+/// Revokes the family, and with it every access token whose `jti` names it. Returns whether
+/// the family was live before this call.
 pub fn revoke_family(conn: &mut DbConnection, family_id: &str, now: i64) -> StorageResult<bool> {
     super::write_transaction(conn, |conn| revoke_family_rows(conn, family_id, now))
 }
@@ -168,6 +186,7 @@ fn revoke_family_rows(conn: &mut DbConnection, family_id: &str, now: i64) -> Sto
     )
     .set(token_families::revoked_at.eq(now))
     .execute(conn)?;
+    // Tokens issued before family-scoped jtis are reached through their rows.
     diesel::update(
         access_tokens::table
             .filter(access_tokens::family_id.eq(family_id))
@@ -188,27 +207,42 @@ pub fn find_access(conn: &mut DbConnection, jti: &str) -> StorageResult<Option<A
     })?)
 }
 
-/// Which of `jtis` are recorded as revoked: one query for many introspections at once.
-pub fn revoked_among(
-    conn: &mut DbConnection,
-    jtis: &[&str],
-) -> StorageResult<std::collections::HashSet<String>> {
-    // diesel never keeps an IN list prepared on SQLite; a lookup alone (the common batch)
-    // takes the prepared primary-key statement instead.
+/// Which of `jtis` are revoked, on their own or with their family (see `family_of_jti`).
+/// A lookup alone, the common batch, is one prepared statement; a batch of many is two
+/// queries (diesel never keeps an IN list prepared on SQLite).
+pub fn revoked_among(conn: &mut DbConnection, jtis: &[&str]) -> StorageResult<HashSet<String>> {
     if let [jti] = jtis {
-        return Ok(find_access(conn, jti)?
-            .filter(|row| row.revoked_at.is_some())
-            .map(|row| row.jti)
-            .into_iter()
-            .collect());
+        let statement = super::prepared::AccessRevoked {
+            jti,
+            // No family has an empty id.
+            family_id: family_of_jti(jti).unwrap_or(""),
+        };
+        let revoked: bool = super::on_native_connection!(conn, |c| statement.get_result(c))?;
+        return Ok(HashSet::from_iter(revoked.then(|| jti.to_string())));
     }
-    Ok(access_tokens::table
+    let mut revoked: HashSet<String> = access_tokens::table
         .filter(access_tokens::jti.eq_any(jtis))
         .filter(access_tokens::revoked_at.is_not_null())
         .select(access_tokens::jti)
         .load::<String>(conn)?
         .into_iter()
-        .collect())
+        .collect();
+    let families: Vec<&str> = jtis.iter().filter_map(|jti| family_of_jti(jti)).collect();
+    if !families.is_empty() {
+        let revoked_families: HashSet<String> = token_families::table
+            .filter(token_families::id.eq_any(&families))
+            .filter(token_families::revoked_at.is_not_null())
+            .select(token_families::id)
+            .load::<String>(conn)?
+            .into_iter()
+            .collect();
+        revoked.extend(
+            jtis.iter()
+                .filter(|jti| family_of_jti(jti).is_some_and(|f| revoked_families.contains(f)))
+                .map(|jti| jti.to_string()),
+        );
+    }
+    Ok(revoked)
 }
 
 /// A refresh token as presented: its row, its family, and whether the family's user may

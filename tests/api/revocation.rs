@@ -16,16 +16,8 @@ on_both_backends!(
     concurrent_introspections_each_get_their_own_answer,
 );
 
-/// A resource server (the service client) asks about a token.
 fn introspect(app: &OAuthServer, token: &str) -> Value {
-    let response = app.post_form(
-        "/introspect",
-        &[("token", token)],
-        Some((SERVICE, SERVICE_SECRET)),
-    );
-    assert_eq!(response.status, 200, "{}", response.body);
-    assert_eq!(response.header("cache-control"), Some("no-store"));
-    response.json()
+    app.introspect(token)
 }
 
 fn revoke(app: &OAuthServer, token: &str, client: (&str, &str)) -> Response {
@@ -104,6 +96,11 @@ fn revoking_an_access_token_and_other_clients_tokens(db: TestDb) {
     assert_eq!(revoke(&app, refresh, (OTHER, OTHER_SECRET)).status, 200);
     assert_eq!(introspect(&app, access)["active"], true);
     assert_eq!(app.refresh(refresh, None).status, 200);
+
+    // Its own client revokes the access token alone: its family lives on.
+    assert_eq!(revoke(&app, access, (WEBAPP, WEBAPP_SECRET)).status, 200);
+    assert_eq!(introspect(&app, access), json!({"active": false}));
+    assert_eq!(app.live_families(), 1);
 
     // A client-credentials token has no family; its jti is recorded as revoked.
     let service = app

@@ -81,7 +81,7 @@ on_both_backends!(a_refresh_token_never_rotates_into_a_revoked_family);
 /// The storage layer's own guard, below the issuer's checks: between reading a token and
 /// rotating it, its family may be revoked; the rotation must then write nothing.
 fn a_refresh_token_never_rotates_into_a_revoked_family(db: TestDb) {
-    use gatehouse::storage::tokens::{self, AccessRow, FamilyRow, RefreshRow};
+    use gatehouse::storage::tokens::{self, FamilyRow, RefreshRow};
 
     let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "rotator");
     let family = FamilyRow {
@@ -103,35 +103,86 @@ fn a_refresh_token_never_rotates_into_a_revoked_family(db: TestDb) {
         idle_expires_at: now + 600,
         rotated_at: None,
     };
-    let access = |jti: &str| AccessRow {
-        jti: jti.to_owned(),
-        family_id: Some(family.id.clone()),
-        client_id: "demo".to_owned(),
-        expires_at: now + 300,
-        revoked_at: None,
-    };
-    assert!(tokens::create_family(
-        &mut conn,
-        &family,
-        Some(&refresh("first")),
-        &access("a1"),
-        None
-    )
-    .unwrap());
+    assert!(tokens::create_family(&mut conn, &family, Some(&refresh("first")), None).unwrap());
     assert!(
-        tokens::rotate_refresh(&mut conn, "first", now, &refresh("second"), &access("a2")).unwrap(),
+        tokens::rotate_refresh(&mut conn, "first", now, &refresh("second")).unwrap(),
         "a live family rotates"
     );
     assert!(tokens::revoke_family(&mut conn, &family.id, now).unwrap());
     assert!(
-        !tokens::rotate_refresh(&mut conn, "second", now, &refresh("third"), &access("a3"))
-            .unwrap(),
+        !tokens::rotate_refresh(&mut conn, "second", now, &refresh("third")).unwrap(),
         "a revoked family rotated"
     );
     let second = tokens::find_refresh(&mut conn, "second").unwrap().unwrap();
     assert_eq!(second.token.rotated_at, None, "the refused rotation wrote");
     assert!(tokens::find_refresh(&mut conn, "third").unwrap().is_none());
-    assert!(tokens::find_access(&mut conn, "a3").unwrap().is_none());
+}
+
+on_both_backends!(a_family_revocation_reaches_its_access_tokens_without_a_row_each);
+
+/// Issuing writes no access-token row; revoking a family still reaches every access token
+/// whose jti names it, alone or in a batch, beside tokens revoked one by one and tokens of
+/// other families.
+fn a_family_revocation_reaches_its_access_tokens_without_a_row_each(db: TestDb) {
+    use gatehouse::storage::tokens::{self, access_jti, FamilyRow, RefreshRow};
+    use std::collections::HashSet;
+
+    let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "revoker");
+    let family = |id: &str| FamilyRow {
+        id: id.to_owned(),
+        client_id: "demo".to_owned(),
+        user_id: Some(user_id.clone()),
+        grant_type: "authorization_code".to_owned(),
+        scope: "read".to_owned(),
+        created_at: now,
+        expires_at: now + 3600,
+        revoked_at: None,
+    };
+    let refresh = |hash: &str, family: &str| RefreshRow {
+        token_hash: hash.to_owned(),
+        family_id: family.to_owned(),
+        client_id: "demo".to_owned(),
+        scope: "read".to_owned(),
+        created_at: now,
+        idle_expires_at: now + 600,
+        rotated_at: None,
+    };
+    for id in ["doomed", "spared"] {
+        assert!(
+            tokens::create_family(&mut conn, &family(id), Some(&refresh(id, id)), None).unwrap()
+        );
+    }
+    assert!(
+        tokens::rotate_refresh(&mut conn, "doomed", now, &refresh("doomed-2", "doomed")).unwrap()
+    );
+    let rows: i64 = access_tokens::table.count().get_result(&mut conn).unwrap();
+    assert_eq!(rows, 0, "issuing wrote access-token rows");
+
+    let doomed = access_jti(Some("doomed"), "a1");
+    let doomed_too = access_jti(Some("doomed"), "a2");
+    let spared = access_jti(Some("spared"), "b1");
+    let alone = access_jti(None, "c1");
+    let revoked_among = |conn: &mut _, jtis: &[&str]| -> HashSet<String> {
+        tokens::revoked_among(conn, jtis).unwrap()
+    };
+    assert!(revoked_among(&mut conn, &[&doomed]).is_empty());
+    assert!(revoked_among(&mut conn, &[&doomed, &spared, &alone]).is_empty());
+
+    assert!(tokens::revoke_family(&mut conn, "doomed", now).unwrap());
+    tokens::revoke_access(&mut conn, &alone, "demo", now + 300, now).unwrap();
+    assert_eq!(
+        revoked_among(&mut conn, &[&doomed]),
+        HashSet::from([doomed.clone()])
+    );
+    assert_eq!(
+        revoked_among(&mut conn, &[&alone]),
+        HashSet::from([alone.clone()])
+    );
+    assert!(revoked_among(&mut conn, &[&spared]).is_empty());
+    assert_eq!(
+        revoked_among(&mut conn, &[&doomed, &spared, &alone, &doomed_too]),
+        HashSet::from([doomed.clone(), alone.clone(), doomed_too.clone()])
+    );
 }
 
 on_both_backends!(expired_sessions_and_old_codes_are_swept);
@@ -197,21 +248,20 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
         idle_expires_at: now - 86400,
         rotated_at: None,
     };
-    let old_access = gatehouse::storage::tokens::AccessRow {
-        jti: "old-jti".into(),
-        family_id: Some("old-family".into()),
-        client_id: "demo".into(),
-        expires_at: now - 86400,
-        revoked_at: None,
-    };
-    gatehouse::storage::tokens::create_family(
-        &mut conn,
-        &old_family,
-        Some(&old_refresh),
-        &old_access,
-        None,
-    )
-    .unwrap();
+    gatehouse::storage::tokens::create_family(&mut conn, &old_family, Some(&old_refresh), None)
+        .unwrap();
+    // A row as versions before family-scoped jtis wrote for every token: it goes with its
+    // family.
+    diesel::insert_into(access_tokens::table)
+        .values(gatehouse::storage::tokens::AccessRow {
+            jti: "old-jti".into(),
+            family_id: Some("old-family".into()),
+            client_id: "demo".into(),
+            expires_at: now + 86400,
+            revoked_at: None,
+        })
+        .execute(&mut conn)
+        .unwrap();
 
     let _server = TestServer::start(&db, &config);
     let swept = eventually(std::time::Duration::from_secs(15), || {
@@ -225,7 +275,12 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
             .unwrap();
         let families: i64 = token_families::table.count().get_result(&mut conn).unwrap();
         let refreshes: i64 = refresh_tokens::table.count().get_result(&mut conn).unwrap();
-        (sessions == ["live"] && codes == ["recent"] && families == 0 && refreshes == 0)
+        let accesses: i64 = access_tokens::table.count().get_result(&mut conn).unwrap();
+        (sessions == ["live"]
+            && codes == ["recent"]
+            && families == 0
+            && refreshes == 0
+            && accesses == 0)
             .then_some(())
     });
     assert!(

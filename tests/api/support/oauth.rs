@@ -293,6 +293,18 @@ impl OAuthServer {
 }
 
 impl OAuthServer {
+    /// What a resource server (the service client) learns from /introspect about `token`.
+    pub fn introspect(&self, token: &str) -> serde_json::Value {
+        let response = self.post_form(
+            "/introspect",
+            &[("token", token)],
+            Some((SERVICE, SERVICE_SECRET)),
+        );
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(response.header("cache-control"), Some("no-store"));
+        response.json()
+    }
+
     /// Token families not revoked.
     pub fn live_families(&self) -> i64 {
         use diesel::prelude::*;
