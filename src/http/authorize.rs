@@ -54,7 +54,8 @@ async fn run(
     let cookie = session::cookie_value(req);
     let flow_params = params.clone();
     let outcome = super::run_blocking(&state.pool, move |conn| {
-        let owner = session::resolve(conn, cookie.as_deref())?;
+        let client_id = flow_params.get("client_id").unwrap_or_default();
+        let owner = session::resolve(conn, cookie.as_deref(), client_id)?;
         // Without a session a decision cannot have come from the user.
         let decision = decision.filter(|_| owner.is_some());
         let outcome = authorize::authorize(

@@ -7,7 +7,7 @@ use actix_web::cookie::{time, Cookie, SameSite};
 use actix_web::HttpRequest;
 
 use crate::crypto::{mac::digest_secret, random};
-use crate::oauth::context::Owner;
+use crate::oauth::context::{ConsentRead, Owner};
 use crate::storage::sessions::{self as session_store, SessionRow};
 use crate::storage::users::UserRow;
 use crate::storage::{now_unix, DbConnection, StorageResult};
@@ -19,20 +19,26 @@ pub fn cookie_value(req: &HttpRequest) -> Option<String> {
     req.cookie(COOKIE).map(|c| c.value().to_owned())
 }
 
-/// The signed-in user behind a session cookie value, if the session is live.
-pub fn resolve(conn: &mut DbConnection, cookie: Option<&str>) -> StorageResult<Option<Owner>> {
+/// The signed-in user behind a session cookie value, if the session is live, with what
+/// they consented to for `client_id` (the client the request names).
+pub fn resolve(
+    conn: &mut DbConnection,
+    cookie: Option<&str>,
+    client_id: &str,
+) -> StorageResult<Option<Owner>> {
     let Some(cookie) = cookie else {
         return Ok(None);
     };
-    Ok(
-        session_store::find_live(conn, &digest_secret(cookie), now_unix())?.map(
-            |(session, user)| Owner {
-                user_id: user.id,
-                username: user.username,
-                authenticated_at: session.authenticated_at,
-            },
-        ),
-    )
+    let live = session_store::find_live(conn, &digest_secret(cookie), now_unix(), client_id)?;
+    Ok(live.map(|live| Owner {
+        user_id: live.user.id,
+        username: live.user.username,
+        authenticated_at: live.session.authenticated_at,
+        consent: Some(ConsentRead {
+            client_id: client_id.to_owned(),
+            scope: live.consented_scope,
+        }),
+    }))
 }
 
 /// Starts a session for `user`; returns the cookie value to send.

@@ -19,6 +19,16 @@ pub struct Owner {
     pub user_id: String,
     pub username: String,
     pub authenticated_at: i64,
+    /// The user's remembered consent, read with the session for the client the request
+    /// named; `None` when nothing was read.
+    pub consent: Option<ConsentRead>,
+}
+
+/// A remembered consent as read for one client: `scope` is `None` when there was none.
+#[derive(Debug, Clone)]
+pub struct ConsentRead {
+    pub client_id: String,
+    pub scope: Option<String>,
 }
 
 /// What the user answered on the consent page, once its CSRF token has been checked.

@@ -154,8 +154,13 @@ impl OwnerSolicitor<FlowRequest> for ConsentSolicitor<'_> {
         if client.skip_consent {
             return OwnerConsent::Authorized(owner.user_id.clone());
         }
-        match consent_store::find(&mut ctx.conn(), &owner.user_id, &client.id) {
-            Ok(Some(consent)) if super::scope::covers(&consent.scope, &scope) => {
+        let remembered = match &owner.consent {
+            Some(read) if read.client_id == client.id => Ok(read.scope.clone()),
+            _ => consent_store::find(&mut ctx.conn(), &owner.user_id, &client.id)
+                .map(|found| found.map(|consent| consent.scope)),
+        };
+        match remembered {
+            Ok(Some(consented)) if super::scope::covers(&consented, &scope) => {
                 OwnerConsent::Authorized(owner.user_id.clone())
             }
             Ok(_) => self.interact(Interaction::Consent { scope }),

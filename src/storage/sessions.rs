@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{browser_sessions, users};
+use super::schema::{browser_sessions, consents, users};
 use super::users::UserRow;
 use super::{DbConnection, StorageResult};
 
@@ -25,23 +25,48 @@ pub fn insert(conn: &mut DbConnection, session: &SessionRow) -> StorageResult<()
     })
 }
 
+/// A live session as read for /authorize.
+pub struct LiveSession {
+    pub session: SessionRow,
+    pub user: UserRow,
+    /// The scope the user consented to for the client the request names, read in the same
+    /// query: the consent check then costs no second round trip.
+    pub consented_scope: Option<String>,
+}
+
 /// The live session and its user, if the session exists, has not expired, and its user is
-/// still enabled.
+/// still enabled; with the user's remembered consent for `client_id`, if any.
 pub fn find_live(
     conn: &mut DbConnection,
     id_hash: &str,
     now: i64,
-) -> StorageResult<Option<(SessionRow, UserRow)>> {
-    Ok(super::on_native_connection!(conn, |c| {
-        browser_sessions::table
-            .inner_join(users::table.on(users::id.eq(browser_sessions::user_id)))
-            .filter(browser_sessions::id_hash.eq(id_hash))
-            .filter(browser_sessions::expires_at.gt(now))
-            .filter(users::disabled.eq(false))
-            .select((SessionRow::as_select(), UserRow::as_select()))
-            .get_result(c)
-            .optional()
-    })?)
+    client_id: &str,
+) -> StorageResult<Option<LiveSession>> {
+    let found: Option<(SessionRow, UserRow, Option<String>)> =
+        super::on_native_connection!(conn, |c| {
+            browser_sessions::table
+                .inner_join(users::table.on(users::id.eq(browser_sessions::user_id)))
+                .left_join(
+                    consents::table.on(consents::user_id
+                        .eq(browser_sessions::user_id)
+                        .and(consents::client_id.eq(client_id))),
+                )
+                .filter(browser_sessions::id_hash.eq(id_hash))
+                .filter(browser_sessions::expires_at.gt(now))
+                .filter(users::disabled.eq(false))
+                .select((
+                    SessionRow::as_select(),
+                    UserRow::as_select(),
+                    consents::scope.nullable(),
+                ))
+                .get_result(c)
+                .optional()
+        })?;
+    Ok(found.map(|(session, user, consented_scope)| LiveSession {
+        session,
+        user,
+        consented_scope,
+    }))
 }
 
 pub fn delete(conn: &mut DbConnection, id_hash: &str) -> StorageResult<()> {

@@ -420,3 +420,52 @@ fn audit_rows_go_in_many_at_a_time(db: TestDb) {
         assert_eq!(row.ip, None);
     }
 }
+
+on_both_backends!(a_live_session_is_read_with_the_consent_for_the_named_client);
+
+/// /authorize reads the session, its user and the user's consent for the client it names
+/// in one query: the consent is that client's only, and a session of a disabled user is
+/// not live.
+fn a_live_session_is_read_with_the_consent_for_the_named_client(db: TestDb) {
+    use gatehouse::storage::consents::{self, ConsentRow};
+    use gatehouse::storage::sessions::{self, SessionRow};
+
+    let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "reader");
+    sessions::insert(
+        &mut conn,
+        &SessionRow {
+            id_hash: "session".to_owned(),
+            user_id: user_id.clone(),
+            authenticated_at: now,
+            expires_at: now + 3600,
+            last_seen_at: now,
+        },
+    )
+    .unwrap();
+    let read = |conn: &mut _, client_id: &str| {
+        sessions::find_live(conn, "session", now, client_id)
+            .unwrap()
+            .map(|live| (live.user.id, live.consented_scope))
+    };
+    assert_eq!(read(&mut conn, "demo"), Some((user_id.clone(), None)));
+    consents::remember(
+        &mut conn,
+        &ConsentRow {
+            user_id: user_id.clone(),
+            client_id: "demo".to_owned(),
+            scope: "openid read".to_owned(),
+            granted_at: now,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        read(&mut conn, "demo"),
+        Some((user_id.clone(), Some("openid read".to_owned())))
+    );
+    assert_eq!(read(&mut conn, "another"), Some((user_id.clone(), None)));
+    diesel::update(users::table.find(&user_id))
+        .set(users::disabled.eq(true))
+        .execute(&mut conn)
+        .unwrap();
+    assert_eq!(read(&mut conn, "demo"), None);
+}

@@ -87,8 +87,10 @@ CREATE TABLE refresh_tokens (
 );
 CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);
 
--- Access tokens are self-contained JWTs; a row exists only for those that belong to a family
--- (so a family revocation reaches them) or that were revoked one by one.
+-- Access tokens are self-contained JWTs; a row exists only for those revoked one by one. A
+-- family's tokens name the family in their jti, so a family revocation reaches them without
+-- a row (versions before that wrote one per token, with family_id set). Only comments in
+-- this file changed since it was first applied.
 CREATE TABLE access_tokens (
     jti TEXT PRIMARY KEY NOT NULL,
     family_id TEXT REFERENCES token_families (id) ON DELETE CASCADE,
