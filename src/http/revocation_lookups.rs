@@ -54,7 +54,7 @@ impl RevocationLookups {
         })
     }
 
-    /// Whether the access token `jti` is recorded as revoked.
+    /// Whether the access token `jti` is recorded as revoked, or its family is.
     pub async fn is_revoked(self: &Arc<Self>, jti: String) -> Result<bool, HttpError> {
         let (reply, answer) = oneshot::channel();
         let start_draining = {

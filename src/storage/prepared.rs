@@ -135,8 +135,9 @@ impl QueryFragment<Pg> for RotateRefresh<'_> {
     }
 }
 
-/// Inserts a new family and, when the client may refresh, its first refresh token. With a code, the same statement marks the code redeemed and links it to
-/// the family, and inserts nothing unless it was this statement that redeemed it: of two
+/// Inserts a new family and, when the client may refresh, its first refresh token. With a
+/// code, the same statement marks the code redeemed and links it to the family, and
+/// inserts nothing unless it was this statement that redeemed it: of two
 /// concurrent redemptions the second waits for the first's row lock, re-checks
 /// `redeemed_at IS NULL` against the committed row and finds it set. Returns how many codes
 /// this statement redeemed (1, or 0 when another redemption came first or no code was given).

@@ -283,8 +283,8 @@ pub fn find_refresh(
     }))
 }
 
-/// Records an access token as revoked until it expires (a family member's row is updated;
-/// any other token gets a row of its own).
+/// Records an access token as revoked until it expires: it gets a row of its own (or, for a
+/// token issued before family-scoped jtis, its existing row is updated).
 pub fn revoke_access(
     conn: &mut DbConnection,
     jti: &str,

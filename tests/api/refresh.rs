@@ -212,7 +212,14 @@ on_both_backends!(
 fn a_disabled_user_keeps_no_working_token(db: TestDb) {
     let app = OAuthServer::start(db);
     let tokens = app.webapp_tokens("read");
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(app.introspect(access)["active"], true);
     gatehouse::accounts::set_disabled(&mut app.db.connect(), USERNAME, true).unwrap();
+    assert_eq!(
+        app.introspect(access),
+        serde_json::json!({"active": false}),
+        "the access token of a disabled user's grant"
+    );
     let refreshed = app.refresh(tokens["refresh_token"].as_str().unwrap(), None);
     assert_eq!(
         refreshed.json()["error"],

@@ -180,8 +180,30 @@ fn a_family_revocation_reaches_its_access_tokens_without_a_row_each(db: TestDb) 
     );
     assert!(revoked_among(&mut conn, &[&spared]).is_empty());
     assert_eq!(
-        revoked_among(&mut conn, &[&doomed, &spared, &alone, &doomed_too]),
+        revoked_among(&mut conn, &[&doomed, &spared, &alone, &doomed_too, &doomed]),
         HashSet::from([doomed.clone(), alone.clone(), doomed_too.clone()])
+    );
+
+    // A token issued before family-scoped jtis: a random jti and a row naming its family.
+    diesel::insert_into(access_tokens::table)
+        .values(tokens::AccessRow {
+            jti: "legacy".to_owned(),
+            family_id: Some("spared".to_owned()),
+            client_id: "demo".to_owned(),
+            expires_at: now + 300,
+            revoked_at: None,
+        })
+        .execute(&mut conn)
+        .unwrap();
+    assert!(revoked_among(&mut conn, &["legacy"]).is_empty());
+    assert!(tokens::revoke_family(&mut conn, "spared", now).unwrap());
+    assert_eq!(
+        revoked_among(&mut conn, &["legacy"]),
+        HashSet::from(["legacy".to_owned()])
+    );
+    assert_eq!(
+        revoked_among(&mut conn, &["legacy", &spared]),
+        HashSet::from(["legacy".to_owned(), spared.clone()])
     );
 }
 
