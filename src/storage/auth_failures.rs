@@ -51,7 +51,15 @@ pub fn nth_oldest_since(
 
 pub fn delete(conn: &mut DbConnection, ids: &[String]) -> StorageResult<()> {
     super::write(conn, |conn| {
-        diesel::delete(auth_failures::table.filter(auth_failures::id.eq_any(ids))).execute(conn)?;
+        match conn {
+            DbConnection::Postgresql(pg) => {
+                super::prepared::DeleteFailures { ids }.execute(pg)?;
+            }
+            DbConnection::Sqlite(_) => {
+                diesel::delete(auth_failures::table.filter(auth_failures::id.eq_any(ids)))
+                    .execute(conn)?;
+            }
+        }
         Ok(())
     })
 }
@@ -63,22 +71,34 @@ pub fn record(conn: &mut DbConnection, buckets: &[String], at: i64) -> StorageRe
         .iter()
         .map(|_| uuid::Uuid::new_v4().to_string())
         .collect();
-    let rows: Vec<_> = ids
-        .iter()
-        .zip(buckets)
-        .map(|(id, bucket)| {
-            (
-                auth_failures::id.eq(id),
-                auth_failures::bucket.eq(bucket),
-                auth_failures::occurred_at.eq(at),
-            )
-        })
-        .collect();
     super::write(conn, |conn| {
-        let statement = diesel::insert_into(auth_failures::table).values(&rows);
-        // MultiConnection does not forward multi-row inserts; each backend's own connection
-        // does.
-        super::on_native_connection!(conn, |c| statement.execute(c))?;
+        match conn {
+            DbConnection::Postgresql(pg) => {
+                let statement = super::prepared::InsertFailures {
+                    ids: &ids,
+                    buckets,
+                    at,
+                };
+                statement.execute(pg)?;
+            }
+            // MultiConnection does not forward multi-row inserts; SQLite's own connection does.
+            DbConnection::Sqlite(sqlite) => {
+                let rows: Vec<_> = ids
+                    .iter()
+                    .zip(buckets)
+                    .map(|(id, bucket)| {
+                        (
+                            auth_failures::id.eq(id),
+                            auth_failures::bucket.eq(bucket),
+                            auth_failures::occurred_at.eq(at),
+                        )
+                    })
+                    .collect();
+                diesel::insert_into(auth_failures::table)
+                    .values(&rows)
+                    .execute(sqlite)?;
+            }
+        }
         Ok(())
     })?;
     Ok(ids)

@@ -21,7 +21,7 @@
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::query_dsl::methods::ExecuteDsl;
-use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{PgConnection, QueryResult, RunQueryDsl, SqliteConnection};
 
@@ -399,6 +399,56 @@ on_both_backends!(
     }
 );
 
+/// Records one failed password attempt per bucket (PostgreSQL; SQLite takes diesel's
+/// multi-row insert, which commits without a flush there anyway). diesel never keeps a
+/// multi-row insert prepared; with arrays the text is the same for any number of rows.
+///
+/// Like `InsertCode`, it commits without waiting for the WAL flush: rate-limit rows are
+/// counters, not records. A crash of PostgreSQL can lose the last fraction of a second of
+/// them, which gives an attacker who can crash the database that many more guesses, and
+/// nothing else; the durable writes of the same login (its tokens) still wait.
+pub struct InsertFailures<'a> {
+    pub ids: &'a [String],
+    pub buckets: &'a [String],
+    pub at: i64,
+}
+
+impl QueryFragment<Pg> for InsertFailures<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("INSERT INTO auth_failures (id, bucket, occurred_at) SELECT id, bucket, ");
+        out.push_bind_param::<BigInt, _>(&self.at)?;
+        out.push_sql(" FROM unnest(");
+        out.push_bind_param::<Array<Text>, _>(self.ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(self.buckets)?;
+        out.push_sql(concat!(
+            ") AS failure (id, bucket),",
+            " (SELECT set_config('synchronous_commit', 'off', true)) AS lose_on_crash"
+        ));
+        Ok(())
+    }
+}
+
+/// Deletes the provisional failure rows of an attempt that succeeded (PostgreSQL), without
+/// waiting for the WAL flush, as `InsertFailures` writes them: a crash can bring back the
+/// rows of the last fraction of a second, each then counting as one failure.
+pub struct DeleteFailures<'a> {
+    pub ids: &'a [String],
+}
+
+impl QueryFragment<Pg> for DeleteFailures<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(concat!(
+            "DELETE FROM auth_failures USING",
+            " (SELECT set_config('synchronous_commit', 'off', true)) AS lose_on_crash",
+            " WHERE id = ANY("
+        ));
+        out.push_bind_param::<Array<Text>, _>(self.ids)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
 /// Runs a statement that returns no rows on whichever database `conn` is.
 pub fn execute<S>(conn: &mut DbConnection, statement: S) -> QueryResult<usize>
 where
@@ -435,5 +485,7 @@ prepared_once!(
     MarkRotatedInLiveFamily,
     InsertFamily,
     InsertRefresh,
-    AccessRevoked -> Bool
+    AccessRevoked -> Bool,
+    InsertFailures,
+    DeleteFailures
 );

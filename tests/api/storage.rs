@@ -491,3 +491,35 @@ fn a_live_session_is_read_with_the_consent_for_the_named_client(db: TestDb) {
         .unwrap();
     assert_eq!(read(&mut conn, "demo"), None);
 }
+
+on_both_backends!(failed_attempts_are_recorded_counted_and_withdrawn);
+
+/// The rate limiter's rows: one per bucket in one statement, counted per bucket, and
+/// withdrawn when the attempt succeeds. On PostgreSQL both writes skip the WAL flush for
+/// their own transaction only, never for the session that later writes tokens.
+fn failed_attempts_are_recorded_counted_and_withdrawn(db: TestDb) {
+    use gatehouse::storage::auth_failures;
+
+    let (_config, mut conn, _user_id, now) = with_user_and_demo_client(&db, "guesser");
+    let buckets = ["user:guesser".to_owned(), "ip:192.0.2.7".to_owned()];
+    let first = auth_failures::record(&mut conn, &buckets, now).unwrap();
+    auth_failures::record(&mut conn, &buckets[..1], now).unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(
+        auth_failures::counts_since(&mut conn, &buckets, now - 60).unwrap(),
+        [2, 1]
+    );
+    auth_failures::delete(&mut conn, &first).unwrap();
+    assert_eq!(
+        auth_failures::counts_since(&mut conn, &buckets, now - 60).unwrap(),
+        [1, 0]
+    );
+    if let gatehouse::storage::DbConnection::Postgresql(pg) = &mut conn {
+        let setting: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+            "current_setting('synchronous_commit')",
+        ))
+        .get_result(pg)
+        .unwrap();
+        assert_eq!(setting, "on");
+    }
+}
