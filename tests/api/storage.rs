@@ -241,15 +241,8 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
     };
     gatehouse::storage::codes::insert(&mut conn, &code("ancient", now - 2 * 24 * 3600)).unwrap();
     gatehouse::storage::codes::insert(&mut conn, &code("recent", now - 60)).unwrap();
-    if let gatehouse::storage::DbConnection::Postgresql(pg) = &mut conn {
-        // A code's insert skips the WAL flush for its own transaction, never the session's.
-        let setting: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
-            "current_setting('synchronous_commit')",
-        ))
-        .get_result(pg)
-        .unwrap();
-        assert_eq!(setting, "on");
-    }
+    // A code's insert skips the WAL flush for its own transaction, never the session's.
+    assert_session_waits_for_the_flush(&mut conn);
 
     let old_family = gatehouse::storage::tokens::FamilyRow {
         id: "old-family".into(),
@@ -514,7 +507,13 @@ fn failed_attempts_are_recorded_counted_and_withdrawn(db: TestDb) {
         auth_failures::counts_since(&mut conn, &buckets, now - 60).unwrap(),
         [1, 0]
     );
-    if let gatehouse::storage::DbConnection::Postgresql(pg) = &mut conn {
+    assert_session_waits_for_the_flush(&mut conn);
+}
+
+/// On PostgreSQL, the session still waits for the WAL flush on commit (`synchronous_commit`
+/// on): a statement that skips it must do so for its own transaction only.
+fn assert_session_waits_for_the_flush(conn: &mut gatehouse::storage::DbConnection) {
+    if let gatehouse::storage::DbConnection::Postgresql(pg) = conn {
         let setting: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
             "current_setting('synchronous_commit')",
         ))
