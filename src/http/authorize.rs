@@ -54,13 +54,8 @@ async fn run(
     let cookie = session::cookie_value(req);
     let flow_params = params.clone();
     let outcome = super::run_blocking(&state.pool, move |conn| {
-        // Only a registered client's id reaches the query: the parameter is raw input, and
-        // PostgreSQL refuses text with a NUL byte in it.
-        let client_id = flow_params
-            .get("client_id")
-            .filter(|id| clients.get(id).is_some())
-            .unwrap_or_default();
-        let owner = session::resolve(conn, cookie.as_deref(), client_id)?;
+        let client = flow_params.get("client_id").and_then(|id| clients.get(id));
+        let owner = session::resolve(conn, cookie.as_deref(), client.as_deref())?;
         // Without a session a decision cannot have come from the user.
         let decision = decision.filter(|_| owner.is_some());
         let outcome = authorize::authorize(

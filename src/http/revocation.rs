@@ -71,11 +71,7 @@ async fn admit(
 
 fn respond(result: Result<Value, HttpError>) -> HttpResponse {
     match result {
-        Ok(body) => answer(TokenAnswer {
-            status: 200,
-            body,
-            subject: None,
-        }),
+        Ok(body) => answer(TokenAnswer::ok(body)),
         Err(e) => failure(e),
     }
 }

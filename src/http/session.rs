@@ -7,6 +7,7 @@ use actix_web::cookie::{time, Cookie, SameSite};
 use actix_web::HttpRequest;
 
 use crate::crypto::{mac::digest_secret, random};
+use crate::oauth::client::Client;
 use crate::oauth::context::{ConsentRead, Owner};
 use crate::storage::sessions::{self as session_store, SessionRow};
 use crate::storage::users::UserRow;
@@ -20,22 +21,26 @@ pub fn cookie_value(req: &HttpRequest) -> Option<String> {
 }
 
 /// The signed-in user behind a session cookie value, if the session is live, with what
-/// they consented to for `client_id` (the client the request names).
+/// they consented to for `client`, the registered client the request names. Only a
+/// registry entry's id reaches the query, never the raw parameter (PostgreSQL refuses text
+/// with a NUL byte in it: that was a 500).
 pub fn resolve(
     conn: &mut DbConnection,
     cookie: Option<&str>,
-    client_id: &str,
+    client: Option<&Client>,
 ) -> StorageResult<Option<Owner>> {
     let Some(cookie) = cookie else {
         return Ok(None);
     };
+    // No client has an empty id: without a client the query reads no consent.
+    let client_id = client.map_or("", |client| client.id.as_str());
     let live = session_store::find_live(conn, &digest_secret(cookie), now_unix(), client_id)?;
     Ok(live.map(|live| Owner {
         user_id: live.user.id,
         username: live.user.username,
         authenticated_at: live.session.authenticated_at,
-        consent: Some(ConsentRead {
-            client_id: client_id.to_owned(),
+        consent: client.map(|client| ConsentRead {
+            client_id: client.id.clone(),
             scope: live.consented_scope,
         }),
     }))

@@ -20,7 +20,7 @@ pub struct Owner {
     pub username: String,
     pub authenticated_at: i64,
     /// The user's remembered consent, read with the session for the client the request
-    /// named; `None` when nothing was read.
+    /// named; `None` when the request named no registered client.
     pub consent: Option<ConsentRead>,
 }
 

@@ -37,6 +37,16 @@ pub struct TokenAnswer {
 }
 
 impl TokenAnswer {
+    /// A 200 answer issued to no user (client_credentials, /introspect, /revoke), or one
+    /// whose `subject` the caller sets.
+    pub fn ok(body: Value) -> TokenAnswer {
+        TokenAnswer {
+            status: 200,
+            body,
+            subject: None,
+        }
+    }
+
     pub fn error(status: u16, error: &str, description: &str) -> TokenAnswer {
         TokenAnswer {
             status,
@@ -408,10 +418,9 @@ fn password(
         body["refresh_token"] = Value::String(refresh);
     }
     Ok(TokenAnswer {
-        status: 200,
-        body,
         // The issuer noted whom it issued to, as in the flows oxide-auth runs.
         subject: ctx.take_notes().issued_to,
+        ..TokenAnswer::ok(body)
     })
 }
 
@@ -454,16 +463,12 @@ pub fn client_credentials(
         Err(super::tokens::MintError::Storage(e)) => return Err(e),
         Err(super::tokens::MintError::Key(e)) => return Err(StorageError::Corrupt(e.to_string())),
     };
-    Ok(TokenAnswer {
-        status: 200,
-        body: json!({
-            "access_token": minted.access_token,
-            "token_type": "Bearer",
-            "expires_in": settings.tokens.access_ttl.as_secs(),
-            "scope": scope,
-        }),
-        subject: None,
-    })
+    Ok(TokenAnswer::ok(json!({
+        "access_token": minted.access_token,
+        "token_type": "Bearer",
+        "expires_in": settings.tokens.access_ttl.as_secs(),
+        "scope": scope,
+    })))
 }
 
 /// Turns a flow's outcome and the notes its primitives left into the answer.
@@ -569,11 +574,7 @@ fn rfc_answer(raw: Value, invalid_grant: Option<&str>, access_ttl_secs: u64) -> 
         let sorted = super::scope::normalize(scope.split(' '));
         body.insert("scope".to_owned(), Value::String(sorted));
     }
-    TokenAnswer {
-        status: 200,
-        body: Value::Object(body),
-        subject: None,
-    }
+    TokenAnswer::ok(Value::Object(body))
 }
 
 fn default_description(error: &str) -> &'static str {

@@ -100,14 +100,14 @@ macro_rules! on_both_backends {
     };
 }
 
-/// Marks `old_hash` rotated and inserts its successor, only while
-/// the family is live and the old token unrotated. Locking the family row first orders a
-/// rotation and a revocation of the same family: `FOR NO KEY UPDATE` is the lock a
-/// revocation's UPDATE of that row waits for, and re-checks `revoked_at` after waiting. (It
-/// replaced an UPDATE that changed nothing, which took the same lock but wrote a new version
-/// of the row on every rotation: 6% more PostgreSQL CPU per refresh.) Of two rotations of the
-/// same token, the second finds `rotated_at` set on re-check and does nothing. Returns 1 when
-/// this statement rotated the token, else 0.
+/// Marks `old_hash` rotated and inserts its successor, only while the family is live and the
+/// old token unrotated. Locking the family row first orders a rotation and a revocation of
+/// the same family: `FOR NO KEY UPDATE` is the lock a revocation's UPDATE of that row waits
+/// for, and re-checks `revoked_at` after waiting. (It replaced an UPDATE that changed
+/// nothing, which took the same lock but wrote a new version of the row on every rotation:
+/// 6% more PostgreSQL CPU per refresh.) Of two rotations of the same token, the second finds
+/// `rotated_at` set on re-check and does nothing. Returns 1 when this statement rotated the
+/// token, else 0.
 pub struct RotateRefresh<'a> {
     pub old_hash: &'a str,
     pub now: i64,
@@ -136,10 +136,10 @@ impl QueryFragment<Pg> for RotateRefresh<'_> {
 }
 
 /// Inserts a new family and, when the client may refresh, its first refresh token. With a
-/// code, the same statement marks the code redeemed and links it to the family, and
-/// inserts nothing unless it was this statement that redeemed it: of two
-/// concurrent redemptions the second waits for the first's row lock, re-checks
-/// `redeemed_at IS NULL` against the committed row and finds it set. Returns how many codes
+/// code, the same statement marks the code redeemed and links it to the family, and inserts
+/// nothing unless it was this statement that redeemed it: of two concurrent redemptions the
+/// second waits for the first's row lock, re-checks `redeemed_at IS NULL` against the
+/// committed row and finds it set. Returns how many codes
 /// this statement redeemed (1, or 0 when another redemption came first or no code was given).
 pub struct CreateFamily<'a> {
     pub family: &'a FamilyRow,
