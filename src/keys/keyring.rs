@@ -27,12 +27,15 @@ pub enum KeyError {
     Storage(#[from] StorageError),
 }
 
-/// What every request reads: the key that signs, and the JWK Set to publish.
+/// What every request reads: the key that signs, the JWK Set to publish, and the key that
+/// seals authorization codes.
 #[derive(Debug)]
 pub struct KeyState {
     pub signing: Arc<SigningKey>,
     pub jwks: PreparedJwks,
     pub verifier: TokenVerifier,
+    /// Derived from `secrets.system` once; the same in every state.
+    pub codes: Arc<SecretBox>,
 }
 
 /// The keys this instance holds. Other instances (and `gatehouse keys rotate`) change the
@@ -40,6 +43,7 @@ pub struct KeyState {
 pub struct KeyRing {
     state: RwLock<Arc<KeyState>>,
     seal: SecretBox,
+    codes: Arc<SecretBox>,
 }
 
 impl KeyRing {
@@ -60,10 +64,15 @@ impl KeyRing {
                     .record_now(conn)?;
             }
         }
-        let state = load_state(conn, &seal, None)?;
+        let codes = Arc::new(SecretBox::new(
+            system_secret,
+            crate::oauth::sealed_code::PURPOSE,
+        ));
+        let state = load_state(conn, &seal, &codes, None)?;
         Ok(KeyRing {
             state: RwLock::new(Arc::new(state)),
             seal,
+            codes,
         })
     }
 
@@ -79,7 +88,7 @@ impl KeyRing {
     /// Returns whether anything changed.
     pub fn refresh(&self, conn: &mut DbConnection) -> Result<bool, KeyError> {
         let current = self.current();
-        let next = load_state(conn, &self.seal, Some(&current))?;
+        let next = load_state(conn, &self.seal, &self.codes, Some(&current))?;
         if next.signing.kid() == current.signing.kid() && next.jwks.kids == current.jwks.kids {
             return Ok(false);
         }
@@ -117,6 +126,7 @@ pub fn rotate(
 fn load_state(
     conn: &mut DbConnection,
     seal: &SecretBox,
+    codes: &Arc<SecretBox>,
     previous: Option<&KeyState>,
 ) -> Result<KeyState, KeyError> {
     let now = now_unix();
@@ -138,5 +148,6 @@ fn load_state(
         signing,
         jwks: PreparedJwks::build(&published),
         verifier: TokenVerifier::new(&published),
+        codes: Arc::clone(codes),
     })
 }

@@ -1,5 +1,6 @@
-//! oxide-auth's Authorizer over the authorization_codes table. Codes are 256 random bits,
-//! stored as digests, single use by a conditional update; a replay revokes what the first
+//! oxide-auth's Authorizer. A code carries its grant sealed (`sealed_code`), so issuing one
+//! writes nothing and opening one reads nothing; the code is recorded, by its digest, when
+//! it is first presented, which makes it single use, and a replay revokes what the first
 //! redemption issued.
 
 use chrono::{TimeZone, Utc};
@@ -7,8 +8,7 @@ use oxide_auth::endpoint::Authorizer;
 use oxide_auth::primitives::grant::{Extensions, Grant, Value};
 
 use super::context::FlowContext;
-use super::pkce;
-use crate::crypto::{mac::digest_secret, random};
+use super::{pkce, sealed_code};
 use crate::storage::codes::{self as code_store, CodeRow, Redemption};
 use crate::storage::tokens as token_store;
 use crate::storage::StorageError;
@@ -27,9 +27,8 @@ impl Authorizer for DbAuthorizer<'_> {
             .bound_redirect
             .clone()
             .unwrap_or_else(|| (grant.redirect_uri.to_string(), true));
-        let code = random::token::<32>();
-        let row = CodeRow {
-            code_hash: digest_secret(&code),
+        let grant = CodeRow {
+            code_hash: String::new(),
             client_id: grant.client_id.clone(),
             user_id: grant.owner_id.clone(),
             redirect_uri,
@@ -44,25 +43,28 @@ impl Authorizer for DbAuthorizer<'_> {
             replayed_at: None,
             family_id: None,
         };
-        code_store::insert(&mut ctx.conn(), &row).map_err(|e| ctx.fail(e))?;
-        Ok(code)
+        Ok(sealed_code::seal(&ctx.keys.codes, &grant))
     }
 
-    /// Only reads: the code is marked redeemed in the transaction that records what it is
-    /// exchanged for (`DbIssuer::issue`), so a redemption costs one commit. A request that
-    /// fails after this (a wrong code_verifier, say) still spends the code: see
-    /// `spend_unused_code`.
+    /// Opens the code, without the database: it is recorded redeemed in the transaction
+    /// that records what it is exchanged for (`DbIssuer::issue`), so a redemption costs one
+    /// commit, and a replay is found there. A request that fails after this (a wrong
+    /// code_verifier, say) still spends the code: see `spend_unused_code`.
     fn extract(&mut self, code: &str) -> Result<Option<Grant>, ()> {
         let ctx = self.ctx;
         // oxide-auth authenticates the client before it extracts the code.
         let client_id = ctx.notes.borrow().authenticated_client.clone().ok_or(())?;
-        let code_hash = digest_secret(code);
-        let found = code_store::find(&mut ctx.conn(), &code_hash).map_err(|e| ctx.fail(e))?;
-        let row = match found {
-            Some(row) if row.client_id == client_id && row.redeemed_at.is_none() => row,
-            // A replay, another client's code, or garbage.
-            _ => return refuse_code(ctx, &code_hash, &client_id),
+        let Some(row) = sealed_code::open(&ctx.keys.codes, code) else {
+            // Garbage, altered, or sealed under another system secret: nothing to spend.
+            return Ok(refuse(ctx, "the authorization code is invalid"));
         };
+        if row.client_id != client_id {
+            // Neither spent nor revoked: a client cannot spend another client's grant.
+            return Ok(refuse(
+                ctx,
+                "the authorization code was issued to another client",
+            ));
+        }
         let mut extensions = Extensions::new();
         if let Some(challenge) = &row.code_challenge {
             extensions.set_raw(
@@ -83,33 +85,29 @@ impl Authorizer for DbAuthorizer<'_> {
     }
 }
 
-/// Refuses a code that will not be exchanged, saying why (see `spend`).
-pub(super) fn refuse_code(
-    ctx: &FlowContext<'_>,
-    code_hash: &str,
-    client_id: &str,
-) -> Result<Option<Grant>, ()> {
-    let description = spend(ctx, code_hash, client_id).map_err(|e| ctx.fail(e))?;
+fn refuse(ctx: &FlowContext<'_>, description: &'static str) -> Option<Grant> {
     ctx.notes.borrow_mut().invalid_grant = Some(description);
-    Ok(None)
+    None
+}
+
+/// Refuses a code that will not be exchanged, saying why (see `spend`).
+pub(super) fn refuse_code(ctx: &FlowContext<'_>, code: &CodeRow) -> Result<Option<Grant>, ()> {
+    let description = spend(ctx, code).map_err(|e| ctx.fail(e))?;
+    Ok(refuse(ctx, description))
 }
 
 /// Spends a code whose exchange failed after `extract` (PKCE, redirect_uri, expiry, or a
 /// server error), so that a code is good for one attempt.
 pub fn spend_unused_code(ctx: &FlowContext<'_>, code: &CodeRow) -> Result<(), StorageError> {
-    spend(ctx, &code.code_hash, &code.client_id).map(|_| ())
+    spend(ctx, code).map(|_| ())
 }
 
-/// Marks the code redeemed if it is still unredeemed and `client_id`'s. One this client
-/// spent before is a replay, and what its redemption issued is revoked. Returns why the
-/// code cannot be exchanged now.
-fn spend(
-    ctx: &FlowContext<'_>,
-    code_hash: &str,
-    client_id: &str,
-) -> Result<&'static str, StorageError> {
+/// Records the code spent if no presentation of it was recorded before. One this client
+/// presented before is a replay, and what its redemption issued is revoked. Returns why
+/// the code cannot be exchanged now.
+fn spend(ctx: &FlowContext<'_>, code: &CodeRow) -> Result<&'static str, StorageError> {
     // Bound first: the connection's borrow must end before a revocation borrows it again.
-    let redemption = code_store::redeem(&mut ctx.conn(), code_hash, client_id, ctx.now)?;
+    let redemption = code_store::spend(&mut ctx.conn(), code, ctx.now)?;
     Ok(match redemption {
         Redemption::Replay(row) => {
             revoke_replayed(ctx, &row)?;
@@ -117,8 +115,8 @@ fn spend(
         }
         Redemption::OtherClient => "the authorization code was issued to another client",
         // Spent by this call: the code is good for nothing more, and this request carries
-        // no grant (extract found it missing, or the exchange failed).
-        Redemption::Unknown | Redemption::First(_) => "the authorization code is invalid",
+        // no grant (the exchange failed).
+        Redemption::First => "the authorization code is invalid",
     })
 }
 

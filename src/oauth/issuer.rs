@@ -11,7 +11,7 @@ use super::context::FlowContext;
 use super::tokens::{issue_for_user, rotate_refresh, MintError};
 use crate::config::GrantType;
 use crate::crypto::mac::digest_secret;
-use crate::storage::tokens::{self as token_store, FamilyRow, FromCode};
+use crate::storage::tokens::{self as token_store, FamilyRow};
 
 pub struct DbIssuer<'a> {
     pub ctx: &'a FlowContext<'a>,
@@ -24,10 +24,6 @@ impl Issuer for DbIssuer<'_> {
         // Taken: after this call the code is spent (by this request, or by the one that beat
         // it), unless minting failed, which puts it back for `spend_unused_code`.
         let code = ctx.notes.borrow_mut().redeemed_code.take();
-        let from_code = code.as_ref().map(|c| FromCode {
-            code_hash: &c.code_hash,
-            client_id: &c.client_id,
-        });
         let scope = super::scope::to_string(&grant.scope);
         let minted = match issue_for_user(
             ctx,
@@ -35,13 +31,13 @@ impl Issuer for DbIssuer<'_> {
             &grant.owner_id,
             &scope,
             ctx.grant_type,
-            from_code,
+            code.as_ref(),
         ) {
             Ok(Some(minted)) => minted,
             Ok(None) => {
                 // Another presentation of the code was redeemed first: this one is a replay.
                 let code = code.as_ref().ok_or(())?;
-                refuse_code(ctx, &code.code_hash, &code.client_id)?;
+                refuse_code(ctx, code)?;
                 return Err(());
             }
             Err(e) => {

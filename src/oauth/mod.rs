@@ -14,5 +14,6 @@ mod registrar;
 pub mod request;
 pub mod revocation;
 pub mod scope;
+pub mod sealed_code;
 pub mod token;
 pub mod tokens;

@@ -17,9 +17,7 @@ use super::registrar::DbRegistrar;
 use super::request::{FlowRequest, Params};
 use crate::config::GrantType;
 use crate::config::Settings;
-use crate::crypto::mac::digest_secret;
 use crate::keys::KeyState;
-use crate::storage::codes as code_store;
 use crate::storage::{DbConnection, StorageError};
 use oxide_auth::endpoint::{Issuer, Registrar};
 use oxide_auth::primitives::grant::Grant;
@@ -292,7 +290,7 @@ fn authorization_code(
     // oxide-auth always requires it, so supply the bound one when it was not sent.
     if body.get("redirect_uri").is_none() {
         if let Some(code) = body.get("code") {
-            if let Some(row) = code_store::find(grant.conn, &digest_secret(code))? {
+            if let Some(row) = super::sealed_code::open(&grant.keys.codes, code) {
                 if !row.redirect_uri_sent {
                     body = body.with("redirect_uri", &row.redirect_uri);
                 }

@@ -8,7 +8,8 @@ use super::context::FlowContext;
 use crate::config::{GrantType, Settings};
 use crate::crypto::{mac::digest_secret, random};
 use crate::keys::KeyState;
-use crate::storage::tokens::{self as token_store, FamilyRow, FromCode, RefreshRow};
+use crate::storage::codes::CodeRow;
+use crate::storage::tokens::{self as token_store, FamilyRow, RefreshRow};
 use crate::storage::StorageError;
 
 /// RFC 9068 section 2.2.
@@ -111,7 +112,7 @@ pub fn issue_for_user(
     user_id: &str,
     scope: &str,
     grant_type: GrantType,
-    from_code: Option<FromCode<'_>>,
+    from_code: Option<&CodeRow>,
 ) -> Result<Option<Minted>, MintError> {
     let now = ctx.now;
     let family = FamilyRow {

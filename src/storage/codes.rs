@@ -1,5 +1,7 @@
-//! Authorization codes. Only the digest of a code is stored; a redeemed code stays (marked)
-//! so that a replay can be told from garbage and can revoke what the first redemption issued.
+//! Authorization codes as presented. A code carries its grant sealed (`oauth::sealed_code`),
+//! so nothing is stored when it is issued; its row is written when it is first presented,
+//! keyed by the code's digest, and stays until the code expires, so that a replay can revoke
+//! what the first redemption issued.
 
 use diesel::prelude::*;
 
@@ -23,116 +25,67 @@ pub struct CodeRow {
     pub auth_time: i64,
     pub created_at: i64,
     pub expires_at: i64,
-    /// Set in the same commit as `family_id` (see `tokens::create_family`), or alone when
-    /// the code was spent by a failed exchange.
+    /// When the row was written: in the commit that issued `family_id` (see
+    /// `tokens::create_family`), or alone when the code was spent by a failed exchange.
     pub redeemed_at: Option<i64>,
     /// When the code was first presented again, for the record: the replay itself revokes
-    /// `family_id`, which is never missing on a redeemed code that issued anything (the
-    /// migration's comment predates redemption and linking sharing one commit).
+    /// `family_id`, which is never missing on a redeemed code that issued anything.
     pub replayed_at: Option<i64>,
     /// The token family the redemption created.
     pub family_id: Option<String>,
 }
 
-pub fn insert(conn: &mut DbConnection, code: &CodeRow) -> StorageResult<()> {
-    let statement = super::prepared::InsertCode { code };
-    super::write(conn, |conn| {
-        super::prepared::execute(conn, statement)?;
-        Ok(())
-    })
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redemption {
-    /// This call marked the code redeemed: the only caller that will ever see this.
-    First(CodeRow),
-    /// The code had been redeemed before (by this client).
-    Replay(CodeRow),
-    /// The code was issued to another client: nothing is marked or revoked, so a client
-    /// cannot spend or revoke another client's grant.
+    /// This call recorded the code spent: the only caller that will ever see this.
+    First,
+    /// The code had been presented before (by this client).
+    Replay(Box<CodeRow>),
+    /// The code was spent by another client: nothing is marked or revoked, so a client
+    /// cannot revoke another client's grant.
     OtherClient,
-    Unknown,
 }
 
-/// Spends a code that will not be exchanged, or tells why it cannot be: marks it redeemed
-/// with a conditional update (of two concurrent calls exactly one sees `First`, on either
-/// backend), and a later presentation by the same client as a replay. An exchange that
-/// issues tokens redeems the code in `tokens::create_family` instead, in the same commit.
-pub fn redeem(
-    conn: &mut DbConnection,
-    code_hash: &str,
-    client_id: &str,
-    now: i64,
-) -> StorageResult<Redemption> {
-    // The common case in one statement (one round trip instead of four): the conditional
-    // update lets exactly one of two concurrent redemptions have the row back.
-    let statement = super::prepared::RedeemCode {
-        code_hash,
-        client_id,
-        now,
+/// Records a code (opened from its seal, see `oauth::sealed_code`) spent without being
+/// exchanged, or tells why it cannot be: of two concurrent calls exactly one inserts the
+/// row and sees `First`, on either backend, and a later presentation by the same client is
+/// a replay. An exchange that issues tokens records its code in `tokens::create_family`
+/// instead, in the same commit.
+pub fn spend(conn: &mut DbConnection, code: &CodeRow, now: i64) -> StorageResult<Redemption> {
+    let spent = CodeRow {
+        redeemed_at: Some(now),
+        replayed_at: None,
+        family_id: None,
+        ..code.clone()
     };
-    let first: Option<CodeRow> = super::write(conn, |conn| {
-        Ok(super::on_native_connection!(conn, |c| statement
-            .get_result(c)
-            .optional())?)
-    })?;
-    if let Some(row) = first {
-        return Ok(Redemption::First(row));
-    }
-    // A replay, another client's code, or garbage: told apart in one transaction.
     super::write_transaction(conn, |conn| {
-        let own_code = authorization_codes::table
-            .find(code_hash)
-            .filter(authorization_codes::client_id.eq(client_id));
-        let marked = diesel::update(own_code.filter(authorization_codes::redeemed_at.is_null()))
-            .set(authorization_codes::redeemed_at.eq(now))
-            .execute(conn)?;
-        if marked == 0 {
-            diesel::update(own_code.filter(authorization_codes::replayed_at.is_null()))
-                .set(authorization_codes::replayed_at.eq(now))
-                .execute(conn)?;
+        if record_redeemed(conn, &spent)? {
+            return Ok(Redemption::First);
         }
+        let own_code = authorization_codes::table
+            .find(&code.code_hash)
+            .filter(authorization_codes::client_id.eq(&code.client_id));
+        diesel::update(own_code.filter(authorization_codes::replayed_at.is_null()))
+            .set(authorization_codes::replayed_at.eq(now))
+            .execute(conn)?;
         let row: Option<CodeRow> = authorization_codes::table
-            .find(code_hash)
+            .find(&code.code_hash)
             .select(CodeRow::as_select())
             .get_result(conn)
             .optional()?;
-        Ok(match (marked, row) {
-            (_, Some(row)) if row.client_id != client_id => Redemption::OtherClient,
-            (1, Some(row)) => Redemption::First(row),
-            (_, Some(row)) => Redemption::Replay(row),
-            (_, None) => Redemption::Unknown,
+        Ok(match row {
+            Some(row) if row.client_id == code.client_id => Redemption::Replay(Box::new(row)),
+            // Another client's row under the same digest, or one swept in between.
+            _ => Redemption::OtherClient,
         })
     })
 }
 
-/// Inside a write: marks the code redeemed for `family_id` if it is still unredeemed and
-/// `client_id`'s. Returns whether it did.
-pub(super) fn redeem_into(
-    conn: &mut DbConnection,
-    code_hash: &str,
-    client_id: &str,
-    now: i64,
-    family_id: &str,
-) -> StorageResult<bool> {
-    let statement = super::prepared::RedeemInto {
-        code_hash,
-        client_id,
-        now,
-        family_id,
-    };
+/// Inside a write: inserts `code` as given (redeemed) unless a row for it exists. Returns
+/// whether it did; a conflict means the code was presented before.
+pub(super) fn record_redeemed(conn: &mut DbConnection, code: &CodeRow) -> StorageResult<bool> {
+    let statement = super::prepared::InsertRedeemedCode { code };
     Ok(super::prepared::execute(conn, statement)? == 1)
-}
-
-/// Looks a code up without redeeming it.
-pub fn find(conn: &mut DbConnection, code_hash: &str) -> StorageResult<Option<CodeRow>> {
-    Ok(super::on_native_connection!(conn, |c| {
-        authorization_codes::table
-            .find(code_hash)
-            .select(CodeRow::as_select())
-            .get_result(c)
-            .optional()
-    })?)
 }
 
 /// Codes are useless once expired; keep redeemed ones a while for replay detection.

@@ -26,7 +26,7 @@ use diesel::sqlite::Sqlite;
 use diesel::{PgConnection, QueryResult, RunQueryDsl, SqliteConnection};
 
 use super::codes::CodeRow;
-use super::tokens::{FamilyRow, FromCode, RefreshRow};
+use super::tokens::{FamilyRow, RefreshRow};
 use super::DbConnection;
 
 /// Pushes values as comma-separated bind parameters: `push_binds!(out; Text => &a, ...)`.
@@ -135,16 +135,68 @@ impl QueryFragment<Pg> for RotateRefresh<'_> {
     }
 }
 
+/// The columns of `authorization_codes`, in the order of the table and of `CodeRow`.
+const CODE_COLUMNS: &str = "code_hash, client_id, user_id, redirect_uri, redirect_uri_sent, \
+     scope, code_challenge, nonce, auth_time, created_at, expires_at, redeemed_at, replayed_at, \
+     family_id";
+
+/// Stands in for the code a family created without one does not record.
+static NO_CODE: CodeRow = CodeRow {
+    code_hash: String::new(),
+    client_id: String::new(),
+    user_id: String::new(),
+    redirect_uri: String::new(),
+    redirect_uri_sent: false,
+    scope: String::new(),
+    code_challenge: None,
+    nonce: None,
+    auth_time: 0,
+    created_at: 0,
+    expires_at: 0,
+    redeemed_at: None,
+    replayed_at: None,
+    family_id: None,
+};
+
+/// `INSERT INTO authorization_codes (CODE_COLUMNS)`, then `$open`, the code's values as
+/// bind parameters in that order, and `$close`.
+macro_rules! insert_code {
+    ($out:ident, $code:expr, $open:literal, $close:literal) => {{
+        let code = $code;
+        $out.push_sql("INSERT INTO authorization_codes (");
+        $out.push_sql(CODE_COLUMNS);
+        $out.push_sql($open);
+        push_binds!($out;
+            Text => &code.code_hash,
+            Text => &code.client_id,
+            Text => &code.user_id,
+            Text => &code.redirect_uri,
+            Bool => &code.redirect_uri_sent,
+            Text => &code.scope,
+            Nullable<Text> => &code.code_challenge,
+            Nullable<Text> => &code.nonce,
+            BigInt => &code.auth_time,
+            BigInt => &code.created_at,
+            BigInt => &code.expires_at,
+            Nullable<BigInt> => &code.redeemed_at,
+            Nullable<BigInt> => &code.replayed_at,
+            Nullable<Text> => &code.family_id,
+        );
+        $out.push_sql($close);
+    }};
+}
+
 /// Inserts a new family and, when the client may refresh, its first refresh token. With a
-/// code, the same statement marks the code redeemed and links it to the family, and inserts
-/// nothing unless it was this statement that redeemed it: of two concurrent redemptions the
-/// second waits for the first's row lock, re-checks `redeemed_at IS NULL` against the
-/// committed row and finds it set. Returns how many codes
-/// this statement redeemed (1, or 0 when another redemption came first or no code was given).
+/// code, the same statement records the code redeemed for the family, and inserts nothing
+/// unless it was this statement that recorded it: of two concurrent redemptions the second
+/// waits for the first's uncommitted row, then finds the conflict and does nothing. Returns
+/// how many codes this statement recorded (1, or 0 when another presentation came first or
+/// no code was given).
 pub struct CreateFamily<'a> {
     pub family: &'a FamilyRow,
     pub refresh: Option<&'a RefreshRow>,
-    pub from_code: Option<FromCode<'a>>,
+    /// The code's row as it is to be recorded: redeemed, for `family`.
+    pub code: Option<&'a CodeRow>,
 }
 
 impl QueryFragment<Pg> for CreateFamily<'_> {
@@ -159,17 +211,16 @@ impl QueryFragment<Pg> for CreateFamily<'_> {
                 &false
             }
         };
-        out.push_sql("WITH redeemed AS (UPDATE authorization_codes SET redeemed_at = ");
-        out.push_bind_param::<BigInt, _>(&family.created_at)?;
-        out.push_sql(", family_id = ");
-        out.push_bind_param::<Text, _>(&family.id)?;
-        // Without a code, an empty digest, which no code has, and a false flag.
-        out.push_sql(" WHERE code_hash = ");
-        out.push_bind_param::<Text, _>(self.from_code.map_or("", |c| c.code_hash))?;
-        out.push_sql(" AND client_id = ");
-        out.push_bind_param::<Text, _>(self.from_code.map_or("", |c| c.client_id))?;
-        out.push_sql(" AND redeemed_at IS NULL RETURNING 1), proceed AS (SELECT 1 WHERE NOT ");
-        out.push_bind_param::<Bool, _>(flag(self.from_code.is_some()))?;
+        // The code's row names the family inserted beside it: foreign keys are checked when
+        // the statement ends. Without a code, a placeholder row that a false flag keeps out.
+        out.push_sql("WITH redeemed AS (");
+        insert_code!(out, self.code.unwrap_or(&NO_CODE), ") SELECT ", " WHERE ");
+        out.push_bind_param::<Bool, _>(flag(self.code.is_some()))?;
+        out.push_sql(concat!(
+            " ON CONFLICT (code_hash) DO NOTHING RETURNING 1),",
+            " proceed AS (SELECT 1 WHERE NOT "
+        ));
+        out.push_bind_param::<Bool, _>(flag(self.code.is_some()))?;
         out.push_sql(concat!(
             " OR EXISTS (SELECT 1 FROM redeemed)), family AS (INSERT INTO token_families (",
             family_columns!(),
@@ -200,112 +251,24 @@ static NO_REFRESH: RefreshRow = RefreshRow {
     rotated_at: None,
 };
 
-/// The columns of `authorization_codes`, in the order of the table and of `CodeRow`.
-const CODE_COLUMNS: &str = "code_hash, client_id, user_id, redirect_uri, redirect_uri_sent, \
-     scope, code_challenge, nonce, auth_time, created_at, expires_at, redeemed_at, replayed_at, \
-     family_id";
-
-/// Stores a new authorization code. diesel renders an insert whose optional fields may be
-/// DEFAULT afresh each time and never keeps it prepared, so PostgreSQL parsed and planned
-/// it on every /authorize.
-///
-/// On PostgreSQL the insert commits without waiting for its WAL record to reach the disk
-/// (`synchronous_commit` off for this statement's own transaction only, like `SET LOCAL`):
-/// a crash can lose the last fraction of a second of codes, and a lost code costs its user
-/// one more trip through /authorize, while every other write keeps waiting for the flush.
-pub struct InsertCode<'a> {
+/// Records a presented code as given (redeemed, and for SQLite's family creation linked to
+/// its family) unless a row for it exists: of two concurrent presentations exactly one
+/// inserts (1 row), and a conflict (0) means the code was presented before. diesel renders
+/// an insert whose optional fields may be DEFAULT afresh each time and never keeps it
+/// prepared.
+pub struct InsertRedeemedCode<'a> {
     pub code: &'a CodeRow,
 }
 
-/// `INSERT INTO authorization_codes (CODE_COLUMNS)`, then `$open`, the code's values as
-/// bind parameters in that order, and `$close`.
-macro_rules! insert_code {
-    ($out:ident, $code:expr, $open:literal, $close:literal) => {{
-        let code = $code;
-        $out.push_sql("INSERT INTO authorization_codes (");
-        $out.push_sql(CODE_COLUMNS);
-        $out.push_sql($open);
-        push_binds!($out;
-            Text => &code.code_hash,
-            Text => &code.client_id,
-            Text => &code.user_id,
-            Text => &code.redirect_uri,
-            Bool => &code.redirect_uri_sent,
-            Text => &code.scope,
-            Nullable<Text> => &code.code_challenge,
-            Nullable<Text> => &code.nonce,
-            BigInt => &code.auth_time,
-            BigInt => &code.created_at,
-            BigInt => &code.expires_at,
-            Nullable<BigInt> => &code.redeemed_at,
-            Nullable<BigInt> => &code.replayed_at,
-            Nullable<Text> => &code.family_id,
-        );
-        $out.push_sql($close);
-        Ok(())
-    }};
-}
-
-impl QueryFragment<Sqlite> for InsertCode<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        insert_code!(out, self.code, ") VALUES (", ")")
-    }
-}
-
-impl QueryFragment<Pg> for InsertCode<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+on_both_backends!(
+    InsertRedeemedCode | statement,
+    out | {
         insert_code!(
             out,
-            self.code,
-            ") SELECT ",
-            " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS lose_on_crash"
-        )
-    }
-}
-
-/// Marks the code redeemed and returns it, only when it is this client's and unredeemed.
-pub struct RedeemCode<'a> {
-    pub code_hash: &'a str,
-    pub client_id: &'a str,
-    pub now: i64,
-}
-
-on_both_backends!(
-    RedeemCode | statement,
-    out | {
-        out.push_sql("UPDATE authorization_codes SET redeemed_at = ");
-        out.push_bind_param::<BigInt, _>(&statement.now)?;
-        out.push_sql(" WHERE code_hash = ");
-        out.push_bind_param::<Text, _>(statement.code_hash)?;
-        out.push_sql(" AND client_id = ");
-        out.push_bind_param::<Text, _>(statement.client_id)?;
-        out.push_sql(" AND redeemed_at IS NULL RETURNING ");
-        out.push_sql(CODE_COLUMNS);
-        Ok(())
-    }
-);
-
-/// Marks a code redeemed for the family its redemption created, if it is still unredeemed
-/// and the client's (SQLite; PostgreSQL does this inside `CreateFamily`).
-pub struct RedeemInto<'a> {
-    pub code_hash: &'a str,
-    pub client_id: &'a str,
-    pub now: i64,
-    pub family_id: &'a str,
-}
-
-on_both_backends!(
-    RedeemInto | statement,
-    out | {
-        out.push_sql("UPDATE authorization_codes SET redeemed_at = ");
-        out.push_bind_param::<BigInt, _>(&statement.now)?;
-        out.push_sql(", family_id = ");
-        out.push_bind_param::<Text, _>(statement.family_id)?;
-        out.push_sql(" WHERE code_hash = ");
-        out.push_bind_param::<Text, _>(statement.code_hash)?;
-        out.push_sql(" AND client_id = ");
-        out.push_bind_param::<Text, _>(statement.client_id)?;
-        out.push_sql(" AND redeemed_at IS NULL");
+            statement.code,
+            ") VALUES (",
+            ") ON CONFLICT (code_hash) DO NOTHING"
+        );
         Ok(())
     }
 );
@@ -403,10 +366,11 @@ on_both_backends!(
 /// multi-row insert, which commits without a flush there anyway). diesel never keeps a
 /// multi-row insert prepared; with arrays the text is the same for any number of rows.
 ///
-/// Like `InsertCode`, it commits without waiting for the WAL flush: rate-limit rows are
-/// counters, not records. A crash of PostgreSQL can lose the last fraction of a second of
-/// them, which gives an attacker who can crash the database that many more guesses, and
-/// nothing else; the durable writes of the same login (its tokens) still wait.
+/// It commits without waiting for the WAL flush (`synchronous_commit` off for this
+/// statement's own transaction only, like `SET LOCAL`): rate-limit rows are counters, not
+/// records. A crash of PostgreSQL can lose the last fraction of a second of them, which
+/// gives an attacker who can crash the database that many more guesses, and nothing else;
+/// the durable writes of the same login (its tokens) still wait.
 pub struct InsertFailures<'a> {
     pub ids: &'a [String],
     pub buckets: &'a [String],
@@ -479,9 +443,7 @@ macro_rules! prepared_once {
 prepared_once!(
     RotateRefresh -> BigInt,
     CreateFamily -> BigInt,
-    InsertCode,
-    RedeemCode -> super::schema::authorization_codes::SqlType,
-    RedeemInto,
+    InsertRedeemedCode,
     MarkRotatedInLiveFamily,
     InsertFamily,
     InsertRefresh,

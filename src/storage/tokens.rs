@@ -10,6 +10,7 @@ use std::collections::HashSet;
 
 use diesel::prelude::*;
 
+use super::codes::CodeRow;
 use super::schema::{access_tokens, refresh_tokens, token_families, users};
 use super::{DbConnection, StorageError, StorageResult};
 
@@ -52,13 +53,6 @@ pub struct AccessRow {
     pub revoked_at: Option<i64>,
 }
 
-/// The authorization code a family is issued for, and the client that presented it.
-#[derive(Debug, Clone, Copy)]
-pub struct FromCode<'a> {
-    pub code_hash: &'a str,
-    pub client_id: &'a str,
-}
-
 /// The `jti` of a new access token: `unique` alone, or after the id of the family it belongs
 /// to and a dot. Family ids are UUIDs and `unique` is base64url, so neither holds a dot.
 pub fn access_jti(family_id: Option<&str>, unique: &str) -> String {
@@ -74,38 +68,37 @@ pub fn family_of_jti(jti: &str) -> Option<&str> {
     jti.split_once('.').map(|(family, _)| family)
 }
 
-/// Records a new family with its first tokens, atomically. With `from_code`, the same
-/// transaction marks that code redeemed and links it to the family: one commit per
-/// redemption. Returns false, writing nothing, when the code had been redeemed already (a
-/// concurrent redemption came first): the caller must treat the request as a replay.
+/// Records a new family with its first tokens, atomically. With `from_code` (the code as
+/// opened from its seal), the same transaction records that code redeemed for the family:
+/// one commit per redemption. Returns false, writing nothing, when the code had been
+/// presented already (a concurrent redemption, or a failed one, came first): the caller
+/// must treat the request as a replay.
 pub fn create_family(
     conn: &mut DbConnection,
     family: &FamilyRow,
     refresh: Option<&RefreshRow>,
-    from_code: Option<FromCode<'_>>,
+    from_code: Option<&CodeRow>,
 ) -> StorageResult<bool> {
+    let redeemed = from_code.map(|code| CodeRow {
+        redeemed_at: Some(family.created_at),
+        replayed_at: None,
+        family_id: Some(family.id.clone()),
+        ..code.clone()
+    });
     if let DbConnection::Postgresql(pg) = conn {
         let statement = super::prepared::CreateFamily {
             family,
             refresh,
-            from_code,
+            code: redeemed.as_ref(),
         };
-        let redeemed: i64 = statement.get_result(pg)?;
-        return Ok(from_code.is_none() || redeemed == 1);
+        let recorded: i64 = statement.get_result(pg)?;
+        return Ok(redeemed.is_none() || recorded == 1);
     }
     let recorded = super::write_transaction(conn, |conn| {
         insert_new_rows(conn, Some(family), refresh)?;
-        match from_code {
-            Some(code)
-                if !super::codes::redeem_into(
-                    conn,
-                    code.code_hash,
-                    code.client_id,
-                    family.created_at,
-                    &family.id,
-                )? =>
-            {
-                // Another redemption came first: none of this may stay.
+        match &redeemed {
+            Some(code) if !super::codes::record_redeemed(conn, code)? => {
+                // Another presentation came first: none of this may stay.
                 Err(diesel::result::Error::RollbackTransaction.into())
             }
             _ => Ok(()),

@@ -15,6 +15,7 @@ on_both_backends!(
     pkce_is_s256_only_and_required_for_public_clients,
     token_endpoint_pkce_failures_are_invalid_grant,
     a_second_redemption_fails_and_revokes_the_tokens,
+    a_code_is_recorded_only_when_presented,
     a_code_is_bound_to_its_client,
     an_expired_code_is_refused,
     concurrent_redemptions_have_exactly_one_winner,
@@ -454,6 +455,55 @@ fn a_second_redemption_fails_and_revokes_the_tokens(db: TestDb) {
 
     let garbage = redeem(&app, "not-a-code", &p.verifier);
     assert_eq!(garbage.json()["error"], "invalid_grant");
+}
+
+/// The rows of `authorization_codes`: digest, family, and whether it is marked redeemed.
+fn code_rows(app: &OAuthServer) -> Vec<(String, Option<String>, bool)> {
+    use gatehouse::storage::schema::authorization_codes as codes;
+    codes::table
+        .select((codes::code_hash, codes::family_id, codes::redeemed_at))
+        .load::<(String, Option<String>, Option<i64>)>(&mut app.db.connect())
+        .unwrap()
+        .into_iter()
+        .map(|(hash, family, redeemed)| (hash, family, redeemed.is_some()))
+        .collect()
+}
+
+/// A code carries its grant sealed: issuing it writes nothing, an altered one opens to
+/// nothing, and the code is recorded (by its digest) in the commit that issues its tokens.
+fn a_code_is_recorded_only_when_presented(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let code = code_for_webapp(&app, &mut browser, &p);
+    assert_eq!(code_rows(&app), vec![], "/authorize stored nothing");
+    for hidden in [WEBAPP, "app.example.com", "alice", "read"] {
+        assert!(!code.contains(hidden), "the code shows {hidden:?}: {code}");
+    }
+
+    let mut altered = code.clone().into_bytes();
+    let middle = altered.len() / 2;
+    altered[middle] = if altered[middle] == b'x' { b'y' } else { b'x' };
+    let altered = String::from_utf8(altered).unwrap();
+    let refused = redeem(&app, &altered, &p.verifier);
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"], "invalid_grant");
+    assert_eq!(code_rows(&app), vec![], "an altered code spends nothing");
+
+    let redeemed = redeem(&app, &code, &p.verifier);
+    assert_eq!(redeemed.status, 200, "{}", redeemed.body);
+    let family: String = token_families::table
+        .select(token_families::id)
+        .get_result(&mut app.db.connect())
+        .unwrap();
+    assert_eq!(
+        code_rows(&app),
+        vec![(
+            gatehouse::crypto::mac::digest_secret(&code),
+            Some(family),
+            true
+        )]
+    );
 }
 
 fn a_code_is_bound_to_its_client(db: TestDb) {

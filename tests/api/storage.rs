@@ -207,6 +207,97 @@ fn a_family_revocation_reaches_its_access_tokens_without_a_row_each(db: TestDb) 
     );
 }
 
+on_both_backends!(a_presented_code_is_recorded_once);
+
+/// A code's row is written when the code is first presented: by the exchange that issues
+/// its tokens, in the same commit, or by a failed exchange. Whatever comes second is told
+/// so and writes nothing, on either backend.
+fn a_presented_code_is_recorded_once(db: TestDb) {
+    use gatehouse::storage::codes::{self, CodeRow, Redemption};
+    use gatehouse::storage::tokens::{create_family, FamilyRow};
+
+    let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "presenter");
+    let code = |hash: &str| CodeRow {
+        code_hash: hash.to_owned(),
+        client_id: "demo".to_owned(),
+        user_id: user_id.clone(),
+        redirect_uri: "http://127.0.0.1:8081/callback".to_owned(),
+        redirect_uri_sent: true,
+        scope: "read".to_owned(),
+        code_challenge: Some("challenge".to_owned()),
+        nonce: None,
+        auth_time: now - 5,
+        created_at: now - 1,
+        expires_at: now + 59,
+        redeemed_at: None,
+        replayed_at: None,
+        family_id: None,
+    };
+    let family = |id: &str| FamilyRow {
+        id: id.to_owned(),
+        client_id: "demo".to_owned(),
+        user_id: Some(user_id.clone()),
+        grant_type: "authorization_code".to_owned(),
+        scope: "read".to_owned(),
+        created_at: now,
+        expires_at: now + 86400,
+        revoked_at: None,
+    };
+    let families = |conn: &mut gatehouse::storage::DbConnection| -> Vec<String> {
+        token_families::table
+            .select(token_families::id)
+            .order(token_families::id)
+            .load(conn)
+            .unwrap()
+    };
+
+    // Exchanged first: recorded with its family. A failed presentation later is a replay of
+    // that redemption, and a second exchange records nothing.
+    assert!(create_family(&mut conn, &family("f1"), None, Some(&code("exchanged"))).unwrap());
+    match codes::spend(&mut conn, &code("exchanged"), now + 1).unwrap() {
+        Redemption::Replay(row) => assert_eq!(
+            *row,
+            CodeRow {
+                redeemed_at: Some(now),
+                replayed_at: Some(now + 1),
+                family_id: Some("f1".to_owned()),
+                ..code("exchanged")
+            }
+        ),
+        other => panic!("not a replay: {other:?}"),
+    }
+    assert!(!create_family(&mut conn, &family("f2"), None, Some(&code("exchanged"))).unwrap());
+    assert_eq!(
+        families(&mut conn),
+        ["f1"],
+        "the second exchange wrote nothing"
+    );
+
+    // Spent first by a failed exchange: an exchange later records nothing either.
+    assert_eq!(
+        codes::spend(&mut conn, &code("spent"), now).unwrap(),
+        Redemption::First
+    );
+    assert!(!create_family(&mut conn, &family("f3"), None, Some(&code("spent"))).unwrap());
+    assert_eq!(families(&mut conn), ["f1"]);
+
+    // The same digest presented as another client's marks nothing.
+    let foreign = CodeRow {
+        client_id: "someone-else".to_owned(),
+        ..code("spent")
+    };
+    assert_eq!(
+        codes::spend(&mut conn, &foreign, now + 2).unwrap(),
+        Redemption::OtherClient
+    );
+    let replayed_at: Option<i64> = authorization_codes::table
+        .find("spent")
+        .select(authorization_codes::replayed_at)
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(replayed_at, None);
+}
+
 on_both_backends!(expired_sessions_and_old_codes_are_swept);
 
 fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
@@ -239,10 +330,11 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
         replayed_at: None,
         family_id: None,
     };
-    gatehouse::storage::codes::insert(&mut conn, &code("ancient", now - 2 * 24 * 3600)).unwrap();
-    gatehouse::storage::codes::insert(&mut conn, &code("recent", now - 60)).unwrap();
-    // A code's insert skips the WAL flush for its own transaction, never the session's.
-    assert_session_waits_for_the_flush(&mut conn);
+    // Codes are stored only once presented (spent, here).
+    for (hash, expires_at) in [("ancient", now - 2 * 24 * 3600), ("recent", now - 60)] {
+        let spent = gatehouse::storage::codes::spend(&mut conn, &code(hash, expires_at), now);
+        assert_eq!(spent.unwrap(), gatehouse::storage::codes::Redemption::First);
+    }
 
     let old_family = gatehouse::storage::tokens::FamilyRow {
         id: "old-family".into(),
