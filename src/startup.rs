@@ -61,7 +61,12 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
     }
     sync_clients(&mut conn, settings)?;
     let clients = ClientRegistry::load(&mut conn)?;
-    let keys = KeyRing::open(&mut conn, &system_secret, settings.keys.rsa_bits)?;
+    let keys = KeyRing::open(
+        &mut conn,
+        &system_secret,
+        settings.keys.rsa_bits,
+        &settings.issuer,
+    )?;
     Ok(Prepared {
         pool,
         clients,

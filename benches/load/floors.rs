@@ -220,9 +220,9 @@ pub fn bound(scenario: Scenario, prices: &Prices, cores: f64, baseline: f64) -> 
             p.request + p.write + signature,
         ),
         Scenario::AuthorizationCode => (
-            "one HTTP request that reads the database (/authorize: the session), one HTTP \
-             request with one durable write that also reads the code (/token), one signature; \
-             a code sealed instead of stored needs no write at /authorize",
+            "one HTTP request that reads the database (/authorize: the session; the code is \
+             sealed, not stored), one HTTP request with one durable write (/token: the code's \
+             row and the token family), one signature",
             p.reading_request + p.request + p.write + signature,
         ),
         Scenario::Password => (

@@ -450,8 +450,17 @@ fn check_client(
 
 /// RFC 6749 3.1.2: absolute, no fragment. RFC 9700 2.1 and RFC 8252 8.3: plain http only
 /// for loopback; private-use schemes for native apps are allowed, script-bearing ones not.
+/// Authorization codes carry their redirect URI (sealed), and must stay well below
+/// `sealed_code::MAX_CODE_LEN`.
+const MAX_REDIRECT_URI_LEN: usize = 2000;
+
 fn check_redirect_uri(uri: &str) -> Result<(), String> {
     const ABSOLUTE: &str = "must be an absolute URI without a fragment";
+    if uri.len() > MAX_REDIRECT_URI_LEN {
+        return Err(format!(
+            "must be at most {MAX_REDIRECT_URI_LEN} characters long (authorization codes carry it)"
+        ));
+    }
     let url = url::Url::parse(uri).map_err(|_| ABSOLUTE.to_owned())?;
     if url.fragment().is_some() || uri.contains('#') {
         return Err(ABSOLUTE.to_owned());
@@ -505,6 +514,11 @@ mod tests {
         assert!(check_redirect_uri("http://[::1]/cb").is_ok());
         assert!(check_redirect_uri("com.example.app:/oauth").is_ok());
         assert!(check_redirect_uri("/relative").is_err());
+        let long = format!("https://app.example.com/{}", "a".repeat(2000));
+        assert!(check_redirect_uri(&long)
+            .unwrap_err()
+            .contains("at most 2000"));
+        assert!(check_redirect_uri(&long[..2000]).is_ok());
         assert!(check_redirect_uri("https://app.example.com/cb#frag").is_err());
         assert!(check_redirect_uri("https://app.example.com/cb#").is_err());
         assert!(check_redirect_uri("http://app.example.com/cb").is_err());

@@ -1,6 +1,6 @@
 //! AES-256-GCM with a key derived from `secrets.system` by HKDF-SHA256. Used to keep
-//! private signing keys encrypted in the database (a database dump alone reveals nothing),
-//! and to seal the grant an authorization code carries.
+//! private signing keys and the key that seals authorization codes encrypted in the
+//! database: a database dump alone reveals nothing.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::hkdf::{Salt, HKDF_SHA256};
@@ -18,12 +18,6 @@ pub enum SecretBoxError {
 
 pub struct SecretBox {
     key: LessSafeKey,
-}
-
-impl std::fmt::Debug for SecretBox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretBox(<key>)")
-    }
 }
 
 impl SecretBox {

@@ -2,6 +2,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::crypto::secret_box::SecretBox;
+use crate::oauth::sealed_code::{self, CodeSealer};
 use crate::storage::keys::{self as key_store, PublicKeyRow};
 use crate::storage::{now_unix, DbConnection, StorageError};
 
@@ -19,6 +20,10 @@ pub enum KeyError {
     Unseal(String),
     #[error("signing key {0} is corrupt in the database")]
     Corrupt(String),
+    #[error(
+        "cannot decrypt the {0} key stored in the database: secrets.system is not the secret it was encrypted with, or the row is corrupt"
+    )]
+    UnsealStored(&'static str),
     #[error("signing failed")]
     Sign,
     #[error("the database holds no active signing key")]
@@ -34,8 +39,8 @@ pub struct KeyState {
     pub signing: Arc<SigningKey>,
     pub jwks: PreparedJwks,
     pub verifier: TokenVerifier,
-    /// Derived from `secrets.system` once; the same in every state.
-    pub codes: Arc<SecretBox>,
+    /// Read once at start; the same in every state.
+    pub codes: Arc<CodeSealer>,
 }
 
 /// The keys this instance holds. Other instances (and `gatehouse keys rotate`) change the
@@ -43,15 +48,17 @@ pub struct KeyState {
 pub struct KeyRing {
     state: RwLock<Arc<KeyState>>,
     seal: SecretBox,
-    codes: Arc<SecretBox>,
+    codes: Arc<CodeSealer>,
 }
 
 impl KeyRing {
-    /// Loads the active key, generating and storing the first one when there is none.
+    /// Loads the active key, generating and storing the first one when there is none, and
+    /// the key that seals `issuer`'s authorization codes, likewise.
     pub fn open(
         conn: &mut DbConnection,
         system_secret: &str,
         rsa_bits: u32,
+        issuer: &str,
     ) -> Result<KeyRing, KeyError> {
         let seal = SecretBox::new(system_secret, super::SEAL_PURPOSE);
         if key_store::active(conn)?.is_none() {
@@ -64,10 +71,7 @@ impl KeyRing {
                     .record_now(conn)?;
             }
         }
-        let codes = Arc::new(SecretBox::new(
-            system_secret,
-            crate::oauth::sealed_code::PURPOSE,
-        ));
+        let codes = Arc::new(open_code_sealer(conn, system_secret, issuer)?);
         let state = load_state(conn, &seal, &codes, None)?;
         Ok(KeyRing {
             state: RwLock::new(Arc::new(state)),
@@ -101,6 +105,28 @@ impl KeyRing {
     }
 }
 
+/// The deployment's code-sealing key: random, made by the first instance to start and stored
+/// sealed under `secrets.system`, so that neither the secret nor the database alone can make
+/// a code.
+fn open_code_sealer(
+    conn: &mut DbConnection,
+    system_secret: &str,
+    issuer: &str,
+) -> Result<CodeSealer, KeyError> {
+    let vault = SecretBox::new(system_secret, super::SEALING_KEY_PURPOSE);
+    let context = sealed_code::PURPOSE.as_bytes();
+    let generated = vault.seal(
+        &crate::crypto::random::bytes::<{ sealed_code::KEY_LEN }>(),
+        context,
+    );
+    let stored =
+        key_store::sealing_key_or_insert(conn, sealed_code::PURPOSE, &generated, now_unix())?;
+    let key = vault
+        .open(&stored, context)
+        .map_err(|_| KeyError::UnsealStored(sealed_code::PURPOSE))?;
+    CodeSealer::new(&key, issuer).ok_or(KeyError::UnsealStored(sealed_code::PURPOSE))
+}
+
 /// Generates a new active key and retires the others. A retired key stays published for
 /// `retire_window` (the longest life of a token it signed, plus the time other instances may
 /// take to notice the rotation).
@@ -126,7 +152,7 @@ pub fn rotate(
 fn load_state(
     conn: &mut DbConnection,
     seal: &SecretBox,
-    codes: &Arc<SecretBox>,
+    codes: &Arc<CodeSealer>,
     previous: Option<&KeyState>,
 ) -> Result<KeyState, KeyError> {
     let now = now_unix();

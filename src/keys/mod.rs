@@ -13,3 +13,6 @@ pub use verify::{TokenVerifier, VerifiedClaims};
 
 /// Separates the AEAD key for signing keys from anything else derived from secrets.system.
 pub const SEAL_PURPOSE: &str = "signing-key";
+
+/// Separates the AEAD key for the stored sealing keys (`sealing_keys`) likewise.
+pub const SEALING_KEY_PURPOSE: &str = "sealing-key";

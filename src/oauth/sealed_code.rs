@@ -1,29 +1,94 @@
 //! Authorization codes that carry their grant. A code is the grant (client, user, bound
-//! redirect_uri, scope, PKCE challenge and times) sealed with AES-256-GCM under a key
-//! derived from `secrets.system`, so /authorize writes nothing. The database sees a code
-//! only when it is presented: the row recorded then, in the commit that issues its tokens,
-//! is what makes it single use (`codes::spend`, `tokens::create_family`).
+//! redirect_uri, scope, PKCE challenge and times) sealed with AES-256-GCM-SIV, so /authorize
+//! writes nothing. The database sees a code only when it is presented: the row recorded
+//! then, in the commit that issues its tokens, is what makes it single use (`codes::spend`,
+//! `tokens::create_family`).
 //!
-//! Every instance with the same system secret opens every instance's codes. A code that was
-//! altered, forged, or sealed under another secret does not open: changing the secret voids
-//! the codes outstanding at that moment (they live `tokens.code_ttl`, a minute by default).
+//! The key is random, made once per deployment and stored in the database sealed under
+//! `secrets.system` (`keys::KeyRing::open`): making a code takes both, as signing a token
+//! does. GCM-SIV because codes are sealed under one key for the deployment's life with
+//! random nonces: a repeated nonce would reveal only that two codes hold the same grant,
+//! where under GCM it would reveal the authentication key and let codes be forged. The
+//! issuer is authenticated with every code, so a staging deployment that shares the secret
+//! and a copy of the database still cannot issue codes that production accepts.
 
+use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM_SIV, NONCE_LEN};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use crate::crypto::mac::digest_secret;
-use crate::crypto::secret_box::SecretBox;
 use crate::storage::codes::CodeRow;
 
-/// Separates the key that seals codes from anything else derived from `secrets.system`.
+/// The stored key's purpose (`sealing_keys.purpose`), and the context it is sealed under.
 pub const PURPOSE: &str = "authorization-code";
 
-/// Authenticated with every code: bumped if the layout of `Grant` changes, so a code of
-/// another layout fails to open instead of being misread.
-const CONTEXT: &[u8] = b"gatehouse authorization code v1";
+/// Bytes of key material: AES-256.
+pub const KEY_LEN: usize = 32;
+
+/// Bumped if the layout of `Grant` or of the sealed bytes changes, so a code of another
+/// layout fails to open instead of being misread.
+const FORMAT_VERSION: u8 = 1;
 
 /// Far above any code this server issues; longer input is refused before it is decoded.
-const MAX_CODE_LEN: usize = 4096;
+pub const MAX_CODE_LEN: usize = 4096;
+
+/// Seals and opens codes for one issuer.
+pub struct CodeSealer {
+    key: RandomizedNonceKey,
+    /// What every code authenticates besides its grant: the format and the issuer.
+    context: Vec<u8>,
+}
+
+impl std::fmt::Debug for CodeSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeSealer(<key>)")
+    }
+}
+
+impl CodeSealer {
+    /// `None` unless `key` is `KEY_LEN` bytes.
+    pub fn new(key: &[u8], issuer: &str) -> Option<CodeSealer> {
+        if key.len() != KEY_LEN {
+            return None;
+        }
+        let key = RandomizedNonceKey::new(&AES_256_GCM_SIV, key).ok()?;
+        let mut context = b"gatehouse authorization code\0".to_vec();
+        context.push(FORMAT_VERSION);
+        context.extend_from_slice(issuer.as_bytes());
+        Some(CodeSealer { key, context })
+    }
+
+    fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        let mut in_out = plaintext.to_vec();
+        // Sealing a short buffer with a fresh random nonce fails only if the system's
+        // random source does; there is no code to give then.
+        #[allow(clippy::expect_used)]
+        let nonce = self
+            .key
+            .seal_in_place_append_tag(Aad::from(&self.context), &mut in_out)
+            .expect("AES-GCM-SIV sealing of a bounded buffer");
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + in_out.len());
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(nonce.as_ref());
+        out.extend_from_slice(&in_out);
+        out
+    }
+
+    fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        let (version, rest) = sealed.split_first()?;
+        if *version != FORMAT_VERSION || rest.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut in_out = ciphertext.to_vec();
+        let plaintext = self
+            .key
+            .open_in_place(nonce, Aad::from(&self.context), &mut in_out)
+            .ok()?;
+        Some(plaintext.to_vec())
+    }
+}
 
 /// client_id, user_id, redirect_uri, redirect_uri_sent, scope, code_challenge, auth_time,
 /// created_at, expires_at: a JSON array, so the code carries no field names.
@@ -40,7 +105,7 @@ type Grant = (
 );
 
 /// The code for `grant`. Only the grant's fields are sealed, not its digest or redemption.
-pub fn seal(codes: &SecretBox, grant: &CodeRow) -> String {
+pub fn seal(codes: &CodeSealer, grant: &CodeRow) -> String {
     let fields: Grant = (
         grant.client_id.clone(),
         grant.user_id.clone(),
@@ -54,17 +119,17 @@ pub fn seal(codes: &SecretBox, grant: &CodeRow) -> String {
     );
     // Serialising strings, integers and booleans cannot fail.
     let plaintext = serde_json::to_vec(&fields).unwrap_or_default();
-    URL_SAFE_NO_PAD.encode(codes.seal(&plaintext, CONTEXT))
+    URL_SAFE_NO_PAD.encode(codes.seal(&plaintext))
 }
 
 /// The grant a code carries, as the row its redemption will record (keyed by the code's
 /// digest, not yet redeemed); `None` for anything this server did not seal, expired or not.
-pub fn open(codes: &SecretBox, code: &str) -> Option<CodeRow> {
+pub fn open(codes: &CodeSealer, code: &str) -> Option<CodeRow> {
     if code.len() > MAX_CODE_LEN {
         return None;
     }
     let sealed = URL_SAFE_NO_PAD.decode(code).ok()?;
-    let plaintext = codes.open(&sealed, CONTEXT).ok()?;
+    let plaintext = codes.open(&sealed)?;
     let fields: Grant = serde_json::from_slice(&plaintext).ok()?;
     let (client_id, user_id, redirect_uri, redirect_uri_sent, scope, code_challenge) =
         (fields.0, fields.1, fields.2, fields.3, fields.4, fields.5);
@@ -109,11 +174,15 @@ mod tests {
         }
     }
 
-    const SECRET: &str = "a system secret of enough length!";
+    const ISSUER: &str = "https://auth.example.com";
+
+    fn sealer(key_byte: u8, issuer: &str) -> CodeSealer {
+        CodeSealer::new(&[key_byte; KEY_LEN], issuer).unwrap()
+    }
 
     #[test]
     fn a_code_opens_to_its_grant_keyed_by_its_digest() {
-        let codes = SecretBox::new(SECRET, PURPOSE);
+        let codes = sealer(7, ISSUER);
         let code = seal(&codes, &grant());
         let opened = open(&codes, &code).expect("opens");
         assert_eq!(
@@ -127,28 +196,44 @@ mod tests {
         assert_ne!(seal(&codes, &grant()), code);
         assert!(!code.contains("webapp") && !code.contains("callback"));
         assert!(code.len() < 400, "{} characters", code.len());
+        // Another sealer with the same key and issuer (another instance) opens it.
+        assert!(open(&sealer(7, ISSUER), &code).is_some());
     }
 
     #[test]
     fn altered_foreign_and_oversized_codes_do_not_open() {
-        let codes = SecretBox::new(SECRET, PURPOSE);
+        let codes = sealer(7, ISSUER);
         let code = seal(&codes, &grant());
-        for at in [0, 3, code.len() / 2, code.len() - 1] {
+        for at in 0..code.len() {
             let mut altered = code.clone().into_bytes();
             altered[at] = if altered[at] == b'A' { b'B' } else { b'A' };
             let altered = String::from_utf8(altered).unwrap();
             assert!(open(&codes, &altered).is_none(), "altered at {at}");
         }
-        let other_secret = SecretBox::new("another system secret of length!!", PURPOSE);
-        assert!(open(&other_secret, &code).is_none());
-        let other_purpose = SecretBox::new(SECRET, crate::keys::SEAL_PURPOSE);
-        assert!(open(&other_purpose, &code).is_none());
+        assert!(open(&sealer(8, ISSUER), &code).is_none(), "another key");
+        assert!(
+            open(&sealer(7, "https://staging.example.com"), &code).is_none(),
+            "another issuer"
+        );
         assert!(open(&codes, &code[..code.len() - 2]).is_none());
+        assert!(open(&codes, &format!("{code}=")).is_none());
+        assert!(open(&codes, &format!(" {code}")).is_none());
         assert!(open(&codes, "").is_none());
         assert!(open(&codes, "not a code!").is_none());
         assert!(open(&codes, &"A".repeat(MAX_CODE_LEN + 1)).is_none());
-        // A value sealed for another use under the same key is not a code.
-        let foreign = URL_SAFE_NO_PAD.encode(codes.seal(b"[\"x\"]", b"other context"));
-        assert!(open(&codes, &foreign).is_none());
+        assert!(CodeSealer::new(&[7; KEY_LEN - 1], ISSUER).is_none());
+    }
+
+    #[test]
+    fn the_longest_redirect_uri_the_config_allows_fits_in_a_code() {
+        let codes = sealer(7, ISSUER);
+        let long = CodeRow {
+            redirect_uri: format!("http://127.0.0.1:65535/{}", "a".repeat(2000)),
+            scope: "openid profile email read write admin".into(),
+            ..grant()
+        };
+        let code = seal(&codes, &long);
+        assert!(code.len() < MAX_CODE_LEN, "{} characters", code.len());
+        assert_eq!(open(&codes, &code).unwrap().redirect_uri, long.redirect_uri);
     }
 }

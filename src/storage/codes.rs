@@ -1,7 +1,7 @@
 //! Authorization codes as presented. A code carries its grant sealed (`oauth::sealed_code`),
 //! so nothing is stored when it is issued; its row is written when it is first presented,
-//! keyed by the code's digest, and stays until the code expires, so that a replay can revoke
-//! what the first redemption issued.
+//! keyed by the code's digest, and stays a day past the code's expiry (the housekeeping
+//! sweep), so that a replay can revoke what the first redemption issued.
 
 use diesel::prelude::*;
 
@@ -41,8 +41,9 @@ pub enum Redemption {
     First,
     /// The code had been presented before (by this client).
     Replay(Box<CodeRow>),
-    /// The code was spent by another client: nothing is marked or revoked, so a client
-    /// cannot revoke another client's grant.
+    /// The row under this digest is another client's, or went between the two statements
+    /// (swept): nothing is marked or revoked. `extract` refuses another client's code
+    /// before it gets here; this keeps the storage layer's own guard.
     OtherClient,
 }
 

@@ -1,8 +1,9 @@
-//! Signing keys. Private keys arrive here already sealed; this module never sees plaintext.
+//! Signing keys, and the keys that seal what the server hands out (authorization codes).
+//! Private keys arrive here already sealed; this module never sees plaintext.
 
 use diesel::prelude::*;
 
-use super::schema::signing_keys;
+use super::schema::{sealing_keys, signing_keys};
 use super::{DbConnection, StorageResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -106,4 +107,31 @@ pub fn rotate(
             .execute(conn)?;
         Ok(())
     })
+}
+
+/// The sealed key stored for `purpose`, storing `generated` first when there is none:
+/// instances starting together on an empty database agree, since the first insert wins and
+/// every other reads what it stored.
+pub fn sealing_key_or_insert(
+    conn: &mut DbConnection,
+    purpose: &str,
+    generated: &[u8],
+    now: i64,
+) -> StorageResult<Vec<u8>> {
+    let row = (
+        sealing_keys::purpose.eq(purpose),
+        sealing_keys::sealed_key.eq(generated),
+        sealing_keys::created_at.eq(now),
+    );
+    super::write(conn, |conn| {
+        super::on_native_connection!(conn, |c| diesel::insert_into(sealing_keys::table)
+            .values(row)
+            .on_conflict_do_nothing()
+            .execute(c))?;
+        Ok(())
+    })?;
+    Ok(sealing_keys::table
+        .find(purpose)
+        .select(sealing_keys::sealed_key)
+        .first(conn)?)
 }

@@ -13,10 +13,11 @@
 //! CTEs (which SQLite does not have), each takes one.
 //!
 //! Within one statement every part sees the same snapshot, and foreign keys are checked
-//! when the statement ends, so the order of the parts does not matter, with one exception
+//! when the statement ends, so the order of the parts does not matter, with two exceptions
 //! that the rotation and the code exchange rely on: under READ COMMITTED an UPDATE that
 //! finds its row changed by a transaction that committed meanwhile re-checks its WHERE
-//! clause against the new row.
+//! clause against the new row, and an INSERT ... ON CONFLICT DO NOTHING that meets another
+//! transaction's uncommitted row waits for it, then does nothing if it committed.
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};

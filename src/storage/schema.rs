@@ -117,6 +117,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    sealing_keys (purpose) {
+        purpose -> Text,
+        sealed_key -> Binary,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
     auth_failures (id) {
         id -> Text,
         bucket -> Text,
@@ -147,6 +155,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     refresh_tokens,
     access_tokens,
     signing_keys,
+    sealing_keys,
     auth_failures,
     audit_events,
 );

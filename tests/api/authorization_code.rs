@@ -16,6 +16,7 @@ on_both_backends!(
     token_endpoint_pkce_failures_are_invalid_grant,
     a_second_redemption_fails_and_revokes_the_tokens,
     a_code_is_recorded_only_when_presented,
+    a_code_opens_only_where_it_was_sealed,
     a_code_is_bound_to_its_client,
     an_expired_code_is_refused,
     concurrent_redemptions_have_exactly_one_winner,
@@ -504,6 +505,29 @@ fn a_code_is_recorded_only_when_presented(db: TestDb) {
             true
         )]
     );
+}
+
+/// The key that seals codes is made per deployment and kept in its database (sealed under
+/// `secrets.system`): another deployment with the same secret cannot open this one's codes.
+fn a_code_opens_only_where_it_was_sealed(db: TestDb) {
+    let backend = if db.url.starts_with("sqlite") {
+        Backend::Sqlite
+    } else {
+        Backend::Postgres
+    };
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let code = code_for_webapp(&app, &mut browser, &p);
+
+    let elsewhere = OAuthServer::start(TestDb::create(backend).expect("a second database"));
+    let refused = redeem(&elsewhere, &code, &p.verifier);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "invalid_grant");
+    assert_eq!(code_rows(&elsewhere), vec![]);
+
+    let redeemed = redeem(&app, &code, &p.verifier);
+    assert_eq!(redeemed.status, 200, "still good where it was sealed");
 }
 
 fn a_code_is_bound_to_its_client(db: TestDb) {

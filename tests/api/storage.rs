@@ -30,6 +30,7 @@ fn the_diesel_schema_matches_both_migrations(db: TestDb) {
         refresh_tokens,
         access_tokens,
         signing_keys,
+        sealing_keys,
         auth_failures,
         audit_events
     );
