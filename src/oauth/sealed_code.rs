@@ -29,7 +29,8 @@ pub const KEY_LEN: usize = 32;
 /// layout fails to open instead of being misread.
 const FORMAT_VERSION: u8 = 1;
 
-/// Far above any code this server issues; longer input is refused before it is decoded.
+/// Above any code this server issues (the config caps redirect URIs at 2000 characters, and
+/// a test seals the longest); longer input is refused before it is decoded.
 pub const MAX_CODE_LEN: usize = 4096;
 
 /// Seals and opens codes for one issuer.

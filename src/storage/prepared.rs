@@ -191,8 +191,8 @@ macro_rules! insert_code {
 /// code, the same statement records the code redeemed for the family, and inserts nothing
 /// unless it was this statement that recorded it: of two concurrent redemptions the second
 /// waits for the first's uncommitted row, then finds the conflict and does nothing. Returns
-/// how many codes this statement recorded (1, or 0 when another presentation came first or
-/// no code was given).
+/// how many codes this statement recorded (1, or 0 when another presentation came first,
+/// the code's user was disabled, or no code was given).
 pub struct CreateFamily<'a> {
     pub family: &'a FamilyRow,
     pub refresh: Option<&'a RefreshRow>,
@@ -214,11 +214,15 @@ impl QueryFragment<Pg> for CreateFamily<'_> {
         };
         // The code's row names the family inserted beside it: foreign keys are checked when
         // the statement ends. Without a code, a placeholder row that a false flag keeps out.
+        // A code of a user disabled since it was issued is not redeemed.
+        let code = self.code.unwrap_or(&NO_CODE);
         out.push_sql("WITH redeemed AS (");
-        insert_code!(out, self.code.unwrap_or(&NO_CODE), ") SELECT ", " WHERE ");
+        insert_code!(out, code, ") SELECT ", " WHERE ");
         out.push_bind_param::<Bool, _>(flag(self.code.is_some()))?;
+        out.push_sql(" AND NOT EXISTS (SELECT 1 FROM users WHERE id = ");
+        out.push_bind_param::<Text, _>(&code.user_id)?;
         out.push_sql(concat!(
-            " ON CONFLICT (code_hash) DO NOTHING RETURNING 1),",
+            " AND disabled) ON CONFLICT (code_hash) DO NOTHING RETURNING 1),",
             " proceed AS (SELECT 1 WHERE NOT "
         ));
         out.push_bind_param::<Bool, _>(flag(self.code.is_some()))?;

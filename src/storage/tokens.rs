@@ -71,8 +71,9 @@ pub fn family_of_jti(jti: &str) -> Option<&str> {
 /// Records a new family with its first tokens, atomically. With `from_code` (the code as
 /// opened from its seal), the same transaction records that code redeemed for the family:
 /// one commit per redemption. Returns false, writing nothing, when the code had been
-/// presented already (a concurrent redemption, or a failed one, came first): the caller
-/// must treat the request as a replay.
+/// presented already (a concurrent redemption, or a failed one, came first) or its user
+/// was disabled since it was issued: the caller must refuse the code (`codes::spend` tells
+/// which).
 pub fn create_family(
     conn: &mut DbConnection,
     family: &FamilyRow,
@@ -95,6 +96,11 @@ pub fn create_family(
         return Ok(redeemed.is_none() || recorded == 1);
     }
     let recorded = super::write_transaction(conn, |conn| {
+        if let Some(code) = &redeemed {
+            if user_disabled(conn, &code.user_id)? {
+                return Err(diesel::result::Error::RollbackTransaction.into());
+            }
+        }
         insert_new_rows(conn, Some(family), refresh)?;
         match &redeemed {
             Some(code) if !super::codes::record_redeemed(conn, code)? => {
@@ -109,6 +115,16 @@ pub fn create_family(
         Err(StorageError::Query(diesel::result::Error::RollbackTransaction)) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Whether the user is disabled (a user that does not exist is not).
+fn user_disabled(conn: &mut DbConnection, user_id: &str) -> StorageResult<bool> {
+    Ok(users::table
+        .find(user_id)
+        .select(users::disabled)
+        .first::<bool>(conn)
+        .optional()?
+        .unwrap_or(false))
 }
 
 /// Marks `old_hash` rotated and records its successor, atomically.

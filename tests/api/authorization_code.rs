@@ -17,6 +17,7 @@ on_both_backends!(
     a_second_redemption_fails_and_revokes_the_tokens,
     a_code_is_recorded_only_when_presented,
     a_code_opens_only_where_it_was_sealed,
+    a_code_of_a_user_disabled_since_gives_nothing,
     a_code_is_bound_to_its_client,
     an_expired_code_is_refused,
     concurrent_redemptions_have_exactly_one_winner,
@@ -528,6 +529,28 @@ fn a_code_opens_only_where_it_was_sealed(db: TestDb) {
 
     let redeemed = redeem(&app, &code, &p.verifier);
     assert_eq!(redeemed.status, 200, "still good where it was sealed");
+}
+
+/// Disabling a user revokes their grants; a code issued a moment before must not start a
+/// new one. The code is spent.
+fn a_code_of_a_user_disabled_since_gives_nothing(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let code = code_for_webapp(&app, &mut browser, &p);
+    gatehouse::accounts::set_disabled(&mut app.db.connect(), USERNAME, true).unwrap();
+
+    let refused = redeem(&app, &code, &p.verifier);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "invalid_grant");
+    assert_eq!(app.live_families(), 0);
+    let rows = code_rows(&app);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (&rows[0].1, rows[0].2),
+        (&None, true),
+        "spent, for no family"
+    );
 }
 
 fn a_code_is_bound_to_its_client(db: TestDb) {
