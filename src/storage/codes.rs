@@ -60,7 +60,7 @@ pub fn spend(conn: &mut DbConnection, code: &CodeRow, now: i64) -> StorageResult
         ..code.clone()
     };
     super::write_transaction(conn, |conn| {
-        if record_redeemed(conn, &spent)? {
+        if record_redeemed(conn, &spent, false)? {
             return Ok(Redemption::First);
         }
         let own_code = authorization_codes::table
@@ -82,10 +82,17 @@ pub fn spend(conn: &mut DbConnection, code: &CodeRow, now: i64) -> StorageResult
     })
 }
 
-/// Inside a write: inserts `code` as given (redeemed) unless a row for it exists. Returns
-/// whether it did; a conflict means the code was presented before.
-pub(super) fn record_redeemed(conn: &mut DbConnection, code: &CodeRow) -> StorageResult<bool> {
-    let statement = super::prepared::InsertRedeemedCode { code };
+/// Inside a write: inserts `code` as given (redeemed) unless a row for it exists, or, with
+/// `only_for_enabled_user`, its user is disabled. Returns whether it did.
+pub(super) fn record_redeemed(
+    conn: &mut DbConnection,
+    code: &CodeRow,
+    only_for_enabled_user: bool,
+) -> StorageResult<bool> {
+    let statement = super::prepared::InsertRedeemedCode {
+        code,
+        only_for_enabled_user,
+    };
     Ok(super::prepared::execute(conn, statement)? == 1)
 }
 

@@ -258,22 +258,24 @@ static NO_REFRESH: RefreshRow = RefreshRow {
 
 /// Records a presented code as given (redeemed, and for SQLite's family creation linked to
 /// its family) unless a row for it exists: of two concurrent presentations exactly one
-/// inserts (1 row), and a conflict (0) means the code was presented before. diesel renders
-/// an insert whose optional fields may be DEFAULT afresh each time and never keeps it
-/// prepared.
+/// inserts (1 row), and a conflict (0) means the code was presented before. With
+/// `only_for_enabled_user` it also inserts nothing (0) when the code's user is disabled,
+/// as an exchange requires; a code that is only spent is recorded regardless. diesel
+/// renders an insert whose optional fields may be DEFAULT afresh each time and never keeps
+/// it prepared.
 pub struct InsertRedeemedCode<'a> {
     pub code: &'a CodeRow,
+    pub only_for_enabled_user: bool,
 }
 
 on_both_backends!(
     InsertRedeemedCode | statement,
     out | {
-        insert_code!(
-            out,
-            statement.code,
-            ") VALUES (",
-            ") ON CONFLICT (code_hash) DO NOTHING"
-        );
+        insert_code!(out, statement.code, ") SELECT ", " WHERE NOT (");
+        out.push_bind_param::<Bool, _>(&statement.only_for_enabled_user)?;
+        out.push_sql(" AND EXISTS (SELECT 1 FROM users WHERE id = ");
+        out.push_bind_param::<Text, _>(&statement.code.user_id)?;
+        out.push_sql(" AND disabled)) ON CONFLICT (code_hash) DO NOTHING");
         Ok(())
     }
 );

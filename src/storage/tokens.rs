@@ -96,15 +96,11 @@ pub fn create_family(
         return Ok(redeemed.is_none() || recorded == 1);
     }
     let recorded = super::write_transaction(conn, |conn| {
-        if let Some(code) = &redeemed {
-            if user_disabled(conn, &code.user_id)? {
-                return Err(diesel::result::Error::RollbackTransaction.into());
-            }
-        }
         insert_new_rows(conn, Some(family), refresh)?;
         match &redeemed {
-            Some(code) if !super::codes::record_redeemed(conn, code)? => {
-                // Another presentation came first: none of this may stay.
+            Some(code) if !super::codes::record_redeemed(conn, code, true)? => {
+                // Another presentation came first, or the user was disabled: none of this
+                // may stay.
                 Err(diesel::result::Error::RollbackTransaction.into())
             }
             _ => Ok(()),
@@ -115,16 +111,6 @@ pub fn create_family(
         Err(StorageError::Query(diesel::result::Error::RollbackTransaction)) => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-/// Whether the user is disabled (a user that does not exist is not).
-fn user_disabled(conn: &mut DbConnection, user_id: &str) -> StorageResult<bool> {
-    Ok(users::table
-        .find(user_id)
-        .select(users::disabled)
-        .first::<bool>(conn)
-        .optional()?
-        .unwrap_or(false))
 }
 
 /// Marks `old_hash` rotated and records its successor, atomically.
