@@ -77,24 +77,54 @@ fn with_user_and_demo_client(
     (config, conn, user.id, now)
 }
 
+/// A family of the demo client for `user_id`, live from `created_at` to `expires_at`.
+fn demo_family(
+    id: &str,
+    user_id: &str,
+    created_at: i64,
+    expires_at: i64,
+) -> gatehouse::storage::tokens::FamilyRow {
+    gatehouse::storage::tokens::FamilyRow {
+        id: id.to_owned(),
+        client_id: "demo".to_owned(),
+        user_id: Some(user_id.to_owned()),
+        grant_type: "authorization_code".to_owned(),
+        scope: "read".to_owned(),
+        created_at,
+        expires_at,
+        revoked_at: None,
+    }
+}
+
+/// A code of the demo client for `user_id`, as opened from its seal: not yet recorded.
+fn demo_code(hash: &str, user_id: &str, expires_at: i64) -> gatehouse::storage::codes::CodeRow {
+    gatehouse::storage::codes::CodeRow {
+        code_hash: hash.to_owned(),
+        client_id: "demo".to_owned(),
+        user_id: user_id.to_owned(),
+        redirect_uri: "http://127.0.0.1:8081/callback".to_owned(),
+        redirect_uri_sent: true,
+        scope: "read".to_owned(),
+        code_challenge: Some("challenge".to_owned()),
+        nonce: None,
+        auth_time: expires_at - 65,
+        created_at: expires_at - 60,
+        expires_at,
+        redeemed_at: None,
+        replayed_at: None,
+        family_id: None,
+    }
+}
+
 on_both_backends!(a_refresh_token_never_rotates_into_a_revoked_family);
 
 /// The storage layer's own guard, below the issuer's checks: between reading a token and
 /// rotating it, its family may be revoked; the rotation must then write nothing.
 fn a_refresh_token_never_rotates_into_a_revoked_family(db: TestDb) {
-    use gatehouse::storage::tokens::{self, FamilyRow, RefreshRow};
+    use gatehouse::storage::tokens::{self, RefreshRow};
 
     let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "rotator");
-    let family = FamilyRow {
-        id: "family".to_owned(),
-        client_id: "demo".to_owned(),
-        user_id: Some(user_id),
-        grant_type: "authorization_code".to_owned(),
-        scope: "read".to_owned(),
-        created_at: now,
-        expires_at: now + 3600,
-        revoked_at: None,
-    };
+    let family = demo_family("family", &user_id, now, now + 3600);
     let refresh = |hash: &str| RefreshRow {
         token_hash: hash.to_owned(),
         family_id: family.id.clone(),
@@ -125,20 +155,11 @@ on_both_backends!(a_family_revocation_reaches_its_access_tokens_without_a_row_ea
 /// whose jti names it, alone or in a batch, beside tokens revoked one by one and tokens of
 /// other families.
 fn a_family_revocation_reaches_its_access_tokens_without_a_row_each(db: TestDb) {
-    use gatehouse::storage::tokens::{self, access_jti, FamilyRow, RefreshRow};
+    use gatehouse::storage::tokens::{self, access_jti, RefreshRow};
     use std::collections::HashSet;
 
     let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "revoker");
-    let family = |id: &str| FamilyRow {
-        id: id.to_owned(),
-        client_id: "demo".to_owned(),
-        user_id: Some(user_id.clone()),
-        grant_type: "authorization_code".to_owned(),
-        scope: "read".to_owned(),
-        created_at: now,
-        expires_at: now + 3600,
-        revoked_at: None,
-    };
+    let family = |id: &str| demo_family(id, &user_id, now, now + 3600);
     let refresh = |hash: &str, family: &str| RefreshRow {
         token_hash: hash.to_owned(),
         family_id: family.to_owned(),
@@ -215,35 +236,11 @@ on_both_backends!(a_presented_code_is_recorded_once);
 /// so and writes nothing, on either backend.
 fn a_presented_code_is_recorded_once(db: TestDb) {
     use gatehouse::storage::codes::{self, CodeRow, Redemption};
-    use gatehouse::storage::tokens::{create_family, FamilyRow};
+    use gatehouse::storage::tokens::create_family;
 
     let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "presenter");
-    let code = |hash: &str| CodeRow {
-        code_hash: hash.to_owned(),
-        client_id: "demo".to_owned(),
-        user_id: user_id.clone(),
-        redirect_uri: "http://127.0.0.1:8081/callback".to_owned(),
-        redirect_uri_sent: true,
-        scope: "read".to_owned(),
-        code_challenge: Some("challenge".to_owned()),
-        nonce: None,
-        auth_time: now - 5,
-        created_at: now - 1,
-        expires_at: now + 59,
-        redeemed_at: None,
-        replayed_at: None,
-        family_id: None,
-    };
-    let family = |id: &str| FamilyRow {
-        id: id.to_owned(),
-        client_id: "demo".to_owned(),
-        user_id: Some(user_id.clone()),
-        grant_type: "authorization_code".to_owned(),
-        scope: "read".to_owned(),
-        created_at: now,
-        expires_at: now + 86400,
-        revoked_at: None,
-    };
+    let code = |hash: &str| demo_code(hash, &user_id, now + 59);
+    let family = |id: &str| demo_family(id, &user_id, now, now + 86400);
     let families = |conn: &mut gatehouse::storage::DbConnection| -> Vec<String> {
         token_families::table
             .select(token_families::id)
@@ -302,7 +299,6 @@ fn a_presented_code_is_recorded_once(db: TestDb) {
 on_both_backends!(expired_sessions_and_old_codes_are_swept);
 
 fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
-    use gatehouse::storage::codes::CodeRow;
     use gatehouse::storage::sessions::SessionRow;
 
     let (config, mut conn, user_id, now) = with_user_and_demo_client(&db, "sweeper");
@@ -315,38 +311,17 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
     };
     gatehouse::storage::sessions::insert(&mut conn, &session("expired", now - 1)).unwrap();
     gatehouse::storage::sessions::insert(&mut conn, &session("live", now + 3600)).unwrap();
-    let code = |hash: &str, expires_at: i64| CodeRow {
-        code_hash: hash.to_owned(),
-        client_id: "demo".to_owned(),
-        user_id: user_id.clone(),
-        redirect_uri: "http://127.0.0.1:8081/callback".to_owned(),
-        redirect_uri_sent: true,
-        scope: "read".to_owned(),
-        code_challenge: None,
-        nonce: None,
-        auth_time: expires_at - 60,
-        created_at: expires_at - 60,
-        expires_at,
-        redeemed_at: None,
-        replayed_at: None,
-        family_id: None,
-    };
     // Codes are stored only once presented (spent, here).
     for (hash, expires_at) in [("ancient", now - 2 * 24 * 3600), ("recent", now - 60)] {
-        let spent = gatehouse::storage::codes::spend(&mut conn, &code(hash, expires_at), now);
+        let spent = gatehouse::storage::codes::spend(
+            &mut conn,
+            &demo_code(hash, &user_id, expires_at),
+            now,
+        );
         assert_eq!(spent.unwrap(), gatehouse::storage::codes::Redemption::First);
     }
 
-    let old_family = gatehouse::storage::tokens::FamilyRow {
-        id: "old-family".into(),
-        client_id: "demo".into(),
-        user_id: Some(user_id.clone()),
-        grant_type: "authorization_code".into(),
-        scope: "read".into(),
-        created_at: now - 100 * 86400,
-        expires_at: now - 86400,
-        revoked_at: None,
-    };
+    let old_family = demo_family("old-family", &user_id, now - 100 * 86400, now - 86400);
     let old_refresh = gatehouse::storage::tokens::RefreshRow {
         token_hash: "old-refresh".into(),
         family_id: "old-family".into(),
