@@ -2,7 +2,7 @@
 //! private signing keys and the key that seals authorization codes encrypted in the
 //! database: a database dump alone reveals nothing.
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::aead::{Aad, Algorithm, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::hkdf::{Salt, HKDF_SHA256};
 
 /// Bumped if the format below changes: version byte, nonce, ciphertext with tag.
@@ -33,10 +33,16 @@ impl SecretBox {
             .and_then(|okm| okm.fill(&mut key_bytes))
             .expect("HKDF output of the AEAD key length");
         #[allow(clippy::expect_used)]
-        let unbound = UnboundKey::new(&AES_256_GCM, &key_bytes).expect("32-byte AES-256 key");
-        SecretBox {
+        SecretBox::with_key(&AES_256_GCM, &key_bytes).expect("32-byte AES-256 key")
+    }
+
+    /// A box over `key` itself, for a key that is not derived from the system secret (the
+    /// code-sealing key); `None` unless `key` has the algorithm's key length.
+    pub fn with_key(algorithm: &'static Algorithm, key: &[u8]) -> Option<SecretBox> {
+        let unbound = UnboundKey::new(algorithm, key).ok()?;
+        Some(SecretBox {
             key: LessSafeKey::new(unbound),
-        }
+        })
     }
 
     /// `context` (e.g. a key id) is authenticated, so sealed data cannot be moved to another row.

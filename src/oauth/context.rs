@@ -57,6 +57,8 @@ pub struct Notes {
     pub invalid_grant: Option<&'static str>,
     /// A more precise description for an error that oxide-auth reports without one.
     pub error_description: Option<&'static str>,
+    /// A code already opened before the flow ran, and the code as presented.
+    pub opened_code: Option<(String, CodeRow)>,
     /// The code `extract` found exchangeable. It is marked redeemed with the tokens it is
     /// exchanged for, or spent by `token::finish` when the exchange fails.
     pub redeemed_code: Option<CodeRow>,

@@ -12,11 +12,12 @@
 //! issuer is authenticated with every code, so a staging deployment that shares the secret
 //! and a copy of the database still cannot issue codes that production accepts.
 
-use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM_SIV, NONCE_LEN};
+use aws_lc_rs::aead::AES_256_GCM_SIV;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use crate::crypto::mac::digest_secret;
+use crate::crypto::secret_box::SecretBox;
 use crate::storage::codes::CodeRow;
 
 /// The stored key's purpose (`sealing_keys.purpose`), and the context it is sealed under.
@@ -25,17 +26,18 @@ pub const PURPOSE: &str = "authorization-code";
 /// Bytes of key material: AES-256.
 pub const KEY_LEN: usize = 32;
 
-/// Bumped if the layout of `Grant` or of the sealed bytes changes, so a code of another
-/// layout fails to open instead of being misread.
+/// Bumped if the layout of `Grant` changes, so a code of another layout fails to open
+/// instead of being misread.
 const FORMAT_VERSION: u8 = 1;
 
 /// Above any code this server issues (the config caps redirect URIs at 2000 characters, and
 /// a test seals the longest); longer input is refused before it is decoded.
 pub const MAX_CODE_LEN: usize = 4096;
 
-/// Seals and opens codes for one issuer.
+/// Seals and opens codes for one issuer: the crate's `SecretBox` framing (version, random
+/// nonce, ciphertext and tag) under AES-256-GCM-SIV and the deployment's code key.
 pub struct CodeSealer {
-    key: RandomizedNonceKey,
+    sealed: SecretBox,
     /// What every code authenticates besides its grant: the format and the issuer.
     context: Vec<u8>,
 }
@@ -52,42 +54,19 @@ impl CodeSealer {
         if key.len() != KEY_LEN {
             return None;
         }
-        let key = RandomizedNonceKey::new(&AES_256_GCM_SIV, key).ok()?;
+        let sealed = SecretBox::with_key(&AES_256_GCM_SIV, key)?;
         let mut context = b"gatehouse authorization code\0".to_vec();
         context.push(FORMAT_VERSION);
         context.extend_from_slice(issuer.as_bytes());
-        Some(CodeSealer { key, context })
+        Some(CodeSealer { sealed, context })
     }
 
     fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
-        let mut in_out = plaintext.to_vec();
-        // Sealing a short buffer with a fresh random nonce fails only if the system's
-        // random source does; there is no code to give then.
-        #[allow(clippy::expect_used)]
-        let nonce = self
-            .key
-            .seal_in_place_append_tag(Aad::from(&self.context), &mut in_out)
-            .expect("AES-GCM-SIV sealing of a bounded buffer");
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + in_out.len());
-        out.push(FORMAT_VERSION);
-        out.extend_from_slice(nonce.as_ref());
-        out.extend_from_slice(&in_out);
-        out
+        self.sealed.seal(plaintext, &self.context)
     }
 
     fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
-        let (version, rest) = sealed.split_first()?;
-        if *version != FORMAT_VERSION || rest.len() < NONCE_LEN {
-            return None;
-        }
-        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut in_out = ciphertext.to_vec();
-        let plaintext = self
-            .key
-            .open_in_place(nonce, Aad::from(&self.context), &mut in_out)
-            .ok()?;
-        Some(plaintext.to_vec())
+        self.sealed.open(sealed, &self.context).ok()
     }
 }
 

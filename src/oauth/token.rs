@@ -287,17 +287,21 @@ fn authorization_code(
     basic: Option<BasicCredentials>,
 ) -> Result<TokenAnswer, StorageError> {
     // RFC 6749 4.1.3: redirect_uri is required only if the authorization request had one;
-    // oxide-auth always requires it, so supply the bound one when it was not sent.
+    // oxide-auth always requires it, so supply the bound one when it was not sent. The code
+    // opened for that is handed to `extract`, which would otherwise open it again.
+    let mut opened = None;
     if body.get("redirect_uri").is_none() {
-        if let Some(code) = body.get("code") {
-            if let Some(row) = super::sealed_code::open(&grant.keys.codes, code) {
+        if let Some(code) = body.get("code").map(str::to_owned) {
+            if let Some(row) = super::sealed_code::open(&grant.keys.codes, &code) {
                 if !row.redirect_uri_sent {
                     body = body.with("redirect_uri", &row.redirect_uri);
                 }
+                opened = Some((code, row));
             }
         }
     }
     let ctx = grant.context();
+    ctx.notes.borrow_mut().opened_code = opened;
     let request = FlowRequest::new(
         &Params::default(),
         &body,

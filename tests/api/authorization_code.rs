@@ -18,6 +18,7 @@ on_both_backends!(
     a_code_is_recorded_only_when_presented,
     a_code_opens_only_where_it_was_sealed,
     a_code_of_a_user_disabled_since_gives_nothing,
+    a_code_issued_without_redirect_uri_redeems_without_it,
     a_code_is_bound_to_its_client,
     an_expired_code_is_refused,
     concurrent_redemptions_have_exactly_one_winner,
@@ -550,6 +551,46 @@ fn a_code_of_a_user_disabled_since_gives_nothing(db: TestDb) {
         (&rows[0].1, rows[0].2),
         (&None, true),
         "spent, for no family"
+    );
+}
+
+/// RFC 6749 4.1.3: the token request repeats redirect_uri only if the authorization request
+/// sent it. The server reads the bound one from the code (opened once for both uses).
+fn a_code_issued_without_redirect_uri_redeems_without_it(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let params: Vec<(&str, &str)> = spa_params(Some(&p.challenge), Some("S256"), SPA_REDIRECT)
+        .into_iter()
+        .filter(|(k, _)| *k != "redirect_uri")
+        .collect();
+    let redirect = app.authorize_with_consent(&mut browser, &params);
+    assert!(redirect.as_str().starts_with(SPA_REDIRECT), "{redirect}");
+    let code = query_value(&redirect, "code").unwrap();
+    let redeem_as_spa = |code: &str| {
+        app.token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("client_id", SPA),
+                ("code_verifier", &p.verifier),
+            ],
+            None,
+        )
+    };
+    let redeemed = redeem_as_spa(&code);
+    assert_eq!(redeemed.status, 200, "{}", redeemed.body);
+    let replayed = redeem_as_spa(&code);
+    assert_eq!(
+        replayed.json()["error"],
+        "invalid_grant",
+        "{}",
+        replayed.body
+    );
+    assert_eq!(
+        app.live_families(),
+        0,
+        "the replay revoked the first redemption"
     );
 }
 
