@@ -41,10 +41,11 @@ pub enum Redemption {
     First,
     /// The code had been presented before (by this client).
     Replay(Box<CodeRow>),
-    /// The row under this digest is another client's, or went between the two statements
-    /// (swept): nothing is marked or revoked. `extract` refuses another client's code
-    /// before it gets here; this keeps the storage layer's own guard.
-    OtherClient,
+    /// Nothing is recorded, marked or revoked: the code's user no longer exists (erased by
+    /// hand), or the row under this digest is another client's or went between the two
+    /// statements (swept). `extract` refuses another client's code before it gets here;
+    /// this keeps the storage layer's own guard.
+    Unrecorded,
 }
 
 /// Records a code (opened from its seal, see `oauth::sealed_code`) spent without being
@@ -76,8 +77,8 @@ pub fn spend(conn: &mut DbConnection, code: &CodeRow, now: i64) -> StorageResult
             .optional()?;
         Ok(match row {
             Some(row) if row.client_id == code.client_id => Redemption::Replay(Box::new(row)),
-            // Another client's row under the same digest, or one swept in between.
-            _ => Redemption::OtherClient,
+            // No row: its user is gone, or it was swept in between; or another client's.
+            _ => Redemption::Unrecorded,
         })
     })
 }

@@ -214,15 +214,15 @@ impl QueryFragment<Pg> for CreateFamily<'_> {
         };
         // The code's row names the family inserted beside it: foreign keys are checked when
         // the statement ends. Without a code, a placeholder row that a false flag keeps out.
-        // A code of a user disabled since it was issued is not redeemed.
+        // A code of a user disabled (or deleted) since it was issued is not redeemed.
         let code = self.code.unwrap_or(&NO_CODE);
         out.push_sql("WITH redeemed AS (");
         insert_code!(out, code, ") SELECT ", " WHERE ");
         out.push_bind_param::<Bool, _>(flag(self.code.is_some()))?;
-        out.push_sql(" AND NOT EXISTS (SELECT 1 FROM users WHERE id = ");
+        out.push_sql(" AND EXISTS (SELECT 1 FROM users WHERE id = ");
         out.push_bind_param::<Text, _>(&code.user_id)?;
         out.push_sql(concat!(
-            " AND disabled) ON CONFLICT (code_hash) DO NOTHING RETURNING 1),",
+            " AND NOT disabled) ON CONFLICT (code_hash) DO NOTHING RETURNING 1),",
             " proceed AS (SELECT 1 WHERE NOT "
         ));
         out.push_bind_param::<Bool, _>(flag(self.code.is_some()))?;
@@ -258,11 +258,12 @@ static NO_REFRESH: RefreshRow = RefreshRow {
 
 /// Records a presented code as given (redeemed, and for SQLite's family creation linked to
 /// its family) unless a row for it exists: of two concurrent presentations exactly one
-/// inserts (1 row), and a conflict (0) means the code was presented before. With
-/// `only_for_enabled_user` it also inserts nothing (0) when the code's user is disabled,
-/// as an exchange requires; a code that is only spent is recorded regardless. diesel
-/// renders an insert whose optional fields may be DEFAULT afresh each time and never keeps
-/// it prepared.
+/// inserts (1 row), and a conflict (0) means the code was presented before. It inserts
+/// nothing (0) either when the code's user no longer exists (erased by hand: the row's
+/// foreign key would fail) or, with `only_for_enabled_user`, is disabled, as an exchange
+/// requires; a code that is only spent is recorded for a disabled user too. diesel renders
+/// an insert whose optional fields may be DEFAULT afresh each time and never keeps it
+/// prepared.
 pub struct InsertRedeemedCode<'a> {
     pub code: &'a CodeRow,
     pub only_for_enabled_user: bool,
@@ -271,10 +272,11 @@ pub struct InsertRedeemedCode<'a> {
 on_both_backends!(
     InsertRedeemedCode | statement,
     out | {
-        insert_code!(out, statement.code, ") SELECT ", " WHERE NOT (");
-        out.push_bind_param::<Bool, _>(&statement.only_for_enabled_user)?;
-        out.push_sql(" AND EXISTS (SELECT 1 FROM users WHERE id = ");
+        insert_code!(out, statement.code, ") SELECT ", " WHERE EXISTS (");
+        out.push_sql("SELECT 1 FROM users WHERE id = ");
         out.push_bind_param::<Text, _>(&statement.code.user_id)?;
+        out.push_sql(" AND NOT (");
+        out.push_bind_param::<Bool, _>(&statement.only_for_enabled_user)?;
         out.push_sql(" AND disabled)) ON CONFLICT (code_hash) DO NOTHING");
         Ok(())
     }

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 
 use diesel::prelude::*;
+use diesel::result::DatabaseErrorKind;
 
 use super::codes::CodeRow;
 use super::schema::{access_tokens, refresh_tokens, token_families, users};
@@ -72,8 +73,8 @@ pub fn family_of_jti(jti: &str) -> Option<&str> {
 /// opened from its seal), the same transaction records that code redeemed for the family:
 /// one commit per redemption. Returns false, writing nothing, when the code had been
 /// presented already (a concurrent redemption, or a failed one, came first) or its user
-/// was disabled since it was issued: the caller must refuse the code (`codes::spend` tells
-/// which).
+/// was disabled (or erased) since it was issued: the caller must refuse the code
+/// (`codes::spend` tells which).
 pub fn create_family(
     conn: &mut DbConnection,
     family: &FamilyRow,
@@ -109,6 +110,12 @@ pub fn create_family(
     match recorded {
         Ok(()) => Ok(true),
         Err(StorageError::Query(diesel::result::Error::RollbackTransaction)) => Ok(false),
+        // The family's user was erased by hand since the code was issued: the code is
+        // refused as a disabled user's is (PostgreSQL's statement checks this in its WHERE).
+        Err(StorageError::Query(diesel::result::Error::DatabaseError(
+            DatabaseErrorKind::ForeignKeyViolation,
+            _,
+        ))) if redeemed.is_some() => Ok(false),
         Err(e) => Err(e),
     }
 }

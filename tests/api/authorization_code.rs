@@ -18,6 +18,7 @@ on_both_backends!(
     a_code_is_recorded_only_when_presented,
     a_code_opens_only_where_it_was_sealed,
     a_code_of_a_user_disabled_since_gives_nothing,
+    a_code_of_a_user_deleted_since_gives_nothing,
     a_code_issued_without_redirect_uri_redeems_without_it,
     a_code_is_bound_to_its_client,
     an_expired_code_is_refused,
@@ -551,6 +552,41 @@ fn a_code_of_a_user_disabled_since_gives_nothing(db: TestDb) {
         (&rows[0].1, rows[0].2),
         (&None, true),
         "spent, for no family"
+    );
+}
+
+/// gatehouse only disables users, but an operator may erase one in SQL (the cascades take
+/// the sessions, consents and families). A code issued before that is refused like any
+/// invalid code, not with a 500 from a foreign key, and writes nothing.
+fn a_code_of_a_user_deleted_since_gives_nothing(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let code = code_for_webapp(&app, &mut browser, &p);
+    {
+        use gatehouse::storage::schema::users;
+        let mut conn = app.db.connect();
+        let deleted = diesel::delete(users::table.filter(users::username.eq(USERNAME)))
+            .execute(&mut conn)
+            .unwrap();
+        assert_eq!(deleted, 1);
+    }
+
+    for attempt in ["first", "again"] {
+        let refused = redeem(&app, &code, &p.verifier);
+        assert_eq!(refused.status, 400, "{attempt}: {}", refused.body);
+        assert_eq!(refused.json()["error"], "invalid_grant", "{attempt}");
+        assert_eq!(
+            refused.json()["error_description"],
+            "the authorization code is invalid",
+            "{attempt}"
+        );
+    }
+    assert_eq!(app.live_families(), 0);
+    assert_eq!(
+        code_rows(&app),
+        vec![],
+        "no row for a user that does not exist"
     );
 }
 

@@ -286,7 +286,7 @@ fn a_presented_code_is_recorded_once(db: TestDb) {
     };
     assert_eq!(
         codes::spend(&mut conn, &foreign, now + 2).unwrap(),
-        Redemption::OtherClient
+        Redemption::Unrecorded
     );
     let replayed_at: Option<i64> = authorization_codes::table
         .find("spent")
@@ -294,6 +294,29 @@ fn a_presented_code_is_recorded_once(db: TestDb) {
         .get_result(&mut conn)
         .unwrap();
     assert_eq!(replayed_at, None);
+
+    // A code whose user no longer exists is neither exchanged nor recorded, and no foreign
+    // key fails.
+    let orphan = CodeRow {
+        user_id: "erased-user".to_owned(),
+        ..code("orphan")
+    };
+    let orphan_family = gatehouse::storage::tokens::FamilyRow {
+        user_id: Some("erased-user".to_owned()),
+        ..family("f4")
+    };
+    assert!(!create_family(&mut conn, &orphan_family, None, Some(&orphan)).unwrap());
+    assert_eq!(
+        codes::spend(&mut conn, &orphan, now + 3).unwrap(),
+        Redemption::Unrecorded
+    );
+    assert_eq!(families(&mut conn), ["f1"]);
+    let orphan_rows: i64 = authorization_codes::table
+        .find("orphan")
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(orphan_rows, 0);
 }
 
 on_both_backends!(expired_sessions_and_old_codes_are_swept);
