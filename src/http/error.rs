@@ -23,11 +23,10 @@ impl HttpError {
 
 impl From<StorageError> for HttpError {
     fn from(e: StorageError) -> HttpError {
-        match e {
-            StorageError::Pool(_) | StorageError::Connect(_) => {
-                HttpError::Unavailable(e.to_string())
-            }
-            other => HttpError::Internal(other.to_string()),
+        if e.is_transient() {
+            HttpError::Unavailable(e.to_string())
+        } else {
+            HttpError::Internal(e.to_string())
         }
     }
 }

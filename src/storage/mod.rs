@@ -61,6 +61,23 @@ pub enum StorageError {
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
+impl StorageError {
+    /// A failure that says nothing about the request and may pass: the database cannot be
+    /// reached, or SQLite stayed locked past its busy timeout (another process, a backup or
+    /// a hand-run `sqlite3` session, held the write lock). The statement wrote nothing.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Pool(_) | StorageError::Connect(_) => true,
+            // SQLITE_BUSY; diesel files it under Unknown, with SQLite's own message.
+            StorageError::Query(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::Unknown,
+                info,
+            )) => info.message() == "database is locked",
+            _ => false,
+        }
+    }
+}
+
 /// Runs a diesel query on the connection `MultiConnection` wraps:
 /// `on_native_connection!(conn, |c| query.get_result(c))`, the query built in each arm
 /// (a query that selects a struct names its backend in its type). Through the wrapper,

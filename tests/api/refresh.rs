@@ -246,3 +246,28 @@ fn an_unauthenticated_replay_revokes_nothing(db: TestDb) {
     assert_eq!(app.live_families(), 1, "no credentials, no revocation");
     assert_eq!(app.refresh(&r2, None).status, 200);
 }
+
+/// Another process holding SQLite's write lock past the busy timeout (a backup, a hand-run
+/// `sqlite3` session) gets the client a 503 `temporarily_unavailable`, which it may retry,
+/// not a 500; and nothing is spent: the refresh token rotates once the lock is gone.
+#[test]
+fn a_locked_sqlite_database_is_503_and_spends_nothing() {
+    let db = TestDb::create(Backend::Sqlite).unwrap();
+    let path = db.url.trim_start_matches("sqlite://").to_owned();
+    let app = OAuthServer::start(db);
+    let r1 = refresh_of(&app.webapp_tokens("read"));
+
+    let mut outsider = diesel::SqliteConnection::establish(&path).unwrap();
+    diesel::sql_query("BEGIN EXCLUSIVE")
+        .execute(&mut outsider)
+        .unwrap();
+    let refused = app.refresh(&r1, None);
+    diesel::sql_query("COMMIT").execute(&mut outsider).unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.header("cache-control"), Some("no-store"));
+    assert_eq!(refused.json()["error"], "temporarily_unavailable");
+
+    let rotated = app.refresh(&r1, None);
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    assert_eq!(app.live_families(), 1);
+}
