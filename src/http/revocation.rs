@@ -116,7 +116,10 @@ pub async fn introspect(
     }
     // Checking the signature is CPU work without the database, so it runs here; only the
     // revocation check goes to the blocking pool, joined with concurrent requests' checks.
+    // A token of a client no longer registered is inactive, as its refresh tokens are no
+    // longer redeemable (Keycloak answers the same for a disabled client).
     let Some(claims) = revocation::verify_access(&state.settings, &state.keys.current(), &token)
+        .filter(|claims| state.clients.get(&claims.client_id).is_some())
     else {
         return respond(Ok(revocation::inactive()));
     };

@@ -262,7 +262,18 @@ pub fn token(
         keys,
         auth,
     };
-    match request.body.get("grant_type") {
+    // RFC 6749 5.2: an authenticated client that may not use the grant is told so before
+    // anything else about the request is judged (a code or refresh token it presents, say).
+    let grant_type = request.body.get("grant_type");
+    if let (Some(client), Some(grant_type)) = (
+        grant.auth.client.as_deref(),
+        grant_type.and_then(GrantType::parse),
+    ) {
+        if !client.allows(grant_type) {
+            return Ok(unauthorized_client(grant_type));
+        }
+    }
+    match grant_type {
         None => Ok(TokenAnswer::invalid_request("grant_type is required")),
         Some("authorization_code") => authorization_code(grant, request.body, request.basic),
         Some("refresh_token") => refresh_token(grant, request.body, request.basic),
@@ -329,6 +340,13 @@ fn refresh_token(
         }),
         _ => None,
     };
+    // A blank scope is no scope, as everywhere else (`Client::negotiate_scope`): the new
+    // tokens keep the grant's scope (RFC 6749 6), where oxide-auth would narrow it to none.
+    let body = if body.get("scope").is_some_and(|s| s.trim().is_empty()) {
+        body.without(&["scope"])
+    } else {
+        body
+    };
     let mut ctx = grant.context();
     let (basic, body) = match posted {
         Some(posted) => (Some(posted), body.without(&["client_id", "client_secret"])),
@@ -367,13 +385,6 @@ fn password(
         Ok(()) => {}
         Err(RegistrarError::Unspecified) => return Ok(TokenAnswer::invalid_client()),
         Err(_) => return Err(failure_of(&ctx)),
-    }
-    if !client.allows(GrantType::Password) {
-        return Ok(TokenAnswer::error(
-            400,
-            "unauthorized_client",
-            "this client may not use the password grant",
-        ));
     }
     let user_id = match user {
         None => {
@@ -447,11 +458,8 @@ pub fn client_credentials(
         return Ok(TokenAnswer::invalid_client());
     };
     if !client.allows(GrantType::ClientCredentials) {
-        return Ok(TokenAnswer::error(
-            400,
-            "unauthorized_client",
-            "this client may not use the client_credentials grant",
-        ));
+        // HTTP calls this directly, without `token`'s check.
+        return Ok(unauthorized_client(GrantType::ClientCredentials));
     }
     let Some(scope) = client.negotiate_scope(request.body.get("scope")) else {
         return Ok(TokenAnswer::error(
@@ -471,6 +479,14 @@ pub fn client_credentials(
         "expires_in": settings.tokens.access_ttl.as_secs(),
         "scope": scope,
     })))
+}
+
+fn unauthorized_client(grant_type: GrantType) -> TokenAnswer {
+    TokenAnswer::error(
+        400,
+        "unauthorized_client",
+        &format!("this client may not use the {} grant", grant_type.as_str()),
+    )
 }
 
 /// Turns a flow's outcome and the notes its primitives left into the answer.

@@ -112,4 +112,34 @@ fn only_authenticated_clients_with_the_grant(db: TestDb) {
     );
     assert_eq!(not_allowed.status, 400);
     assert_eq!(not_allowed.json()["error"], "unauthorized_client");
+
+    // RFC 6749 5.2: a client that may use only client_credentials hears unauthorized_client
+    // for any other grant, whatever it presents with it (here webapp's own tokens).
+    let webapp_tokens = app.webapp_tokens("read");
+    let webapp_refresh = webapp_tokens["refresh_token"].as_str().unwrap();
+    for form in [
+        vec![("grant_type", "authorization_code"), ("code", "some-code")],
+        vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", webapp_refresh),
+        ],
+        vec![
+            ("grant_type", "password"),
+            ("username", USERNAME),
+            ("password", PASSWORD),
+        ],
+    ] {
+        let refused = app.token(&form, Some((SERVICE, SERVICE_SECRET)));
+        assert_eq!(refused.status, 400, "{form:?}: {}", refused.body);
+        assert_eq!(refused.json()["error"], "unauthorized_client", "{form:?}");
+        assert_eq!(
+            refused.json()["error_description"],
+            format!("this client may not use the {} grant", form[0].1)
+        );
+    }
+    assert_eq!(
+        app.refresh(webapp_refresh, None).status,
+        200,
+        "the refresh token was not touched"
+    );
 }

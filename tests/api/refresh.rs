@@ -74,12 +74,20 @@ fn refresh_tokens_rotate_and_reuse_revokes_the_family(db: TestDb) {
 fn a_refresh_token_is_bound_to_its_client(db: TestDb) {
     let app = OAuthServer::start(db);
     let token = refresh_of(&app.webapp_tokens("read"));
+    // Another client that may refresh its own tokens: not this one.
     let other = app.token(
         &[("grant_type", "refresh_token"), ("refresh_token", &token)],
-        Some((OTHER, OTHER_SECRET)),
+        Some((LEGACY, LEGACY_SECRET)),
     );
     assert_eq!(other.status, 400, "{}", other.body);
     assert_eq!(other.json()["error"], "invalid_grant");
+    // One that may not refresh at all hears that first (RFC 6749 5.2).
+    let cannot_refresh = app.token(
+        &[("grant_type", "refresh_token"), ("refresh_token", &token)],
+        Some((OTHER, OTHER_SECRET)),
+    );
+    assert_eq!(cannot_refresh.status, 400, "{}", cannot_refresh.body);
+    assert_eq!(cannot_refresh.json()["error"], "unauthorized_client");
     let public = app.token(
         &[
             ("grant_type", "refresh_token"),
@@ -136,6 +144,15 @@ fn scope_may_narrow_but_not_widen(db: TestDb) {
     // RFC 6749 6: the new refresh token keeps the original scope.
     let again = app.refresh(&refresh_of(&narrower), None);
     assert_eq!(again.json()["scope"], "read write", "{}", again.body);
+
+    // A blank scope is no scope: the grant's own, not none.
+    let mut token = refresh_of(&again.json());
+    for blank in ["", "  "] {
+        let kept = app.refresh(&token, Some(blank));
+        assert_eq!(kept.status, 200, "{blank:?}: {}", kept.body);
+        assert_eq!(kept.json()["scope"], "read write", "{blank:?}");
+        token = refresh_of(&kept.json());
+    }
 }
 
 fn concurrent_refreshes_cannot_both_succeed(db: TestDb) {

@@ -14,7 +14,41 @@ on_both_backends!(
     forged_and_expired_tokens_are_inactive,
     only_the_right_clients_may_call,
     concurrent_introspections_each_get_their_own_answer,
+    tokens_of_a_client_no_longer_registered_are_inactive,
 );
+
+/// A client removed from the configuration can no longer refresh; its access tokens, still
+/// unexpired, introspect as inactive too, while other clients' stay active.
+fn tokens_of_a_client_no_longer_registered_are_inactive(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let webapp_access = app.webapp_tokens("read")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let service = app.token(
+        &[("grant_type", "client_credentials")],
+        Some((SERVICE, SERVICE_SECRET)),
+    );
+    let service_access = service.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(app.introspect(&webapp_access)["active"], true);
+
+    let text = std::fs::read_to_string(&app.config).unwrap();
+    let without_webapp: Vec<&str> = text
+        .split("[[clients]]")
+        .filter(|block| !block.contains(&format!("id = \"{WEBAPP}\"")))
+        .collect();
+    assert_eq!(without_webapp.len() + 1, text.split("[[clients]]").count());
+    let config = app.config.with_file_name("without-webapp.toml");
+    std::fs::write(&config, without_webapp.join("[[clients]]")).unwrap();
+    let after = OAuthServer {
+        db: std::sync::Arc::clone(&app.db),
+        server: TestServer::start(&app.db, &config),
+        user_id: app.user_id.clone(),
+        config,
+    };
+    assert_eq!(after.introspect(&webapp_access), json!({"active": false}));
+    assert_eq!(after.introspect(&service_access)["active"], true);
+}
 
 fn introspect(app: &OAuthServer, token: &str) -> Value {
     app.introspect(token)
