@@ -1,6 +1,7 @@
-//! A deadline for reading a request body, counted from the moment the headers are in.
-//! actix bounds the time to send headers (`client_request_timeout`) but not the body, so a
-//! client trickling a body would otherwise keep its connection, and its buffer, forever.
+//! A deadline for reading a request body, counted from the moment the headers are in, and
+//! the refusals of bodies too slow or too large in the endpoint's own terms. actix bounds
+//! the time to send headers (`client_request_timeout`) but not the body, so a client
+//! trickling a body would otherwise keep its connection, and its buffer, forever.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -12,14 +13,15 @@ use std::time::Duration;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
-use actix_web::HttpMessage;
+use actix_web::{HttpMessage, HttpResponse};
 use futures_core::Stream;
 use tokio::time::Sleep;
 
 use super::pages;
+use crate::oauth::token::TokenAnswer;
 
 pub async fn limit_body_time(
     mut req: ServiceRequest,
@@ -38,20 +40,54 @@ pub async fn limit_body_time(
     let body: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(body);
     req.set_payload(Payload::from(body));
     let response = next.call(req).await?;
-    if !expired.get() {
+    let refusal = if expired.get() {
+        BodyRefusal::TooSlow
+    } else if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // Only the body extractor answers 413 (`server.max_body_bytes`), in plain text.
+        BodyRefusal::TooLarge
+    } else {
         return Ok(response.map_into_left_body());
-    }
+    };
     let (req, _) = response.into_parts();
-    let mut timed_out = pages::error_page(
-        actix_web::http::StatusCode::REQUEST_TIMEOUT,
-        "Request timeout",
-        "The request body did not arrive in time.",
-    );
-    timed_out.headers_mut().insert(
+    let mut refused = refusal.response(req.path());
+    // The rest of the body is still on the wire.
+    refused.headers_mut().insert(
         header::CONNECTION,
         header::HeaderValue::from_static("close"),
     );
-    Ok(ServiceResponse::new(req, timed_out).map_into_right_body())
+    Ok(ServiceResponse::new(req, refused).map_into_right_body())
+}
+
+enum BodyRefusal {
+    TooSlow,
+    TooLarge,
+}
+
+impl BodyRefusal {
+    /// RFC 6749's JSON error at a protocol endpoint, a page for a browser anywhere else.
+    fn response(&self, path: &str) -> HttpResponse {
+        let (status, title, message) = match self {
+            BodyRefusal::TooSlow => (
+                StatusCode::REQUEST_TIMEOUT,
+                "Request timeout",
+                "The request body did not arrive in time.",
+            ),
+            BodyRefusal::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request too large",
+                "The request body is larger than this server accepts.",
+            ),
+        };
+        if super::is_protocol_endpoint(path) {
+            super::token::answer(TokenAnswer::error(
+                status.as_u16(),
+                "invalid_request",
+                message,
+            ))
+        } else {
+            pages::error_page(status, title, message)
+        }
+    }
 }
 
 struct Deadline {

@@ -86,47 +86,68 @@ impl RouteSettings {
     }
 }
 
+/// The endpoints that speak RFC 6749's JSON errors, even when refusing a request before
+/// their handler runs (a body too large or too slow, a method other than POST).
+const PROTOCOL_ENDPOINTS: [&str; 3] = ["/token", "/revoke", "/introspect"];
+
+fn is_protocol_endpoint(path: &str) -> bool {
+    PROTOCOL_ENDPOINTS.contains(&path)
+}
+
+/// GET, and HEAD with it: every general-purpose server supports both (RFC 9110 9.1), and
+/// actix sends the answer to a HEAD without its body.
+fn get() -> actix_web::Route {
+    use actix_web::guard;
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig, route_settings: &RouteSettings) {
     use actix_web::http::Method;
     let cors = |methods: &[Method]| cors::for_client_origins(&route_settings.cors_origins, methods);
     // Larger bodies are refused with 413 before any handler runs.
     cfg.app_data(web::PayloadConfig::new(route_settings.max_body_bytes))
-        .route("/authorize", web::get().to(authorize::authorize))
-        .route("/consent", web::get().to(authorize::authorize))
+        .route("/authorize", get().to(authorize::authorize))
+        .route("/consent", get().to(authorize::authorize))
         .route("/consent", web::post().to(authorize::consent_submit))
-        .route("/login", web::get().to(login::show))
+        .route("/login", get().to(login::show))
         .route("/login", web::post().to(login::submit))
-        .route("/login/done", web::get().to(login::done))
-        .route("/logout", web::get().to(login::logout_page))
+        .route("/login/done", get().to(login::done))
+        .route("/logout", get().to(login::logout_page))
         .route("/logout", web::post().to(login::logout))
         .service(
             web::resource("/token")
                 .wrap(cors(&[Method::POST]))
-                .route(web::post().to(token::token)),
+                .route(web::post().to(token::token))
+                .default_service(web::to(token::post_only)),
         )
         .service(
             web::resource("/revoke")
                 .wrap(cors(&[Method::POST]))
-                .route(web::post().to(revocation::revoke)),
+                .route(web::post().to(revocation::revoke))
+                .default_service(web::to(token::post_only)),
         )
-        .route("/introspect", web::post().to(revocation::introspect))
-        .route("/static/gatehouse.css", web::get().to(pages::stylesheet))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
+        .service(
+            web::resource("/introspect")
+                .route(web::post().to(revocation::introspect))
+                .default_service(web::to(token::post_only)),
+        )
+        .route("/static/gatehouse.css", get().to(pages::stylesheet))
+        .route("/healthz", get().to(health::healthz))
+        .route("/readyz", get().to(health::readyz))
         .configure(|cfg| {
             if route_settings.metrics {
-                cfg.route("/metrics", web::get().to(metrics::metrics));
+                cfg.route("/metrics", get().to(metrics::metrics));
             }
         })
         .service(
             web::resource("/.well-known/jwks.json")
                 .wrap(cors(&[Method::GET]))
-                .route(web::get().to(well_known::jwks)),
+                .route(get().to(well_known::jwks)),
         )
         .service(
             web::resource("/.well-known/oauth-authorization-server")
                 .wrap(cors(&[Method::GET]))
-                .route(web::get().to(well_known::metadata)),
+                .route(get().to(well_known::metadata)),
         );
 }
 

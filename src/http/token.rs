@@ -192,6 +192,19 @@ pub(super) fn failure(error: HttpError) -> HttpResponse {
     response
 }
 
+/// 405 for any method but POST at a protocol endpoint, in its own JSON terms.
+pub(super) async fn post_only() -> HttpResponse {
+    let mut response = answer(TokenAnswer::error(
+        405,
+        "invalid_request",
+        "this endpoint accepts only POST",
+    ));
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    response
+}
+
 /// 429 for a caller over its request rate.
 pub(super) fn rate_limited(retry_after: u64) -> HttpResponse {
     too_many_requests(

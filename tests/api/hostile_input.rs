@@ -487,6 +487,19 @@ fn a_parameter_sent_twice_is_invalid_request(db: TestDb) {
 
 const ONE_MIB: usize = 1024 * 1024;
 
+/// 413 in the endpoint's own terms: RFC 6749's JSON error at a protocol endpoint, a page
+/// for a browser elsewhere.
+#[track_caller]
+fn assert_body_refusal(response: &RawResponse, path: &str, why: &str) {
+    if ["/token", "/revoke", "/introspect"].contains(&path) {
+        assert_eq!(response.status, 413, "{path} {why}: {}", response.text());
+        assert_eq!(response.json()["error"], "invalid_request", "{path} {why}");
+        assert_eq!(response.header("cache-control"), Some("no-store"), "{path}");
+    } else {
+        assert_html_error(response, 413, &format!("{path} {why}"));
+    }
+}
+
 fn oversized_bodies_are_413_and_oversized_values_4xx(db: TestDb) {
     let app = OAuthServer::start(db);
     let forms = forms(&app);
@@ -512,13 +525,13 @@ fn oversized_bodies_are_413_and_oversized_values_4xx(db: TestDb) {
             ],
             huge.as_bytes(),
         );
-        assert_eq!(response.status, 413, "{path} with a 1 MiB body");
+        assert_body_refusal(&response, path, "with a 1 MiB body");
         // Without a Content-Length the limit holds as the body streams in.
         let mut chunked = format!("{:x}\r\n", huge.len()).into_bytes();
         chunked.extend_from_slice(huge.as_bytes());
         chunked.extend_from_slice(b"\r\n0\r\n\r\n");
         let response = post(&app, path, &[(b"Transfer-Encoding", b"chunked")], &chunked);
-        assert_eq!(response.status, 413, "{path} with a chunked 1 MiB body");
+        assert_body_refusal(&response, path, "with a chunked 1 MiB body");
     }
 
     // Long values inside the body limit: refused by the protocol, never a 5xx.
@@ -2101,5 +2114,45 @@ fn random_corpus_gets_no_5xx_sqlite() {
 fn random_corpus_gets_no_5xx_postgres() {
     if let Some(db) = TestDb::create(Backend::Postgres) {
         run_corpus(&corpus_server(db), 1000);
+    }
+}
+
+/// A protocol endpoint refuses other methods in its JSON terms, naming POST; every GET
+/// route answers HEAD as it answers GET, without the body (RFC 9110 9.3.2).
+#[test]
+fn other_methods_are_refused_and_head_is_get_without_a_body() {
+    let app = OAuthServer::start(TestDb::create(Backend::Sqlite).unwrap());
+    for path in ["/token", "/revoke", "/introspect"] {
+        for method in ["GET", "PUT", "DELETE"] {
+            let response = send(&app, method, path.as_bytes(), &[], b"");
+            assert_eq!(response.status, 405, "{method} {path}: {}", response.text());
+            assert_eq!(response.header("allow"), Some("POST"), "{method} {path}");
+            assert_eq!(
+                response.json()["error"],
+                "invalid_request",
+                "{method} {path}"
+            );
+        }
+    }
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server",
+        "/login",
+        "/authorize",
+        "/static/gatehouse.css",
+    ] {
+        let get = send(&app, "GET", path.as_bytes(), &[], b"");
+        let head = send(&app, "HEAD", path.as_bytes(), &[], b"");
+        assert_eq!(head.status, get.status, "HEAD {path}");
+        assert_ne!(head.status, 404, "HEAD {path}");
+        assert!(head.body.is_empty(), "HEAD {path}: {}", head.text());
+        assert!(!get.body.is_empty(), "GET {path}");
+        assert_eq!(
+            head.header("content-type"),
+            get.header("content-type"),
+            "HEAD {path}"
+        );
     }
 }
