@@ -22,7 +22,8 @@ pub async fn consent_submit(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let params = match forms::protected_form(&req, &state, &body, CONSENT_FORM) {
+    let purpose_of = |form: &Params| consent_purpose(&form.without(&FORM_FIELDS));
+    let params = match forms::protected_form_for(&req, &state, &body, purpose_of) {
         Ok(params) => params,
         Err(refusal) => return *refusal,
     };
@@ -38,6 +39,19 @@ pub async fn consent_submit(
         }
     };
     run(&req, &state, params.without(&FORM_FIELDS), Some(decision)).await
+}
+
+/// The consent form's CSRF purpose names the very request it shows, so its token is good
+/// for that request only: a hidden field changed in the page (another client, a wider
+/// scope), added or dropped makes the form invalid, and what the user approves is what
+/// they saw.
+fn consent_purpose(request: &Params) -> String {
+    let mut pairs = request.pairs().to_vec();
+    pairs.sort();
+    let fields = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    format!("{CONSENT_FORM}:{fields}")
 }
 
 async fn run(
@@ -111,7 +125,7 @@ async fn run(
         }
         AuthorizeOutcome::Consent { client, scopes } => {
             let username = owner.map(|o| o.username).unwrap_or_default();
-            forms::page_with_form(req, state, CONSENT_FORM, |csrf_token| {
+            forms::page_with_form(req, state, &consent_purpose(&params), |csrf_token| {
                 pages::html(
                     StatusCode::OK,
                     &ConsentPage {

@@ -31,6 +31,17 @@ pub fn protected_form(
     body: &[u8],
     purpose: &str,
 ) -> Result<Params, Box<actix_web::HttpResponse>> {
+    protected_form_for(req, state, body, |_| purpose.to_owned())
+}
+
+/// As `protected_form`, for a form whose purpose follows from its own fields (the consent
+/// form names the request it shows).
+pub fn protected_form_for(
+    req: &HttpRequest,
+    state: &super::AppState,
+    body: &[u8],
+    purpose_of: impl FnOnce(&Params) -> String,
+) -> Result<Params, Box<actix_web::HttpResponse>> {
     use actix_web::http::StatusCode;
     let Some(params) = form_params(req, body) else {
         return Err(Box::new(super::pages::error_page(
@@ -39,7 +50,8 @@ pub fn protected_form(
             "The form could not be read.",
         )));
     };
-    if !state.csrf().verify(req, purpose, params.get("csrf_token")) {
+    let purpose = purpose_of(&params);
+    if !state.csrf().verify(req, &purpose, params.get("csrf_token")) {
         return Err(Box::new(super::pages::error_page(
             StatusCode::FORBIDDEN,
             "Please try again",

@@ -25,6 +25,7 @@ on_both_backends!(
     concurrent_redemptions_have_exactly_one_winner,
     a_failed_presentation_racing_a_redemption_revokes_it,
     forms_without_a_valid_csrf_token_are_refused,
+    the_consent_form_is_bound_to_the_request_it_shows,
     consent_is_remembered_denied_or_skipped,
     client_authentication_methods,
     wrong_credentials_rerender_the_login_page_alike,
@@ -721,6 +722,66 @@ fn a_failed_presentation_racing_a_redemption_revokes_it(db: TestDb) {
         );
         assert_eq!(app.live_families(), 0, "{statuses:?}");
     }
+}
+
+/// The consent form's token is good only for the request the page showed: changing a hidden
+/// field (a wider scope, another client), adding or dropping one is refused, and nothing is
+/// granted or remembered; the form as shown goes through.
+fn the_consent_form_is_bound_to_the_request_it_shows(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let first = browser.get(&app.authorize_url(&webapp_params(&p, "read")));
+    let after_login = app.login(&mut browser, &first);
+    let page = browser.get(&app.url(after_login.header("location").unwrap()));
+    assert_eq!(page.status, 200, "{}", page.body);
+    let shown = hidden_fields(&page.body);
+    let submit = |browser: &mut Browser, fields: &[(String, String)]| {
+        let mut form: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        form.push(("decision", "allow"));
+        browser.post_form(&app.url("/consent"), &form)
+    };
+    let with = |name: &str, value: &str| -> Vec<(String, String)> {
+        shown
+            .iter()
+            .map(|(k, v)| match k == name {
+                true => (k.clone(), value.to_owned()),
+                false => (k.clone(), v.clone()),
+            })
+            .collect()
+    };
+    let mut added = shown.clone();
+    added.push(("prompt".to_owned(), "none".to_owned()));
+    let dropped: Vec<(String, String)> = shown
+        .iter()
+        .filter(|(k, _)| k != "state")
+        .cloned()
+        .collect();
+    for (why, fields) in [
+        ("a wider scope", with("scope", "read write")),
+        ("another client", with("client_id", OTHER)),
+        ("a field added", added),
+        ("a field dropped", dropped),
+    ] {
+        let refused = submit(&mut browser, &fields);
+        assert_eq!(refused.status, 403, "{why}: {}", refused.body);
+        assert!(refused.header("location").is_none(), "{why}");
+    }
+    let granted = submit(&mut browser, &shown);
+    assert_eq!(granted.status, 303, "{}", granted.body);
+    let location = url::Url::parse(granted.header("location").unwrap()).unwrap();
+    assert!(query_value(&location, "code").is_some(), "{location}");
+    // Only what was shown is remembered: a wider request asks again.
+    let wider = browser.get(&app.authorize_url(&webapp_params(&p, "read write")));
+    assert_eq!(
+        wider.status,
+        200,
+        "the consent page again: {:?}",
+        wider.header("location")
+    );
 }
 
 fn forms_without_a_valid_csrf_token_are_refused(db: TestDb) {
