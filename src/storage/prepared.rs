@@ -351,7 +351,9 @@ on_both_backends!(
     }
 );
 
-/// Whether the access token `jti` was revoked on its own or with the family `family_id`.
+/// Whether the access token `jti` was revoked on its own, or its family `family_id` (empty
+/// for a token of no family) was revoked or is gone: the sweep deletes a family only after
+/// every access token of it expired, so a missing family was deleted by hand with its user.
 pub struct AccessRevoked<'a> {
     pub jti: &'a str,
     pub family_id: &'a str,
@@ -362,11 +364,11 @@ on_both_backends!(
     out | {
         out.push_sql("SELECT EXISTS (SELECT 1 FROM access_tokens WHERE jti = ");
         out.push_bind_param::<Text, _>(statement.jti)?;
-        out.push_sql(
-            " AND revoked_at IS NOT NULL) OR EXISTS (SELECT 1 FROM token_families WHERE id = ",
-        );
+        out.push_sql(" AND revoked_at IS NOT NULL) OR (");
         out.push_bind_param::<Text, _>(statement.family_id)?;
-        out.push_sql(" AND revoked_at IS NOT NULL)");
+        out.push_sql(" <> '' AND NOT EXISTS (SELECT 1 FROM token_families WHERE id = ");
+        out.push_bind_param::<Text, _>(statement.family_id)?;
+        out.push_sql(" AND revoked_at IS NULL))");
         Ok(())
     }
 );

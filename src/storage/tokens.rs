@@ -209,7 +209,8 @@ pub fn find_access(conn: &mut DbConnection, jti: &str) -> StorageResult<Option<A
     })?)
 }
 
-/// Which of `jtis` are revoked, on their own or with their family (see `family_of_jti`).
+/// Which of `jtis` are revoked, on their own or with their family (see `family_of_jti`),
+/// or whose family is gone (see `AccessRevoked`).
 /// A lookup alone, the common batch, is one prepared statement; a batch of many is two
 /// queries (diesel never keeps an IN list prepared on SQLite).
 pub fn revoked_among(conn: &mut DbConnection, jtis: &[&str]) -> StorageResult<HashSet<String>> {
@@ -231,16 +232,16 @@ pub fn revoked_among(conn: &mut DbConnection, jtis: &[&str]) -> StorageResult<Ha
         .collect();
     let families: Vec<&str> = jtis.iter().filter_map(|jti| family_of_jti(jti)).collect();
     if !families.is_empty() {
-        let revoked_families: HashSet<String> = token_families::table
+        let live_families: HashSet<String> = token_families::table
             .filter(token_families::id.eq_any(&families))
-            .filter(token_families::revoked_at.is_not_null())
+            .filter(token_families::revoked_at.is_null())
             .select(token_families::id)
             .load::<String>(conn)?
             .into_iter()
             .collect();
         revoked.extend(
             jtis.iter()
-                .filter(|jti| family_of_jti(jti).is_some_and(|f| revoked_families.contains(f)))
+                .filter(|jti| family_of_jti(jti).is_some_and(|f| !live_families.contains(f)))
                 .map(|jti| jti.to_string()),
         );
     }

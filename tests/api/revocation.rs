@@ -15,7 +15,30 @@ on_both_backends!(
     only_the_right_clients_may_call,
     concurrent_introspections_each_get_their_own_answer,
     tokens_of_a_client_no_longer_registered_are_inactive,
+    tokens_of_a_user_erased_by_hand_are_inactive,
 );
+
+/// gatehouse only disables users, but an operator may erase one in SQL; the cascades take
+/// the user's families, and their unexpired access tokens introspect as inactive with them.
+fn tokens_of_a_user_erased_by_hand_are_inactive(db: TestDb) {
+    use diesel::prelude::*;
+    use gatehouse::storage::schema::users;
+
+    let app = OAuthServer::start(db);
+    let tokens = app.webapp_tokens("read");
+    let access = tokens["access_token"].as_str().unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    assert_eq!(app.introspect(access)["active"], true);
+
+    let erased = diesel::delete(users::table.filter(users::username.eq(USERNAME)))
+        .execute(&mut app.db.connect())
+        .unwrap();
+    assert_eq!(erased, 1);
+    assert_eq!(app.introspect(access), json!({"active": false}));
+    let refused = app.refresh(refresh, None);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "invalid_grant");
+}
 
 /// A client removed from the configuration can no longer refresh; its access tokens, still
 /// unexpired, introspect as inactive too, while other clients' stay active.

@@ -189,6 +189,17 @@ fn a_family_revocation_reaches_its_access_tokens_without_a_row_each(db: TestDb) 
     };
     assert!(revoked_among(&mut conn, &[&doomed]).is_empty());
     assert!(revoked_among(&mut conn, &[&doomed, &spared, &alone]).is_empty());
+    // A family that is gone (deleted by hand with its user: the sweep waits until its
+    // tokens have expired) takes its tokens with it, alone and in a batch.
+    let orphan = access_jti(Some("gone"), "d1");
+    assert_eq!(
+        revoked_among(&mut conn, &[&orphan]),
+        HashSet::from([orphan.clone()])
+    );
+    assert_eq!(
+        revoked_among(&mut conn, &[&doomed, &orphan, &spared, &alone]),
+        HashSet::from([orphan.clone()])
+    );
 
     assert!(tokens::revoke_family(&mut conn, "doomed", now).unwrap());
     tokens::revoke_access(&mut conn, &alone, "demo", now + 300, now).unwrap();
