@@ -273,6 +273,18 @@ pub fn token(
             return Ok(unauthorized_client(grant_type));
         }
     }
+    // RFC 6749 4.1.3 and 5.2: a code is redeemed by an authenticated client or by a public
+    // client naming itself; a request from neither fails client authentication whatever
+    // else it lacks (oxide-auth would judge a missing redirect_uri first).
+    if grant_type == Some("authorization_code") && grant.auth.client.is_none() {
+        let public = request
+            .claimed_client_id()
+            .and_then(|id| clients.get(id))
+            .filter(|client| client.is_public());
+        if public.is_none() {
+            return Ok(TokenAnswer::invalid_client());
+        }
+    }
     match grant_type {
         None => Ok(TokenAnswer::invalid_request("grant_type is required")),
         Some("authorization_code") => authorization_code(grant, request.body, request.basic),

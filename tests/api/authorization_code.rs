@@ -955,6 +955,25 @@ fn client_authentication_methods(db: TestDb) {
     assert_eq!(unknown.status, 401);
     assert_eq!(unknown.body, wrong.body, "unknown and wrong look the same");
 
+    // No client it could be from, whatever else the request lacks (here redirect_uri,
+    // which may be omitted only when /authorize had none): invalid_client first.
+    let without_redirect: Vec<(&str, &str)> = base
+        .iter()
+        .filter(|(k, _)| *k != "redirect_uri")
+        .copied()
+        .collect();
+    for (why, claimed) in [
+        ("an unknown client", Some("nobody")),
+        ("a confidential client without its secret", Some(WEBAPP)),
+        ("no client at all", None),
+    ] {
+        let mut form = without_redirect.clone();
+        form.extend(claimed.map(|id| ("client_id", id)));
+        let refused = app.token(&form, None);
+        assert_eq!(refused.status, 401, "{why}: {}", refused.body);
+        assert_eq!(refused.json()["error"], "invalid_client", "{why}");
+    }
+
     // The code was not spent by failed client authentication.
     let ok = app.token(&base, Some((WEBAPP, WEBAPP_SECRET)));
     assert_eq!(ok.status, 200, "{}", ok.body);
