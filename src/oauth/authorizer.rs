@@ -102,7 +102,7 @@ pub(super) fn refuse_code(ctx: &FlowContext<'_>, code: &CodeRow) -> Result<Optio
 }
 
 /// Spends a code whose exchange failed after `extract` (PKCE, redirect_uri, expiry, or a
-/// server error), so that a code is good for one attempt.
+/// server error that invites no retry), so that a code is good for one attempt.
 pub fn spend_unused_code(ctx: &FlowContext<'_>, code: &CodeRow) -> Result<(), StorageError> {
     spend(ctx, code).map(|_| ())
 }

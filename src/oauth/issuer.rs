@@ -36,7 +36,7 @@ impl Issuer for DbIssuer<'_> {
             Ok(Some(minted)) => minted,
             Ok(None) => {
                 // Another presentation of the code came first (this one is a replay), or its
-                // user was disabled since it was issued.
+                // user was disabled (or deleted) since it was issued.
                 let code = code.as_ref().ok_or(())?;
                 refuse_code(ctx, code)?;
                 return Err(());

@@ -510,7 +510,10 @@ fn finish(
     let unused_code = notes.redeemed_code.take();
     let answer = answer_of(ctx, result, notes);
     let issued = matches!(&answer, Ok(answer) if answer.status == 200);
-    if let Some(code) = unused_code.filter(|_| !issued) {
+    // A transient failure (503: the database locked or unreachable) invites a retry with
+    // the same code, so it must not spend it; anything else that issued nothing does.
+    let retry_invited = matches!(&answer, Err(e) if e.is_transient());
+    if let Some(code) = unused_code.filter(|_| !issued && !retry_invited) {
         // The answer stands either way: a code that cannot be spent now is refused later
         // by its expiry.
         if let Err(error) = super::authorizer::spend_unused_code(ctx, &code) {

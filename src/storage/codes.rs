@@ -83,8 +83,9 @@ pub fn spend(conn: &mut DbConnection, code: &CodeRow, now: i64) -> StorageResult
     })
 }
 
-/// Inside a write: inserts `code` as given (redeemed) unless a row for it exists, or, with
-/// `only_for_enabled_user`, its user is disabled. Returns whether it did.
+/// Inside a write: inserts `code` as given (redeemed) unless a row for it exists, its user
+/// no longer exists, or, with `only_for_enabled_user`, its user is disabled. Returns
+/// whether it did.
 pub(super) fn record_redeemed(
     conn: &mut DbConnection,
     code: &CodeRow,

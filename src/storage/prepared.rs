@@ -192,7 +192,7 @@ macro_rules! insert_code {
 /// unless it was this statement that recorded it: of two concurrent redemptions the second
 /// waits for the first's uncommitted row, then finds the conflict and does nothing. Returns
 /// how many codes this statement recorded (1, or 0 when another presentation came first,
-/// the code's user was disabled, or no code was given).
+/// the code's user was disabled or no longer exists, or no code was given).
 pub struct CreateFamily<'a> {
     pub family: &'a FamilyRow,
     pub refresh: Option<&'a RefreshRow>,

@@ -93,8 +93,16 @@ pub fn create_family(
             refresh,
             code: redeemed.as_ref(),
         };
-        let recorded: i64 = statement.get_result(pg)?;
-        return Ok(redeemed.is_none() || recorded == 1);
+        return match statement.get_result::<i64>(pg) {
+            Ok(recorded) => Ok(redeemed.is_none() || recorded == 1),
+            // The user was deleted between the statement's snapshot and its foreign-key
+            // check: refused as below, nothing written.
+            Err(diesel::result::Error::DatabaseError(
+                DatabaseErrorKind::ForeignKeyViolation,
+                _,
+            )) if redeemed.is_some() => Ok(false),
+            Err(e) => Err(e.into()),
+        };
     }
     let recorded = super::write_transaction(conn, |conn| {
         insert_new_rows(conn, Some(family), refresh)?;
@@ -112,6 +120,7 @@ pub fn create_family(
         Err(StorageError::Query(diesel::result::Error::RollbackTransaction)) => Ok(false),
         // The family's user was erased by hand since the code was issued: the code is
         // refused as a disabled user's is (PostgreSQL's statement checks this in its WHERE).
+        // Clients are never deleted (only disabled), so the user is the parent that went.
         Err(StorageError::Query(diesel::result::Error::DatabaseError(
             DatabaseErrorKind::ForeignKeyViolation,
             _,

@@ -1049,6 +1049,34 @@ fn logout_ends_the_session(db: TestDb) {
     );
 }
 
+/// A database locked past the busy timeout at the exchange answers 503, which invites a
+/// retry: the code is not spent (nor taken for a replay), and the retry redeems it.
+#[test]
+fn a_locked_sqlite_database_is_503_and_leaves_the_code_good() {
+    let app = OAuthServer::start(TestDb::create(Backend::Sqlite).unwrap());
+    let mut browser = Browser::new();
+    let p = pkce();
+    let code = code_for_webapp(&app, &mut browser, &p);
+
+    let lock = SqliteWriteLock::take(&app.db);
+    let refused = redeem(&app, &code, &p.verifier);
+    drop(lock);
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "temporarily_unavailable");
+    assert_eq!(code_rows(&app), vec![], "nothing recorded");
+    // Spending it would have been tried under the same lock, and failed aloud.
+    let tried_to_spend = app
+        .server
+        .logs()
+        .into_iter()
+        .find(|line| line.contains("cannot spend an authorization code"));
+    assert_eq!(tried_to_spend, None, "no attempt to spend the code");
+
+    let redeemed = redeem(&app, &code, &p.verifier);
+    assert_eq!(redeemed.status, 200, "{}", redeemed.body);
+    assert_eq!(app.live_families(), 1);
+}
+
 #[test]
 fn cookies_are_secure_when_the_issuer_is_https() {
     let db = TestDb::create(Backend::Sqlite).unwrap();

@@ -269,17 +269,12 @@ fn an_unauthenticated_replay_revokes_nothing(db: TestDb) {
 /// not a 500; and nothing is spent: the refresh token rotates once the lock is gone.
 #[test]
 fn a_locked_sqlite_database_is_503_and_spends_nothing() {
-    let db = TestDb::create(Backend::Sqlite).unwrap();
-    let path = db.url.trim_start_matches("sqlite://").to_owned();
-    let app = OAuthServer::start(db);
+    let app = OAuthServer::start(TestDb::create(Backend::Sqlite).unwrap());
     let r1 = refresh_of(&app.webapp_tokens("read"));
 
-    let mut outsider = diesel::SqliteConnection::establish(&path).unwrap();
-    diesel::sql_query("BEGIN EXCLUSIVE")
-        .execute(&mut outsider)
-        .unwrap();
+    let lock = SqliteWriteLock::take(&app.db);
     let refused = app.refresh(&r1, None);
-    diesel::sql_query("COMMIT").execute(&mut outsider).unwrap();
+    drop(lock);
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(refused.header("cache-control"), Some("no-store"));
     assert_eq!(refused.json()["error"], "temporarily_unavailable");

@@ -65,6 +65,29 @@ fn announce_skip(reason: &str) {
 }
 
 /// One test's database, removed when dropped.
+/// SQLite's write lock, held from another connection as a backup or a hand-run `sqlite3`
+/// session would hold it, until dropped.
+pub struct SqliteWriteLock(diesel::SqliteConnection);
+
+impl SqliteWriteLock {
+    pub fn take(db: &TestDb) -> SqliteWriteLock {
+        use diesel::{Connection, RunQueryDsl};
+        let path = db.url.strip_prefix("sqlite://").expect("a SQLite database");
+        let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+        diesel::sql_query("BEGIN EXCLUSIVE")
+            .execute(&mut conn)
+            .unwrap();
+        SqliteWriteLock(conn)
+    }
+}
+
+impl Drop for SqliteWriteLock {
+    fn drop(&mut self) {
+        use diesel::RunQueryDsl;
+        let _ = diesel::sql_query("COMMIT").execute(&mut self.0);
+    }
+}
+
 pub struct TestDb {
     pub url: String,
     pub dir: tempfile::TempDir,
