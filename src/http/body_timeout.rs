@@ -48,8 +48,15 @@ pub async fn limit_body_time(
     } else {
         return Ok(response.map_into_left_body());
     };
-    let (req, _) = response.into_parts();
+    let (req, original) = response.into_parts();
     let mut refused = refusal.response(req.path());
+    // The CORS layer inside this one decorated the answer being replaced; a browser client
+    // can read the refusal only with the same headers.
+    for (name, value) in original.headers() {
+        if name.as_str().starts_with("access-control-") || name == header::VARY {
+            refused.headers_mut().append(name.clone(), value.clone());
+        }
+    }
     // The rest of the body is still on the wire.
     refused.headers_mut().insert(
         header::CONNECTION,

@@ -480,6 +480,8 @@ fn a_parameter_sent_twice_is_invalid_request(db: TestDb) {
 }
 
 const ONE_MIB: usize = 1024 * 1024;
+/// The origin of webapp's redirect URI, allowed CORS by default.
+const WEBAPP_ORIGIN: &str = "https://app.example.com";
 
 /// 413 in the endpoint's own terms: RFC 6749's JSON error at a protocol endpoint, a page
 /// for a browser elsewhere.
@@ -489,6 +491,14 @@ fn assert_body_refusal(response: &RawResponse, path: &str, why: &str) {
         assert_eq!(response.status, 413, "{path} {why}: {}", response.text());
         assert_eq!(response.json()["error"], "invalid_request", "{path} {why}");
         assert_eq!(response.header("cache-control"), Some("no-store"), "{path}");
+        // A browser client must be able to read it, as any other answer of the endpoint.
+        if path != "/introspect" {
+            assert_eq!(
+                response.header("access-control-allow-origin"),
+                Some(WEBAPP_ORIGIN),
+                "{path} {why}"
+            );
+        }
     } else {
         assert_html_error(response, 413, &format!("{path} {why}"));
     }
@@ -516,6 +526,7 @@ fn oversized_bodies_are_413_and_oversized_values_4xx(db: TestDb) {
             &[
                 (b"Authorization", service_basic().as_bytes()),
                 (b"Cookie", forms.consent_cookies.as_bytes()),
+                (b"Origin", WEBAPP_ORIGIN.as_bytes()),
             ],
             huge.as_bytes(),
         );
@@ -524,7 +535,15 @@ fn oversized_bodies_are_413_and_oversized_values_4xx(db: TestDb) {
         let mut chunked = format!("{:x}\r\n", huge.len()).into_bytes();
         chunked.extend_from_slice(huge.as_bytes());
         chunked.extend_from_slice(b"\r\n0\r\n\r\n");
-        let response = post(&app, path, &[(b"Transfer-Encoding", b"chunked")], &chunked);
+        let response = post(
+            &app,
+            path,
+            &[
+                (b"Transfer-Encoding", b"chunked"),
+                (b"Origin", WEBAPP_ORIGIN.as_bytes()),
+            ],
+            &chunked,
+        );
         assert_body_refusal(&response, path, "with a chunked 1 MiB body");
     }
 
@@ -2134,6 +2153,8 @@ fn other_methods_are_refused_and_head_is_get_without_a_body() {
         "/.well-known/jwks.json",
         "/.well-known/oauth-authorization-server",
         "/login",
+        "/logout",
+        "/consent",
         "/authorize",
         "/static/gatehouse.css",
     ] {

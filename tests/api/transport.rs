@@ -204,6 +204,13 @@ fn stalled_clients_hold_no_worker_and_are_cut_off() {
         answer.starts_with("HTTP/1.1 408"),
         "a body that never arrives gets 408: {answer:?}"
     );
+    // In the token endpoint's own terms (RFC 6749 5.2).
+    let lowered = answer.to_ascii_lowercase();
+    assert!(lowered.contains("cache-control: no-store"), "{answer:?}");
+    assert!(
+        answer.contains(r#""error":"invalid_request""#),
+        "{answer:?}"
+    );
     read_until_closed(&mut headers_stalled);
 
     // An idle keep-alive connection is closed after keep_alive.
