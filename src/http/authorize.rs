@@ -22,7 +22,8 @@ pub async fn consent_submit(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let purpose_of = |form: &Params| consent_purpose(&form.without(&FORM_FIELDS));
+    let purpose_of =
+        |form: &Params| consent_purpose(&form.without(&FORM_FIELDS).without_names(browser_alters));
     let params = match forms::protected_form_for(&req, &state, &body, purpose_of) {
         Ok(params) => params,
         Err(refusal) => return *refusal,
@@ -39,6 +40,14 @@ pub async fn consent_submit(
         }
     };
     run(&req, &state, params.without(&FORM_FIELDS), Some(decision)).await
+}
+
+/// Fields a browser does not submit as the page gave them (HTML form submission): an input
+/// without a name is skipped, and a hidden `_charset_` gets the page's encoding for value.
+/// Unknown parameters are ignored anyway (RFC 6749 3.1), so these are dropped from the
+/// request before the consent page carries it.
+fn browser_alters(name: &str) -> bool {
+    name.is_empty() || name.eq_ignore_ascii_case("_charset_")
 }
 
 /// The consent form's CSRF purpose names the very request it shows, so its token is good
@@ -60,8 +69,9 @@ async fn run(
     params: Params,
     decision: Option<Decision>,
 ) -> HttpResponse {
-    // Our own form fields never travel inside an authorization request.
-    let params = params.without(&FORM_FIELDS);
+    // Our own form fields never travel inside an authorization request, nor fields the
+    // consent form could not carry back as given.
+    let params = params.without(&FORM_FIELDS).without_names(browser_alters);
     let settings = state.settings.clone();
     let keys = state.keys.current();
     let clients = state.clients.clone();

@@ -49,6 +49,11 @@ impl Params {
         )
     }
 
+    /// Without the pairs whose name `drop` picks.
+    pub fn without_names(&self, drop: impl Fn(&str) -> bool) -> Params {
+        Params(self.0.iter().filter(|(k, _)| !drop(k)).cloned().collect())
+    }
+
     pub fn with(mut self, key: &str, value: &str) -> Params {
         self.0.push((key.to_owned(), value.to_owned()));
         self

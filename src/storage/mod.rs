@@ -248,6 +248,38 @@ mod tests {
         );
     }
 
+    /// SQLITE_BUSY from a lock held by another connection is transient (503); other
+    /// database errors of the same diesel kind are not.
+    #[test]
+    fn only_a_locked_database_among_query_errors_is_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("busy.db").display());
+        let connect = || ConnectionManager::new(&url).unwrap().connect().unwrap();
+        let (mut holder, mut waiter) = (connect(), connect());
+        diesel::sql_query("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+            .execute(&mut holder)
+            .unwrap();
+        diesel::sql_query("BEGIN EXCLUSIVE")
+            .execute(&mut holder)
+            .unwrap();
+        diesel::sql_query("PRAGMA busy_timeout = 0")
+            .execute(&mut waiter)
+            .unwrap();
+        let busy = diesel::sql_query("INSERT INTO t VALUES (1)").execute(&mut waiter);
+        let busy = StorageError::from(busy.unwrap_err());
+        assert!(busy.is_transient(), "{busy}");
+        diesel::sql_query("COMMIT").execute(&mut holder).unwrap();
+
+        let unknown_table =
+            diesel::sql_query("INSERT INTO nowhere VALUES (1)").execute(&mut waiter);
+        assert!(!StorageError::from(unknown_table.unwrap_err()).is_transient());
+        diesel::sql_query("INSERT INTO t VALUES (1)")
+            .execute(&mut waiter)
+            .unwrap();
+        let duplicate = diesel::sql_query("INSERT INTO t VALUES (1)").execute(&mut waiter);
+        assert!(!StorageError::from(duplicate.unwrap_err()).is_transient());
+    }
+
     #[test]
     fn a_write_inside_a_write_does_not_wait_on_itself() {
         let (_dir, mut conn) = sqlite();

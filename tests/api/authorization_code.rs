@@ -26,6 +26,7 @@ on_both_backends!(
     a_failed_presentation_racing_a_redemption_revokes_it,
     forms_without_a_valid_csrf_token_are_refused,
     the_consent_form_is_bound_to_the_request_it_shows,
+    fields_a_browser_alters_do_not_reach_the_consent_form,
     consent_is_remembered_denied_or_skipped,
     client_authentication_methods,
     wrong_credentials_rerender_the_login_page_alike,
@@ -782,6 +783,43 @@ fn the_consent_form_is_bound_to_the_request_it_shows(db: TestDb) {
         "the consent page again: {:?}",
         wider.header("location")
     );
+}
+
+/// A browser skips an input without a name and rewrites a hidden `_charset_` to the page's
+/// encoding; such request parameters (unknown, so ignored) are left out of the consent form,
+/// whose token covers every field it carries, so the form goes through.
+fn fields_a_browser_alters_do_not_reach_the_consent_form(db: TestDb) {
+    let app = OAuthServer::start(db);
+    let mut browser = Browser::new();
+    let p = pkce();
+    let mut params = webapp_params(&p, "read");
+    params.extend([("", "x"), ("_charset_", "ISO-8859-1"), ("_CHARSET_", "x")]);
+    let first = browser.get(&app.authorize_url(&params));
+    let after_login = app.login(&mut browser, &first);
+    let page = browser.get(&app.url(after_login.header("location").unwrap()));
+    assert_eq!(page.status, 200, "{}", page.body);
+    let shown = hidden_fields(&page.body);
+    assert!(
+        shown
+            .iter()
+            .all(|(k, _)| !k.is_empty() && !k.eq_ignore_ascii_case("_charset_")),
+        "{shown:?}"
+    );
+    assert!(shown.iter().any(|(k, v)| k == "state" && v == "st-123"));
+    // As a browser submits the form: no nameless field, `_charset_` as the page's encoding.
+    let mut form: Vec<(&str, &str)> = shown
+        .iter()
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| match k.eq_ignore_ascii_case("_charset_") {
+            true => (k.as_str(), "UTF-8"),
+            false => (k.as_str(), v.as_str()),
+        })
+        .collect();
+    form.push(("decision", "allow"));
+    let granted = browser.post_form(&app.url("/consent"), &form);
+    assert_eq!(granted.status, 303, "{}", granted.body);
+    let location = url::Url::parse(granted.header("location").unwrap()).unwrap();
+    assert!(query_value(&location, "code").is_some(), "{location}");
 }
 
 fn forms_without_a_valid_csrf_token_are_refused(db: TestDb) {
