@@ -49,6 +49,13 @@ fn redeem(app: &OAuthServer, code: &str, verifier: &str) -> Response {
     app.redeem_webapp_code(code, verifier)
 }
 
+/// The consent page an authorization request leads to, alice signing in on the way.
+fn consent_page(app: &OAuthServer, browser: &mut Browser, params: &[(&str, &str)]) -> Response {
+    let first = browser.get(&app.authorize_url(params));
+    let after_login = app.login(browser, &first);
+    browser.get(&app.url(after_login.header("location").unwrap()))
+}
+
 fn code_for_webapp(app: &OAuthServer, browser: &mut Browser, p: &Pkce) -> String {
     let redirect = app.authorize_with_consent(browser, &webapp_params(p, "read"));
     query_value(&redirect, "code").expect("a code")
@@ -732,9 +739,7 @@ fn the_consent_form_is_bound_to_the_request_it_shows(db: TestDb) {
     let app = OAuthServer::start(db);
     let mut browser = Browser::new();
     let p = pkce();
-    let first = browser.get(&app.authorize_url(&webapp_params(&p, "read")));
-    let after_login = app.login(&mut browser, &first);
-    let page = browser.get(&app.url(after_login.header("location").unwrap()));
+    let page = consent_page(&app, &mut browser, &webapp_params(&p, "read"));
     assert_eq!(page.status, 200, "{}", page.body);
     let shown = hidden_fields(&page.body);
     let submit = |browser: &mut Browser, fields: &[(String, String)]| {
@@ -794,9 +799,7 @@ fn fields_a_browser_alters_do_not_reach_the_consent_form(db: TestDb) {
     let p = pkce();
     let mut params = webapp_params(&p, "read");
     params.extend([("", "x"), ("_charset_", "ISO-8859-1"), ("_CHARSET_", "x")]);
-    let first = browser.get(&app.authorize_url(&params));
-    let after_login = app.login(&mut browser, &first);
-    let page = browser.get(&app.url(after_login.header("location").unwrap()));
+    let page = consent_page(&app, &mut browser, &params);
     assert_eq!(page.status, 200, "{}", page.body);
     let shown = hidden_fields(&page.body);
     assert!(
@@ -882,9 +885,7 @@ fn consent_is_remembered_denied_or_skipped(db: TestDb) {
     let mut browser = Browser::new();
     let p = pkce();
 
-    let first = browser.get(&app.authorize_url(&webapp_params(&p, "read")));
-    let after_login = app.login(&mut browser, &first);
-    let consent = browser.get(&app.url(after_login.header("location").unwrap()));
+    let consent = consent_page(&app, &mut browser, &webapp_params(&p, "read"));
     let denied = app.decide(&mut browser, &consent, "deny");
     let (location, error) = error_of(&denied);
     assert_eq!(error, "access_denied");
@@ -1245,9 +1246,7 @@ fn double_submitted_consent_does_not_fail(db: TestDb) {
     let app = OAuthServer::start(db);
     let mut browser = Browser::new();
     let p = pkce();
-    let first = browser.get(&app.authorize_url(&webapp_params(&p, "read write")));
-    let after_login = app.login(&mut browser, &first);
-    let consent = browser.get(&app.url(after_login.header("location").unwrap()));
+    let consent = consent_page(&app, &mut browser, &webapp_params(&p, "read write"));
     let fields = hidden_fields(&consent.body);
     let mut form: Vec<(String, String)> = fields.clone();
     form.push(("decision".into(), "allow".into()));
@@ -1278,9 +1277,7 @@ fn our_form_fields_in_the_query_are_ignored(db: TestDb) {
     let p = pkce();
     let mut params = webapp_params(&p, "read");
     params.push(("decision", "allow"));
-    let first = browser.get(&app.authorize_url(&params));
-    let after_login = app.login(&mut browser, &first);
-    let consent = browser.get(&app.url(after_login.header("location").unwrap()));
+    let consent = consent_page(&app, &mut browser, &params);
     assert_eq!(consent.status, 200);
     let fields = hidden_fields(&consent.body);
     assert!(!fields.iter().any(|(k, _)| k == "decision"), "{fields:?}");

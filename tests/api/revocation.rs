@@ -7,6 +7,14 @@ use serde_json::{json, Value};
 use crate::on_both_backends;
 use crate::support::*;
 
+/// An access token of webapp's, from a whole authorization-code flow.
+fn webapp_access_token(app: &OAuthServer) -> String {
+    app.webapp_tokens("read")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 on_both_backends!(
     introspection_reports_live_tokens,
     revoking_a_refresh_token_ends_its_whole_grant,
@@ -44,10 +52,7 @@ fn tokens_of_a_user_erased_by_hand_are_inactive(db: TestDb) {
 /// unexpired, introspect as inactive too, while other clients' stay active.
 fn tokens_of_a_client_no_longer_registered_are_inactive(db: TestDb) {
     let app = OAuthServer::start(db);
-    let webapp_access = app.webapp_tokens("read")["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let webapp_access = webapp_access_token(&app);
     let service = app.token(
         &[("grant_type", "client_credentials")],
         Some((SERVICE, SERVICE_SECRET)),
@@ -272,10 +277,7 @@ fn forged_and_expired_tokens_are_inactive(db: TestDb) {
 
 fn only_the_right_clients_may_call(db: TestDb) {
     let app = OAuthServer::start(db);
-    let token = app.webapp_tokens("read")["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = webapp_access_token(&app);
     let public = app.post_form(
         "/introspect",
         &[("token", &token), ("client_id", SPA)],
