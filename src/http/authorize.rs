@@ -22,8 +22,7 @@ pub async fn consent_submit(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let purpose_of =
-        |form: &Params| consent_purpose(&form.without(&FORM_FIELDS).without_names(browser_alters));
+    let purpose_of = |form: &Params| consent_purpose(&carried_request(form));
     let params = match forms::protected_form_for(&req, &state, &body, purpose_of) {
         Ok(params) => params,
         Err(refusal) => return *refusal,
@@ -39,7 +38,13 @@ pub async fn consent_submit(
             );
         }
     };
-    run(&req, &state, params.without(&FORM_FIELDS), Some(decision)).await
+    run(&req, &state, params, Some(decision)).await
+}
+
+/// The authorization request in a query or a consent form: without our own form fields,
+/// which never travel inside one, nor fields the consent form could not carry back as given.
+fn carried_request(params: &Params) -> Params {
+    params.without(&FORM_FIELDS).without_names(browser_alters)
 }
 
 /// Fields a browser does not submit as the page gave them (HTML form submission): an input
@@ -69,9 +74,7 @@ async fn run(
     params: Params,
     decision: Option<Decision>,
 ) -> HttpResponse {
-    // Our own form fields never travel inside an authorization request, nor fields the
-    // consent form could not carry back as given.
-    let params = params.without(&FORM_FIELDS).without_names(browser_alters);
+    let params = carried_request(&params);
     let settings = state.settings.clone();
     let keys = state.keys.current();
     let clients = state.clients.clone();

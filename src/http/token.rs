@@ -29,10 +29,15 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
             Ok(ClientCheck::Limited { retry_after }) => return rate_limited(retry_after),
             Err(e) => return failure(e),
         }
-    } else if let Err(retry_after) =
-        credentials::charge_unauthenticated(&state, request.claimed_client_id(), ip.as_deref())
-    {
-        return rate_limited(retry_after);
+    } else {
+        match credentials::charge_unauthenticated(
+            &state,
+            request.claimed_client_id(),
+            ip.as_deref(),
+        ) {
+            Ok(public_client) => verified.public_client = public_client,
+            Err(retry_after) => return rate_limited(retry_after),
+        }
     }
     // Only an authenticated client that may use the password grant makes gatehouse check
     // a password (or count a failure against a user).

@@ -118,10 +118,9 @@ fn spend(ctx: &FlowContext<'_>, code: &CodeRow) -> Result<&'static str, StorageE
             revoke_replayed(ctx, &row)?;
             "the authorization code was already used"
         }
-        Redemption::Unrecorded => "the authorization code is invalid",
-        // Spent by this call: the code is good for nothing more, and this request carries
-        // no grant (the exchange failed).
-        Redemption::First => "the authorization code is invalid",
+        // Spent by this call (the code is good for nothing more, and this request carries
+        // no grant: the exchange failed), or nothing to record.
+        Redemption::First | Redemption::Unrecorded => "the authorization code is invalid",
     })
 }
 

@@ -49,11 +49,8 @@ impl std::fmt::Debug for CodeSealer {
 }
 
 impl CodeSealer {
-    /// `None` unless `key` is `KEY_LEN` bytes.
+    /// `None` unless `key` is `KEY_LEN` bytes (`SecretBox::with_key` checks it).
     pub fn new(key: &[u8], issuer: &str) -> Option<CodeSealer> {
-        if key.len() != KEY_LEN {
-            return None;
-        }
         let sealed = SecretBox::with_key(&AES_256_GCM_SIV, key)?;
         let mut context = b"gatehouse authorization code\0".to_vec();
         context.push(FORMAT_VERSION);

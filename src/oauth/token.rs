@@ -194,6 +194,8 @@ impl TokenRequest {
 pub struct Verified {
     /// The client whose secret, `request.client_secret()`, was verified.
     pub client: Option<Arc<Client>>,
+    /// Without a secret: the registered public client the request named, if any.
+    pub public_client: Option<Arc<Client>>,
     /// For the password grant: the outcome of checking `request.password_credentials()`.
     pub user: Option<UserCheck>,
     /// The caller's address, for the audit trail.
@@ -276,14 +278,11 @@ pub fn token(
     // RFC 6749 4.1.3 and 5.2: a code is redeemed by an authenticated client or by a public
     // client naming itself; a request from neither fails client authentication whatever
     // else it lacks (oxide-auth would judge a missing redirect_uri first).
-    if grant_type == Some("authorization_code") && grant.auth.client.is_none() {
-        let public = request
-            .claimed_client_id()
-            .and_then(|id| clients.get(id))
-            .filter(|client| client.is_public());
-        if public.is_none() {
-            return Ok(TokenAnswer::invalid_client());
-        }
+    if grant_type == Some("authorization_code")
+        && grant.auth.client.is_none()
+        && verified.public_client.is_none()
+    {
+        return Ok(TokenAnswer::invalid_client());
     }
     match grant_type {
         None => Ok(TokenAnswer::invalid_request("grant_type is required")),

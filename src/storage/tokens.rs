@@ -87,45 +87,45 @@ pub fn create_family(
         family_id: Some(family.id.clone()),
         ..code.clone()
     });
-    if let DbConnection::Postgresql(pg) = conn {
+    let recorded = if let DbConnection::Postgresql(pg) = conn {
         let statement = super::prepared::CreateFamily {
             family,
             refresh,
             code: redeemed.as_ref(),
         };
-        return match statement.get_result::<i64>(pg) {
-            Ok(recorded) => Ok(redeemed.is_none() || recorded == 1),
-            // The user was deleted between the statement's snapshot and its foreign-key
-            // check: refused as below, nothing written.
-            Err(diesel::result::Error::DatabaseError(
-                DatabaseErrorKind::ForeignKeyViolation,
-                _,
-            )) if redeemed.is_some() => Ok(false),
-            Err(e) => Err(e.into()),
-        };
-    }
-    let recorded = super::write_transaction(conn, |conn| {
-        insert_new_rows(conn, Some(family), refresh)?;
-        match &redeemed {
-            Some(code) if !super::codes::record_redeemed(conn, code, true)? => {
-                // Another presentation came first, or the user was disabled: none of this
-                // may stay.
-                Err(diesel::result::Error::RollbackTransaction.into())
+        statement
+            .get_result::<i64>(pg)
+            .map(|recorded| redeemed.is_none() || recorded == 1)
+            .map_err(StorageError::from)
+    } else {
+        let inserted = super::write_transaction(conn, |conn| {
+            insert_new_rows(conn, Some(family), refresh)?;
+            match &redeemed {
+                Some(code) if !super::codes::record_redeemed(conn, code, true)? => {
+                    // Another presentation came first, or the user was disabled: none of
+                    // this may stay.
+                    Err(diesel::result::Error::RollbackTransaction.into())
+                }
+                _ => Ok(()),
             }
-            _ => Ok(()),
+        });
+        match inserted {
+            Ok(()) => Ok(true),
+            Err(StorageError::Query(diesel::result::Error::RollbackTransaction)) => Ok(false),
+            Err(e) => Err(e),
         }
-    });
+    };
     match recorded {
-        Ok(()) => Ok(true),
-        Err(StorageError::Query(diesel::result::Error::RollbackTransaction)) => Ok(false),
-        // The family's user was erased by hand since the code was issued: the code is
-        // refused as a disabled user's is (PostgreSQL's statement checks this in its WHERE).
-        // Clients are never deleted (only disabled), so the user is the parent that went.
+        // The code's user was erased by hand since it was issued: refused as a disabled
+        // user's code is, nothing written. PostgreSQL's statement checks for the user in its
+        // WHERE and fails here only if the user goes between its snapshot and its
+        // foreign-key check; SQLite's family insert fails first. Clients are never deleted
+        // (only disabled), so the user is the parent that can go.
         Err(StorageError::Query(diesel::result::Error::DatabaseError(
             DatabaseErrorKind::ForeignKeyViolation,
             _,
         ))) if redeemed.is_some() => Ok(false),
-        Err(e) => Err(e),
+        other => other,
     }
 }
 
