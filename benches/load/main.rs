@@ -32,6 +32,8 @@ pub struct Options {
     sqlite_only: bool,
     /// `--only NAME`: just this scenario (for profiling); no report is written.
     only: Option<String>,
+    /// `--baselines`: with `--only`, measure the scenario's baseline too and print the ratio.
+    baselines: bool,
     /// `--instructions`: count instructions per operation instead (needs `--only`).
     instructions: bool,
     /// `--ops N`: how many operations `--instructions` counts.
@@ -53,6 +55,7 @@ impl Options {
             runs: value("--runs").map_or(if smoke { 1 } else { 3 }, |r| r.max(1.0) as usize),
             smoke,
             sqlite_only: args.iter().any(|a| a == "--sqlite-only"),
+            baselines: args.iter().any(|a| a == "--baselines"),
             only: args
                 .iter()
                 .position(|a| a == "--only")
@@ -225,7 +228,9 @@ fn run_backend(
         let server = Server::start(&workspace, port)?;
         // The machine's speed drifts by more than the margins judged here (B1 moved by 25%
         // within minutes on a shared host), so each baseline is measured next to its scenario.
-        let baseline = match report::target(scenario).filter(|_| options.only.is_none()) {
+        let baseline = match report::target(scenario)
+            .filter(|_| options.only.is_none() || options.baselines)
+        {
             None => 0.0,
             Some((base, _)) => {
                 let value = match base {
@@ -420,8 +425,18 @@ fn report_outcome(
     measured: &Measured,
     failures: &mut Vec<String>,
 ) {
+    // `--only --baselines` writes no report, so the line carries the ratio.
+    let ratio = if measured.baseline > 0.0 {
+        format!(
+            "  baseline {:.0}/s  ratio {:.2}",
+            measured.baseline,
+            measured.per_second / measured.baseline
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "  {:<10} {:<38} {:>9.1}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  server {:.2} cores  loadgen {:.2} cores  PostgreSQL {:.2} cores  peak RSS {:.0} MiB",
+        "  {:<10} {:<38} {:>9.1}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  server {:.2} cores  loadgen {:.2} cores  PostgreSQL {:.2} cores  peak RSS {:.0} MiB{ratio}",
         backend.name(),
         name,
         measured.per_second,

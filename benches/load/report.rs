@@ -205,6 +205,11 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
     let _ = writeln!(out, "![ratio to baseline per scenario](benchmarks.svg)\n");
     for result in results {
         let _ = writeln!(out, "## {}\n", result.backend.name());
+        if let Backend::Postgres { admin_url } = &result.backend {
+            if let Some(settings) = crate::server::postgres_settings(admin_url) {
+                let _ = writeln!(out, "On the same machine, over TCP loopback: {settings}.\n");
+            }
+        }
         let _ = writeln!(
             out,
             "| scenario | ops/s | p50 ms | p99 ms | peak RSS MiB | server CPU (cores) | load generator CPU (cores) | PostgreSQL CPU (cores) | baseline | ratio | target | |"

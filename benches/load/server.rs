@@ -157,6 +157,28 @@ pub fn postgres_reachable(admin_url: &str) -> bool {
     diesel::PgConnection::establish(admin_url).is_ok()
 }
 
+/// The server's version and the settings that weigh on a write's cost, for the report:
+/// a reader comparing figures needs to know, say, that autovacuum was off on this machine.
+pub fn postgres_settings(admin_url: &str) -> Option<String> {
+    use diesel::{Connection, QueryableByName, RunQueryDsl};
+    #[derive(QueryableByName)]
+    struct Settings {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        settings: String,
+    }
+    let mut conn = diesel::PgConnection::establish(admin_url).ok()?;
+    let query = "SELECT concat_ws(', ', \
+         'PostgreSQL ' || current_setting('server_version'), \
+         'autovacuum ' || current_setting('autovacuum'), \
+         'fsync ' || current_setting('fsync'), \
+         'synchronous_commit ' || current_setting('synchronous_commit'), \
+         'wal_sync_method ' || current_setting('wal_sync_method'), \
+         'shared_buffers ' || current_setting('shared_buffers'), \
+         'max_wal_size ' || current_setting('max_wal_size')) AS settings";
+    let found: Settings = diesel::sql_query(query).get_result(&mut conn).ok()?;
+    Some(found.settings)
+}
+
 /// A free port on loopback (the server binds it right after).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
