@@ -20,11 +20,17 @@ pub enum LogTarget {
     Stderr,
 }
 
+/// actix-http logs at ERROR every request its parser refuses and every connection that ends
+/// in a transport error ("stream error: ..."): any client could fill the error log, and an
+/// alert on it, at will. The client gets its 400 or its closed connection either way, and
+/// none of these is the server's fault (gatehouse streams no response bodies), so the
+/// target stays silent unless the filter names `actix_http` itself. Hydra's HTTP server
+/// (Go's net/http) logs nothing for them either.
+const CLIENT_FAULTS: &str = "actix_http::h1::dispatcher=off";
+
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.level`.
 pub fn init(settings: &LogSettings, target: LogTarget) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), &settings.level);
     let is_terminal = match target {
         LogTarget::Stdout => std::io::stdout().is_terminal(),
         LogTarget::Stderr => std::io::stderr().is_terminal(),
@@ -48,6 +54,23 @@ pub fn init(settings: &LogSettings, target: LogTarget) {
             .with_span_list(false)
             .try_init(),
     };
+}
+
+/// The filter `RUST_LOG` (when set and valid) or else `level` asks for, with actix-http's
+/// reports of client faults silenced unless it names them.
+fn log_filter(rust_log: Option<&str>, level: &str) -> EnvFilter {
+    let spec = rust_log
+        .filter(|spec| EnvFilter::try_new(spec).is_ok())
+        .or_else(|| EnvFilter::try_new(level).is_ok().then_some(level))
+        .unwrap_or("info");
+    let filter = EnvFilter::new(spec);
+    if spec.contains("actix_http") {
+        return filter;
+    }
+    match CLIENT_FAULTS.parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 /// The root span of each request: method, path (never the query string, which may carry
@@ -86,5 +109,30 @@ impl RootSpanBuilder for RequestSpan {
         } else {
             tracing::debug!(status, "request finished");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn client_faults_are_silent_unless_the_filter_names_actix_http() {
+        let quiet = "actix_http::h1::dispatcher=off";
+        assert!(log_filter(None, "info").to_string().contains(quiet));
+        assert!(log_filter(Some("trace"), "info")
+            .to_string()
+            .contains(quiet));
+        let named = log_filter(Some("info,actix_http=debug"), "info").to_string();
+        assert!(!named.contains(quiet), "{named}");
+        assert!(named.contains("actix_http=debug"), "{named}");
+    }
+
+    #[test]
+    fn an_invalid_rust_log_falls_back_to_the_level_and_then_to_info() {
+        let from_level = log_filter(Some("not a [valid filter"), "warn").to_string();
+        assert!(from_level.contains("warn"), "{from_level}");
+        let fallback = log_filter(None, "[[").to_string();
+        assert!(fallback.contains("info"), "{fallback}");
     }
 }
