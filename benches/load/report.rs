@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::floors::{self, Prices};
 use crate::scenarios::Scenario;
-use crate::{Backend, BackendResult, Measured, Options, RunResult, CONNECTIONS};
+use crate::{Backend, BackendResult, Measured, Options, RunResult, CONNECTIONS, SLICES};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Baseline {
@@ -175,7 +175,7 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
         out,
-        "Measured by `cargo bench --bench load` on {now}: {} run(s) of {:.1} s per scenario (after a {:.1} s warm-up), {CONNECTIONS} keep-alive connections, the load generator on the same machine. Each scenario's baseline is measured just before it, and its ratio is the median of the runs' ratios, each to its own baseline.\n",
+        "Measured by `cargo bench --bench load` on {now}: {} run(s) of {:.1} s per scenario (after a {:.1} s warm-up), {CONNECTIONS} keep-alive connections, the load generator on the same machine. Each scenario and its baseline take turns in {SLICES} slices of the scenario's time (baseline first), so that both see the machine's drift alike; a ratio is the median of the runs' ratios, each to the run's own baseline.\n",
         options.runs,
         options.seconds,
         options.warmup().as_secs_f64()

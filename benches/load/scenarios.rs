@@ -235,6 +235,7 @@ pub fn step(scenario: Scenario, conn: &mut Conn, state: &mut State) -> Result<()
 }
 
 /// Operations completed in the measured window, their latencies, and failures.
+#[derive(Default)]
 pub struct Outcome {
     pub ops: u64,
     pub errors: u64,
