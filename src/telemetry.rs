@@ -20,13 +20,15 @@ pub enum LogTarget {
     Stderr,
 }
 
-/// actix-http logs at ERROR every request its parser refuses and every connection that ends
-/// in a transport error ("stream error: ..."): any client could fill the error log, and an
-/// alert on it, at will. The client gets its 400 or its closed connection either way, and
-/// none of these is the server's fault (gatehouse streams no response bodies), so the
-/// target stays silent unless the filter names `actix_http` itself. Hydra's HTTP server
-/// (Go's net/http) logs nothing for them either.
-const CLIENT_FAULTS: &str = "actix_http::h1::dispatcher=off";
+/// The one actix-http module that logs at ERROR for what clients do: every request its
+/// parser refuses (400, 431, ...) and every connection that ends in a transport error
+/// ("stream error: ..."). Any client could fill the error log, and page whoever alerts on
+/// it, at will. The client gets its answer or its closed connection either way. Besides
+/// these the module logs failed streamed response bodies, which gatehouse does not send,
+/// and the inconsistencies it answers with a 500 of its own ("unexpected payload chunk");
+/// those are silenced too, at every level, unless the filter names this target or a
+/// prefix of it (`actix_http=error`). Hydra's HTTP server (Go's net/http) logs none of them.
+const DISPATCHER: &str = "actix_http::h1::dispatcher";
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.level`.
 pub fn init(settings: &LogSettings, target: LogTarget) {
@@ -56,21 +58,36 @@ pub fn init(settings: &LogSettings, target: LogTarget) {
     };
 }
 
-/// The filter `RUST_LOG` (when set and valid) or else `level` asks for, with actix-http's
-/// reports of client faults silenced unless it names them.
+/// The filter `RUST_LOG` asks for, when it is set, not blank and valid; else `level`'s, when
+/// not blank and valid; else `info`. The dispatcher's lines are silenced unless it names
+/// them.
 fn log_filter(rust_log: Option<&str>, level: &str) -> EnvFilter {
+    let usable = |spec: &str| !spec.trim().is_empty() && EnvFilter::try_new(spec).is_ok();
     let spec = rust_log
-        .filter(|spec| EnvFilter::try_new(spec).is_ok())
-        .or_else(|| EnvFilter::try_new(level).is_ok().then_some(level))
+        .filter(|spec| usable(spec))
+        .or_else(|| usable(level).then_some(level))
         .unwrap_or("info");
     let filter = EnvFilter::new(spec);
-    if spec.contains("actix_http") {
+    if names_dispatcher(spec) {
         return filter;
     }
-    match CLIENT_FAULTS.parse() {
-        Ok(directive) => filter.add_directive(directive),
+    // A target and a level always make a directive; the unit tests check this one.
+    match format!("{DISPATCHER}=off").parse() {
+        Ok(quiet) => filter.add_directive(quiet),
         Err(_) => filter,
     }
+}
+
+/// Whether a directive of `spec` matches the dispatcher's target: EnvFilter matches a
+/// directive's target as a prefix of the event's.
+fn names_dispatcher(spec: &str) -> bool {
+    spec.split(',').any(|directive| {
+        let target = directive.split(['[', '=']).next().unwrap_or("").trim();
+        !target.is_empty()
+            && target.parse::<tracing::Level>().is_err()
+            && target != "off"
+            && DISPATCHER.starts_with(target)
+    })
 }
 
 /// The root span of each request: method, path (never the query string, which may carry
@@ -116,23 +133,44 @@ impl RootSpanBuilder for RequestSpan {
 mod tests {
     use super::log_filter;
 
+    const QUIET: &str = "actix_http::h1::dispatcher=off";
+
     #[test]
-    fn client_faults_are_silent_unless_the_filter_names_actix_http() {
-        let quiet = "actix_http::h1::dispatcher=off";
-        assert!(log_filter(None, "info").to_string().contains(quiet));
+    fn the_dispatcher_is_silent_unless_the_filter_names_it() {
+        assert!(log_filter(None, "info").to_string().contains(QUIET));
         assert!(log_filter(Some("trace"), "info")
             .to_string()
-            .contains(quiet));
-        let named = log_filter(Some("info,actix_http=debug"), "info").to_string();
-        assert!(!named.contains(quiet), "{named}");
-        assert!(named.contains("actix_http=debug"), "{named}");
+            .contains(QUIET));
+        assert!(log_filter(Some("info,actix_web=debug"), "info")
+            .to_string()
+            .contains(QUIET));
+        for naming in [
+            "info,actix_http=debug",
+            "info,actix=error",
+            "warn,actix_http::h1::dispatcher=trace",
+        ] {
+            let filter = log_filter(Some(naming), "info").to_string();
+            assert!(!filter.contains(QUIET), "{naming}: {filter}");
+        }
+        let elsewhere = log_filter(Some("info,actix_http::h1::decoder=trace"), "info");
+        assert!(elsewhere.to_string().contains(QUIET), "{elsewhere}");
     }
 
     #[test]
-    fn an_invalid_rust_log_falls_back_to_the_level_and_then_to_info() {
-        let from_level = log_filter(Some("not a [valid filter"), "warn").to_string();
-        assert!(from_level.contains("warn"), "{from_level}");
-        let fallback = log_filter(None, "[[").to_string();
-        assert!(fallback.contains("info"), "{fallback}");
+    fn a_blank_or_invalid_rust_log_falls_back_to_the_level_and_then_to_info() {
+        for unusable in ["", "  ", "not a [valid filter"] {
+            let filter = log_filter(Some(unusable), "warn").to_string();
+            assert!(
+                filter.split(',').any(|d| d == "warn"),
+                "{unusable:?}: {filter}"
+            );
+        }
+        for unusable in ["", "[["] {
+            let filter = log_filter(None, unusable).to_string();
+            assert!(
+                filter.split(',').any(|d| d == "info"),
+                "{unusable:?}: {filter}"
+            );
+        }
     }
 }

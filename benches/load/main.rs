@@ -8,6 +8,8 @@
 //! Options: `--seconds N` per scenario (5), `--runs N` (3, the median is reported),
 //! `--sqlite-only`, `--smoke` (every scenario once for half a second, nothing written to
 //! the repository, failing on any error: what CI runs so the benchmark cannot rot),
+//! `--only NAME` (the scenarios whose name contains NAME, without baselines and without a
+//! report: for profiling), `--baselines` (with `--only`: their baselines and ratios too),
 //! `--instructions --only NAME [--ops N]` (instructions per operation under callgrind; see
 //! `instructions`). `GATEHOUSE_BENCH_BIN=PATH` measures another build of the server.
 
@@ -226,20 +228,10 @@ fn run_backend(
             continue;
         }
         let server = Server::start(&workspace, port)?;
-        let judged = report::target(scenario)
+        let base = report::target(scenario)
             .filter(|_| options.only.is_none() || options.baselines)
             .map(|(base, _)| base);
-        let (outcome, measured) =
-            measure_beside_baseline(options, cores, &server, scenario, judged);
-        if let Some(base) = judged {
-            eprintln!(
-                "  {:<10} {} beside {}: {:.1}/s",
-                backend.name(),
-                base.name(),
-                scenario.name(),
-                measured.baseline
-            );
-        }
+        let (outcome, measured) = measure_beside_baseline(options, cores, &server, scenario, base);
         report_outcome(backend, scenario.name(), &outcome, &measured, failures);
         scenarios.push((scenario, measured));
     }
@@ -355,7 +347,7 @@ fn run_backend(
 pub const SLICES: usize = 5;
 
 /// Measures `scenario` on `server` for the run's duration; with a baseline, in `SLICES`
-/// turns with it (baseline first), each turn a fresh set of connections after a short
+/// turns with it, each turn a fresh set of connections after a short
 /// warm-up. The scenario's figures are over all its slices, and its baseline is the mean
 /// of the baseline's slices.
 fn measure_beside_baseline(
@@ -363,14 +355,14 @@ fn measure_beside_baseline(
     cores: usize,
     server: &Server,
     scenario: Scenario,
-    judged: Option<report::Baseline>,
+    base: Option<report::Baseline>,
 ) -> (Outcome, Measured) {
     let drive = |warmup: Duration, duration: Duration| {
         measure(server, warmup, |addr| {
             scenarios::closed_loop(addr, scenario, CONNECTIONS, warmup, duration)
         })
     };
-    let Some(base) = judged else {
+    let Some(base) = base else {
         return drive(options.warmup(), options.duration());
     };
     let slices = if options.smoke { 1 } else { SLICES };
@@ -380,7 +372,12 @@ fn measure_beside_baseline(
     );
     let mut baselines = Vec::with_capacity(slices);
     let mut parts = Vec::with_capacity(slices);
-    for _ in 0..slices {
+    for slice_number in 0..slices {
+        // Turns alternate which goes first (B S, S B, B S, ...), so that a steady drift
+        // favours neither.
+        if slice_number % 2 == 1 {
+            parts.push(drive(warmup, slice));
+        }
         baselines.push(match base {
             report::Baseline::B1 => scenarios::rsa_baseline(cores, slice),
             report::Baseline::B3 => scenarios::argon2_baseline(cores, slice),
@@ -391,7 +388,9 @@ fn measure_beside_baseline(
                 healthz.per_second
             }
         });
-        parts.push(drive(warmup, slice));
+        if slice_number % 2 == 0 {
+            parts.push(drive(warmup, slice));
+        }
     }
     let (outcome, mut measured) = combine(parts);
     measured.baseline = baselines.iter().sum::<f64>() / slices as f64;

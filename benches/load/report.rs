@@ -175,7 +175,7 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
         out,
-        "Measured by `cargo bench --bench load` on {now}: {} run(s) of {:.1} s per scenario (after a {:.1} s warm-up), {CONNECTIONS} keep-alive connections, the load generator on the same machine. Each scenario and its baseline take turns in {SLICES} slices of the scenario's time (baseline first), so that both see the machine's drift alike; a ratio is the median of the runs' ratios, each to the run's own baseline.\n",
+        "Measured by `cargo bench --bench load` on {now}: {} run(s) of {:.1} s per scenario (after a {:.1} s warm-up), {CONNECTIONS} keep-alive connections, the load generator on the same machine. Each scenario and its baseline take turns in {SLICES} slices of the scenario's time (which goes first alternates), so that both see the machine's drift alike; a ratio is the median of the runs' ratios, each to the run's own baseline.\n",
         options.runs,
         options.seconds,
         options.warmup().as_secs_f64()

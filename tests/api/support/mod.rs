@@ -220,10 +220,11 @@ level = "{log_level}"
     path
 }
 
-/// A `gatehouse` command in `dir`, with no GATEHOUSE* variables inherited from the caller.
+/// A `gatehouse` command in `dir`, with no GATEHOUSE* variables and no `RUST_LOG` inherited
+/// from the caller: a test that reads the log sets the filter it needs.
 pub fn gatehouse(dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir);
+    cmd.current_dir(dir).env_remove("RUST_LOG");
     for (key, _) in std::env::vars() {
         if key.starts_with("GATEHOUSE") {
             cmd.env_remove(key);
