@@ -8,6 +8,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::HttpMessage;
 use tracing::Span;
 use tracing_actix_web::{RequestId, RootSpanBuilder};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
@@ -62,13 +63,18 @@ pub fn init(settings: &LogSettings, target: LogTarget) {
 /// not blank and valid; else `info`. The dispatcher's lines are silenced unless it names
 /// them.
 fn log_filter(rust_log: Option<&str>, level: &str) -> EnvFilter {
-    let usable = |spec: &str| !spec.trim().is_empty() && EnvFilter::try_new(spec).is_ok();
-    let spec = rust_log
-        .filter(|spec| usable(spec))
-        .or_else(|| usable(level).then_some(level))
-        .unwrap_or("info");
-    let filter = EnvFilter::new(spec);
-    if names_dispatcher(spec) {
+    // A spec that is usable, parsed once, with whether it names the dispatcher.
+    fn usable(spec: &str) -> Option<(bool, EnvFilter)> {
+        let filter = EnvFilter::try_new(spec)
+            .ok()
+            .filter(|_| !spec.trim().is_empty())?;
+        Some((names_dispatcher(spec), filter))
+    }
+    let (named, filter) = rust_log
+        .and_then(usable)
+        .or_else(|| usable(level))
+        .unwrap_or_else(|| (false, EnvFilter::new("info")));
+    if named {
         return filter;
     }
     // A target and a level always make a directive; the unit tests check this one.
@@ -82,10 +88,10 @@ fn log_filter(rust_log: Option<&str>, level: &str) -> EnvFilter {
 /// directive's target as a prefix of the event's.
 fn names_dispatcher(spec: &str) -> bool {
     spec.split(',').any(|directive| {
+        // A directive that is only a level (`info`, `off`) names no target.
         let target = directive.split(['[', '=']).next().unwrap_or("").trim();
         !target.is_empty()
-            && target.parse::<tracing::Level>().is_err()
-            && target != "off"
+            && target.parse::<LevelFilter>().is_err()
             && DISPATCHER.starts_with(target)
     })
 }

@@ -357,13 +357,13 @@ fn measure_beside_baseline(
     scenario: Scenario,
     base: Option<report::Baseline>,
 ) -> (Outcome, Measured) {
-    let drive = |warmup: Duration, duration: Duration| {
+    let drive = |scenario: Scenario, warmup: Duration, duration: Duration| {
         measure(server, warmup, |addr| {
             scenarios::closed_loop(addr, scenario, CONNECTIONS, warmup, duration)
         })
     };
     let Some(base) = base else {
-        return drive(options.warmup(), options.duration());
+        return drive(scenario, options.warmup(), options.duration());
     };
     let slices = if options.smoke { 1 } else { SLICES };
     let (slice, warmup) = (
@@ -376,20 +376,15 @@ fn measure_beside_baseline(
         // Turns alternate which goes first (B S, S B, B S, ...), so that a steady drift
         // favours neither.
         if slice_number % 2 == 1 {
-            parts.push(drive(warmup, slice));
+            parts.push(drive(scenario, warmup, slice));
         }
         baselines.push(match base {
             report::Baseline::B1 => scenarios::rsa_baseline(cores, slice),
             report::Baseline::B3 => scenarios::argon2_baseline(cores, slice),
-            report::Baseline::B2 => {
-                let (_, healthz) = measure(server, warmup, |addr| {
-                    scenarios::closed_loop(addr, Scenario::Healthz, CONNECTIONS, warmup, slice)
-                });
-                healthz.per_second
-            }
+            report::Baseline::B2 => drive(Scenario::Healthz, warmup, slice).1.per_second,
         });
         if slice_number % 2 == 0 {
-            parts.push(drive(warmup, slice));
+            parts.push(drive(scenario, warmup, slice));
         }
     }
     let (outcome, mut measured) = combine(parts);

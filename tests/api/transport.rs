@@ -1,7 +1,7 @@
 //! The connection layer: TLS served directly with HSTS, the body size limit, and timeouts
 //! that keep slow clients from holding connections.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,27 +148,6 @@ fn a_body_over_the_configured_limit_is_refused_with_413() {
         "under the limit the request is read: {}",
         under.body
     );
-}
-
-/// Reads until the server closes the connection (or 10 s pass, which fails the test).
-fn read_until_closed(stream: &mut TcpStream) -> String {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!(
-                "the server kept the connection open: {e}; received {:?}",
-                String::from_utf8_lossy(&received)
-            ),
-        }
-    }
-    String::from_utf8_lossy(&received).into_owned()
 }
 
 #[test]

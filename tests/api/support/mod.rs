@@ -64,7 +64,6 @@ fn announce_skip(reason: &str) {
     let _ = std::io::stderr().lock().write_all(message.as_bytes());
 }
 
-/// One test's database, removed when dropped.
 /// SQLite's write lock, held from another connection as a backup or a hand-run `sqlite3`
 /// session would hold it, until dropped.
 pub struct SqliteWriteLock(diesel::SqliteConnection);
@@ -88,6 +87,7 @@ impl Drop for SqliteWriteLock {
     }
 }
 
+/// One test's database, removed when dropped.
 pub struct TestDb {
     pub url: String,
     pub dir: tempfile::TempDir,

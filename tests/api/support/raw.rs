@@ -207,3 +207,24 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
     }
     body
 }
+
+/// Reads until the server closes the connection (or 10 s pass, which fails the test).
+pub fn read_until_closed(stream: &mut TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "the server kept the connection open: {e}; received {:?}",
+                String::from_utf8_lossy(&received)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
