@@ -5,11 +5,8 @@ use diesel::prelude::*;
 use super::schema::audit_events;
 use super::{DbConnection, StorageResult};
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = audit_events)]
-// NULL for a missing field rather than DEFAULT, which SQLite's VALUES list lacks: so that
-// many rows can go in one multi-row INSERT on both backends.
-#[diesel(treat_none_as_default_value = false)]
 pub struct AuditRow {
     /// A UUIDv7: ids sort in the order events were recorded.
     pub id: String,
@@ -22,19 +19,19 @@ pub struct AuditRow {
     pub detail: Option<String>,
 }
 
-/// Rows per INSERT statement: 8 bound values each, well under either backend's limit on
-/// parameters per statement (32766 for SQLite, 65535 for PostgreSQL).
-const ROWS_PER_INSERT: usize = 256;
-
-/// Appends rows in one transaction, many rows per statement. The server writes one row per
-/// token issued; one statement each cost PostgreSQL more CPU than the grant itself.
+/// Appends rows in one transaction: on PostgreSQL one statement for them all, on SQLite a
+/// statement per row (see `InsertAuditRow` and `InsertAuditRows` for why). The server
+/// writes one row per token issued; one transaction each cost PostgreSQL more CPU than the
+/// grant itself.
 pub fn insert_all(conn: &mut DbConnection, rows: &[AuditRow]) -> StorageResult<()> {
+    use super::prepared::{execute, InsertAuditRow, InsertAuditRows};
+    if let DbConnection::Postgresql(pg) = conn {
+        InsertAuditRows::of(rows).execute(pg)?;
+        return Ok(());
+    }
     super::write_transaction(conn, |conn| {
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let statement = diesel::insert_into(audit_events::table).values(chunk);
-            // MultiConnection does not forward multi-row inserts; each backend's own
-            // connection does.
-            super::on_native_connection!(conn, |c| statement.execute(c))?;
+        for row in rows {
+            execute(conn, InsertAuditRow { row })?;
         }
         Ok(())
     })

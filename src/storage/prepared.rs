@@ -26,6 +26,7 @@ use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{PgConnection, QueryResult, RunQueryDsl, SqliteConnection};
 
+use super::audit::AuditRow;
 use super::codes::CodeRow;
 use super::tokens::{FamilyRow, RefreshRow};
 use super::DbConnection;
@@ -77,6 +78,11 @@ macro_rules! push_refresh_values {
 macro_rules! family_columns {
     () => {
         "id, client_id, user_id, grant_type, scope, created_at, expires_at"
+    };
+}
+macro_rules! audit_columns {
+    () => {
+        "id, occurred_at, event, outcome, user_id, client_id, ip, detail"
     };
 }
 macro_rules! refresh_columns {
@@ -424,6 +430,89 @@ impl QueryFragment<Pg> for DeleteFailures<'_> {
     }
 }
 
+/// One audit row (SQLite's batches; PostgreSQL's go as `InsertAuditRows`). A multi-row INSERT has as many placeholders as rows, so SQLite
+/// compiled it afresh for every batch the audit writer appended: 10k instructions per
+/// token issued. This one is compiled once per connection and run per row, inside the
+/// batch's transaction.
+pub struct InsertAuditRow<'a> {
+    pub row: &'a AuditRow,
+}
+
+on_both_backends!(
+    InsertAuditRow | statement,
+    out | {
+        let row = statement.row;
+        out.push_sql(concat!(
+            "INSERT INTO audit_events (",
+            audit_columns!(),
+            ") VALUES ("
+        ));
+        push_binds!(out;
+            Text => &row.id,
+            BigInt => &row.occurred_at,
+            Text => &row.event,
+            Text => &row.outcome,
+            Nullable<Text> => &row.user_id,
+            Nullable<Text> => &row.client_id,
+            Nullable<Text> => &row.ip,
+            Nullable<Text> => &row.detail,
+        );
+        out.push_sql(")");
+        Ok(())
+    }
+);
+
+/// Any number of audit rows as one statement with one array per column (PostgreSQL): its
+/// text does not depend on the number of rows, so it is parsed and planned once per
+/// connection, where a multi-row INSERT was parsed and planned for every batch.
+pub struct InsertAuditRows<'a> {
+    pub ids: Vec<&'a str>,
+    pub occurred_at: Vec<i64>,
+    pub events: Vec<&'a str>,
+    pub outcomes: Vec<&'a str>,
+    pub user_ids: Vec<Option<&'a str>>,
+    pub client_ids: Vec<Option<&'a str>>,
+    pub ips: Vec<Option<&'a str>>,
+    pub details: Vec<Option<&'a str>>,
+}
+
+impl<'a> InsertAuditRows<'a> {
+    pub fn of(rows: &'a [AuditRow]) -> InsertAuditRows<'a> {
+        InsertAuditRows {
+            ids: rows.iter().map(|r| r.id.as_str()).collect(),
+            occurred_at: rows.iter().map(|r| r.occurred_at).collect(),
+            events: rows.iter().map(|r| r.event.as_str()).collect(),
+            outcomes: rows.iter().map(|r| r.outcome.as_str()).collect(),
+            user_ids: rows.iter().map(|r| r.user_id.as_deref()).collect(),
+            client_ids: rows.iter().map(|r| r.client_id.as_deref()).collect(),
+            ips: rows.iter().map(|r| r.ip.as_deref()).collect(),
+            details: rows.iter().map(|r| r.detail.as_deref()).collect(),
+        }
+    }
+}
+
+impl QueryFragment<Pg> for InsertAuditRows<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(concat!(
+            "INSERT INTO audit_events (",
+            audit_columns!(),
+            ") SELECT * FROM unnest("
+        ));
+        push_binds!(out;
+            Array<Text> => &self.ids,
+            Array<BigInt> => &self.occurred_at,
+            Array<Text> => &self.events,
+            Array<Text> => &self.outcomes,
+            Array<Nullable<Text>> => &self.user_ids,
+            Array<Nullable<Text>> => &self.client_ids,
+            Array<Nullable<Text>> => &self.ips,
+            Array<Nullable<Text>> => &self.details,
+        );
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
 /// Runs a statement that returns no rows on whichever database `conn` is.
 pub fn execute<S>(conn: &mut DbConnection, statement: S) -> QueryResult<usize>
 where
@@ -460,5 +549,7 @@ prepared_once!(
     InsertRefresh,
     AccessRevoked -> Bool,
     InsertFailures,
-    DeleteFailures
+    DeleteFailures,
+    InsertAuditRow,
+    InsertAuditRows
 );
