@@ -509,8 +509,9 @@ fn sqlite_write_ahead_log_is_recycled_while_readers_overlap() {
 
 on_both_backends!(audit_rows_go_in_many_at_a_time);
 
-/// The audit writer appends its batches several hundred rows per statement; every row
-/// arrives whole, missing fields as NULL, across the statements' boundaries.
+/// The audit writer appends a batch in one call (PostgreSQL: one statement over an array
+/// per column; SQLite: a prepared statement per row); every row arrives whole, its missing
+/// fields as NULL, and so does a batch of one.
 fn audit_rows_go_in_many_at_a_time(db: TestDb) {
     use gatehouse::storage::audit::{insert_all, latest, AuditRow};
     let mut conn = db.connect();
