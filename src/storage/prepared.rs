@@ -430,10 +430,11 @@ impl QueryFragment<Pg> for DeleteFailures<'_> {
     }
 }
 
-/// One audit row (SQLite's batches; PostgreSQL's go as `InsertAuditRows`). A multi-row INSERT has as many placeholders as rows, so SQLite
-/// compiled it afresh for every batch the audit writer appended: 10k instructions per
-/// token issued. This one is compiled once per connection and run per row, inside the
-/// batch's transaction.
+/// One audit row, for SQLite's batches (PostgreSQL's go as `InsertAuditRows`; it renders
+/// for both only because `execute` takes either connection). A multi-row INSERT has as
+/// many placeholders as rows, so SQLite compiled it afresh for every batch the audit
+/// writer appended: 10k instructions per token issued. This one is compiled once per
+/// connection and run per row, inside the batch's transaction.
 pub struct InsertAuditRow<'a> {
     pub row: &'a AuditRow,
 }
@@ -466,14 +467,14 @@ on_both_backends!(
 /// text does not depend on the number of rows, so it is parsed and planned once per
 /// connection, where a multi-row INSERT was parsed and planned for every batch.
 pub struct InsertAuditRows<'a> {
-    pub ids: Vec<&'a str>,
-    pub occurred_at: Vec<i64>,
-    pub events: Vec<&'a str>,
-    pub outcomes: Vec<&'a str>,
-    pub user_ids: Vec<Option<&'a str>>,
-    pub client_ids: Vec<Option<&'a str>>,
-    pub ips: Vec<Option<&'a str>>,
-    pub details: Vec<Option<&'a str>>,
+    ids: Vec<&'a str>,
+    occurred_at: Vec<i64>,
+    events: Vec<&'a str>,
+    outcomes: Vec<&'a str>,
+    user_ids: Vec<Option<&'a str>>,
+    client_ids: Vec<Option<&'a str>>,
+    ips: Vec<Option<&'a str>>,
+    details: Vec<Option<&'a str>>,
 }
 
 impl<'a> InsertAuditRows<'a> {
