@@ -203,11 +203,13 @@ const CHECKPOINT_PERIOD: Duration = Duration::from_millis(250);
 /// SQLite: checkpoints the WAL off the request path (the pool's connections do not).
 fn spawn_checkpoints(pool: storage::Pool) {
     actix_web::rt::spawn(async move {
+        let checkpoints = Arc::new(storage::Checkpoints::default());
         let mut ticker = tokio::time::interval(CHECKPOINT_PERIOD);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            if let Err(e) = http::run_blocking(&pool, storage::checkpoint).await {
+            let checkpoints = checkpoints.clone();
+            if let Err(e) = http::run_blocking(&pool, move |conn| checkpoints.run(conn)).await {
                 tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
             }
         }

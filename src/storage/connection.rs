@@ -1,3 +1,4 @@
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,54 +180,94 @@ impl ConnectionManager {
     }
 }
 
-/// Copies the SQLite write-ahead log into the database file and makes sure the next write
-/// starts the log again from its beginning. The server runs it on a timer because its
-/// connections do not checkpoint on commit. Nothing to do on PostgreSQL.
-///
-/// A PASSIVE checkpoint alone is not enough under load: the log restarts only when a write
-/// begins after a checkpoint that copied everything, and with writes arriving every few
-/// hundred microseconds and some reader always inside the log that never happened, so the
-/// -wal file grew by every write (800 MB in ten seconds of authorization-code flows). So the
-/// bulk is copied first beside the writers; then, with our own writers held at the process's
-/// writer gate, the rest is copied and a RESTART checkpoint waits for the readers of older
-/// snapshots (which take microseconds) to leave, after which the next writer restarts the
-/// log. The wait is bounded, and SQLite's busy handler is off for it, because readers that
-/// keep arriving could otherwise starve it while our writers wait at the gate.
-pub fn checkpoint(conn: &mut DbConnection) -> StorageResult<()> {
-    let DbConnection::Sqlite(sqlite) = conn else {
-        return Ok(());
-    };
-    sqlite.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")?;
-    // Under the gate `write` may hand over another connection (the dedicated writer), so
-    // the busy handler is switched off on whichever connection runs the RESTART.
-    super::write(conn, |conn| {
+/// The server's timed checkpoint of the SQLite write-ahead log (`run`). It remembers how
+/// many ticks in a row could not restart the log, because each of them lets the log grow by
+/// a tick's writes, and waits longer for readers the more there were.
+#[derive(Debug, Default)]
+pub struct Checkpoints {
+    missed_restarts: AtomicU32,
+}
+
+impl Checkpoints {
+    /// Copies the write-ahead log into the database file and makes sure the next write starts
+    /// the log again from its beginning. The server runs it on a timer because its
+    /// connections do not checkpoint on commit. Nothing to do on PostgreSQL.
+    ///
+    /// A PASSIVE checkpoint alone is not enough under load: the log restarts only when a
+    /// write begins after a checkpoint that copied everything, and with writes arriving every
+    /// few hundred microseconds and some reader always inside the log that never happened, so
+    /// the -wal file grew by every write (800 MB in ten seconds of authorization-code flows).
+    /// So the bulk is copied first beside the writers; then, with our own writers held at the
+    /// process's writer gate, the rest is copied and a RESTART checkpoint waits for the
+    /// readers of older snapshots to leave, after which the next writer restarts the log.
+    /// SQLite's busy handler is off for that wait and the wait is bounded, because readers
+    /// that keep arriving could otherwise starve it while our writers wait at the gate. The
+    /// bound starts at a few milliseconds, enough for the server's own readers, and doubles
+    /// with every tick in a row that missed the restart: on a loaded machine a reader can be
+    /// descheduled inside its transaction for longer than that, and a fixed bound then missed
+    /// tick after tick while the log grew.
+    pub fn run(&self, conn: &mut DbConnection) -> StorageResult<()> {
         let DbConnection::Sqlite(sqlite) = conn else {
             return Ok(());
         };
-        sqlite.batch_execute("PRAGMA busy_timeout = 0")?;
-        let restarted = restart_log(sqlite);
-        let restored =
-            sqlite.batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"));
-        restarted.and(restored.map_err(StorageError::from))
-    })
+        sqlite.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")?;
+        let patience = restart_patience(self.missed_restarts.load(Ordering::Relaxed));
+        // Under the gate `write` may hand over another connection (the dedicated writer), so
+        // the busy handler is switched off on whichever connection runs the RESTART.
+        let restarted = super::write(conn, |conn| {
+            let DbConnection::Sqlite(sqlite) = conn else {
+                return Ok(true);
+            };
+            sqlite.batch_execute("PRAGMA busy_timeout = 0")?;
+            let restarted = restart_log(sqlite, patience);
+            let restored =
+                sqlite.batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"));
+            restored?;
+            restarted
+        })?;
+        if restarted {
+            self.missed_restarts.store(0, Ordering::Relaxed);
+        } else {
+            let missed = self.missed_restarts.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(
+                missed,
+                waited_ms = patience.as_millis() as u64,
+                "readers kept the WAL from restarting; the next checkpoint waits longer"
+            );
+        }
+        Ok(())
+    }
 }
 
-/// Retries a RESTART checkpoint until it finishes or `RESTART_WAIT` has passed.
-fn restart_log(sqlite: &mut SqliteConnection) -> StorageResult<()> {
-    let deadline = std::time::Instant::now() + RESTART_WAIT;
+/// Retries a RESTART checkpoint until it finishes or `patience` has passed; true when it
+/// finished.
+fn restart_log(sqlite: &mut SqliteConnection, patience: Duration) -> StorageResult<bool> {
+    let deadline = std::time::Instant::now() + patience;
     loop {
         let outcome: CheckpointOutcome =
             diesel::sql_query("PRAGMA wal_checkpoint(RESTART)").get_result(sqlite)?;
-        if outcome.busy == 0 || std::time::Instant::now() >= deadline {
-            return Ok(());
+        if outcome.busy == 0 {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
         }
         std::thread::sleep(Duration::from_micros(100));
     }
 }
 
-/// How long the writers may be held while a checkpoint waits for readers to leave the log;
-/// past it, the log restarts at a later tick.
+/// How long the writers may be held while a checkpoint waits for readers to leave the log,
+/// after `missed` ticks in a row that could not restart it.
+fn restart_patience(missed: u32) -> Duration {
+    RESTART_WAIT * (1 << missed.min(RESTART_WAIT_DOUBLINGS))
+}
+
+/// The first wait for readers to leave the log; past it, the log restarts at a later tick.
 const RESTART_WAIT: Duration = Duration::from_millis(5);
+
+/// How often the wait doubles at most (to 80 ms), so that a reader that never leaves (an
+/// open transaction in a `sqlite3` shell) holds the writers for a bounded time per tick.
+const RESTART_WAIT_DOUBLINGS: u32 = 4;
 
 #[derive(diesel::QueryableByName)]
 struct CheckpointOutcome {
@@ -279,4 +320,16 @@ pub fn open_pool(url: &str, max_size: u32) -> StorageResult<Pool> {
         connections: pool,
         writer,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restart_wait_doubles_with_each_missed_tick_up_to_a_bound() {
+        let waits: Vec<u128> = (0..8).map(|m| restart_patience(m).as_millis()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 80, 80, 80]);
+        assert_eq!(restart_patience(u32::MAX), Duration::from_millis(80));
+    }
 }

@@ -22,7 +22,7 @@ pub mod tokens;
 pub mod users;
 
 pub use connection::{
-    checkpoint, open_pool, Backend, ConnectionManager, DbConnection, Pool, PooledConnection,
+    open_pool, Backend, Checkpoints, ConnectionManager, DbConnection, Pool, PooledConnection,
 };
 
 use connection::DedicatedWriter;
