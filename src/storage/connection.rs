@@ -203,9 +203,9 @@ impl Checkpoints {
     /// SQLite's busy handler is off for that wait and the wait is bounded, because readers
     /// that keep arriving could otherwise starve it while our writers wait at the gate. The
     /// bound starts at a few milliseconds, enough for the server's own readers, and doubles
-    /// with every tick in a row that missed the restart: on a loaded machine a reader can be
-    /// descheduled inside its transaction for longer than that, and a fixed bound then missed
-    /// tick after tick while the log grew.
+    /// with every tick in a row that missed the restart (see `restart_patience`): on a loaded
+    /// machine a reader can be descheduled inside its transaction for longer than that, and a
+    /// fixed bound then missed tick after tick while the log grew.
     pub fn run(&self, conn: &mut DbConnection) -> StorageResult<()> {
         let DbConnection::Sqlite(sqlite) = conn else {
             return Ok(());
@@ -227,13 +227,19 @@ impl Checkpoints {
         })?;
         if restarted {
             self.missed_restarts.store(0, Ordering::Relaxed);
-        } else {
-            let missed = self.missed_restarts.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::debug!(
+            return Ok(());
+        }
+        let missed = self.missed_restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        let waited_ms = patience.as_millis() as u64;
+        if patience == restart_patience(RESTART_WAIT_DOUBLINGS) {
+            tracing::warn!(
                 missed,
-                waited_ms = patience.as_millis() as u64,
-                "readers kept the WAL from restarting; the next checkpoint waits longer"
+                waited_ms,
+                "a reader stayed inside the SQLite write-ahead log for the longest wait; \
+                 the log grows until it leaves (an open transaction in another process?)"
             );
+        } else {
+            tracing::debug!(missed, waited_ms, "readers kept the WAL from restarting");
         }
         Ok(())
     }
@@ -257,16 +263,18 @@ fn restart_log(sqlite: &mut SqliteConnection, patience: Duration) -> StorageResu
 }
 
 /// How long the writers may be held while a checkpoint waits for readers to leave the log,
-/// after `missed` ticks in a row that could not restart it.
+/// after `missed` ticks in a row that could not restart it. Past the longest wait it starts
+/// again from the shortest, so that a reader that never leaves holds the writers for the
+/// longest wait only at every fifth tick, not at every one.
 fn restart_patience(missed: u32) -> Duration {
-    RESTART_WAIT * (1 << missed.min(RESTART_WAIT_DOUBLINGS))
+    RESTART_WAIT * (1 << (missed % (RESTART_WAIT_DOUBLINGS + 1)))
 }
 
 /// The first wait for readers to leave the log; past it, the log restarts at a later tick.
 const RESTART_WAIT: Duration = Duration::from_millis(5);
 
-/// How often the wait doubles at most (to 80 ms), so that a reader that never leaves (an
-/// open transaction in a `sqlite3` shell) holds the writers for a bounded time per tick.
+/// How often the wait doubles at most (to 80 ms): a reader that never leaves (an open
+/// transaction in a `sqlite3` shell) holds the writers for a bounded time per tick.
 const RESTART_WAIT_DOUBLINGS: u32 = 4;
 
 #[derive(diesel::QueryableByName)]
@@ -327,9 +335,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_restart_wait_doubles_with_each_missed_tick_up_to_a_bound() {
-        let waits: Vec<u128> = (0..8).map(|m| restart_patience(m).as_millis()).collect();
-        assert_eq!(waits, [5, 10, 20, 40, 80, 80, 80, 80]);
-        assert_eq!(restart_patience(u32::MAX), Duration::from_millis(80));
+    fn the_restart_wait_doubles_with_each_missed_tick_then_starts_again() {
+        let waits: Vec<u128> = (0..12).map(|m| restart_patience(m).as_millis()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 5, 10, 20, 40, 80, 5, 10]);
+        assert!(restart_patience(u32::MAX) <= Duration::from_millis(80));
     }
 }
