@@ -121,6 +121,7 @@ fn main() {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     if !options.sqlite_only {
         if server::postgres_reachable(&admin_url) {
+            server::drop_orphaned_databases(&admin_url);
             backends.push(Backend::Postgres { admin_url });
         } else {
             eprintln!("PostgreSQL is not reachable at {admin_url}: measuring SQLite only");

@@ -143,6 +143,46 @@ impl Drop for Workspace {
     }
 }
 
+/// Drops what earlier runs killed mid-way left behind: the `gatehouse_bench_<pid>` databases
+/// whose process is gone and that nobody is connected to. Only where `/proc` says which
+/// processes live; a database in use is left alone even so (without FORCE, DROP fails on it).
+pub fn drop_orphaned_databases(admin_url: &str) {
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Database {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(mut conn) = diesel::PgConnection::establish(admin_url) else {
+        return;
+    };
+    let unused: Vec<Database> = diesel::sql_query(
+        "SELECT datname FROM pg_database d WHERE datname LIKE 'gatehouse\\_bench\\_%' \
+         AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datid = d.oid)",
+    )
+    .load(&mut conn)
+    .unwrap_or_default();
+    for Database { datname } in unused {
+        let Some(pid) = datname
+            .strip_prefix("gatehouse_bench_")
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive
+            && diesel::sql_query(format!("DROP DATABASE IF EXISTS {datname}"))
+                .execute(&mut conn)
+                .is_ok()
+        {
+            eprintln!("dropped {datname}, left by a run that was killed");
+        }
+    }
+}
+
 fn postgres_admin(admin_url: &str, sql: &str) -> Result<(), String> {
     use diesel::{Connection, RunQueryDsl};
     let mut conn = diesel::PgConnection::establish(admin_url).map_err(|e| e.to_string())?;
