@@ -12,6 +12,11 @@ pub const USER: &str = "bench";
 pub const PASSWORD: &str = "bench password 0123";
 pub const SECRET: &str = "bench-client-secret-0123456789";
 const SYSTEM_SECRET: &str = "bench-system-secret-0123456789abcdef0123456789";
+/// A run's database is this and its process id.
+const BENCH_DATABASE_PREFIX: &str = "gatehouse_bench_";
+
+#[path = "../../tests/shared/orphaned_databases.rs"]
+mod orphaned_databases;
 
 #[derive(Clone, Debug)]
 pub enum Backend {
@@ -46,7 +51,7 @@ impl Workspace {
                 None,
             ),
             Backend::Postgres { admin_url } => {
-                let name = format!("gatehouse_bench_{}", std::process::id());
+                let name = format!("{BENCH_DATABASE_PREFIX}{}", std::process::id());
                 postgres_admin(
                     admin_url,
                     &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
@@ -143,43 +148,14 @@ impl Drop for Workspace {
     }
 }
 
-/// Drops what earlier runs killed mid-way left behind: the `gatehouse_bench_<pid>` databases
-/// whose process is gone and that nobody is connected to. Only where `/proc` says which
-/// processes live; a database in use is left alone even so (without FORCE, DROP fails on it).
+/// Drops the databases of earlier runs that were killed before they could drop their own.
 pub fn drop_orphaned_databases(admin_url: &str) {
-    use diesel::{Connection, RunQueryDsl};
-    #[derive(diesel::QueryableByName)]
-    struct Database {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        datname: String,
-    }
-    if !std::path::Path::new("/proc/self").exists() {
-        return;
-    }
+    use diesel::Connection;
     let Ok(mut conn) = diesel::PgConnection::establish(admin_url) else {
         return;
     };
-    let unused: Vec<Database> = diesel::sql_query(
-        "SELECT datname FROM pg_database d WHERE datname LIKE 'gatehouse\\_bench\\_%' \
-         AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datid = d.oid)",
-    )
-    .load(&mut conn)
-    .unwrap_or_default();
-    for Database { datname } in unused {
-        let Some(pid) = datname
-            .strip_prefix("gatehouse_bench_")
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if !alive
-            && diesel::sql_query(format!("DROP DATABASE IF EXISTS {datname}"))
-                .execute(&mut conn)
-                .is_ok()
-        {
-            eprintln!("dropped {datname}, left by a run that was killed");
-        }
+    for name in orphaned_databases::drop_orphaned_databases(&mut conn, BENCH_DATABASE_PREFIX) {
+        eprintln!("dropped {name}, left by a run that was killed");
     }
 }
 

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
 
+#[path = "../../shared/orphaned_databases.rs"]
+mod orphaned_databases;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 pub const SYSTEM_SECRET: &str = "test-system-secret-0123456789abcdef0123456789";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,6 +51,10 @@ pub fn postgres_admin_url() -> String {
     std::env::var("GATEHOUSE_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
+
+/// A test database is this, the test process's id and a UUID: a run stopped before its
+/// tests dropped their databases (Ctrl-C) leaves them to the next run to drop.
+const TEST_DATABASE_PREFIX: &str = "gatehouse_test_";
 
 /// CI sets this so that a missing PostgreSQL fails the run instead of skipping.
 pub fn postgres_required() -> bool {
@@ -117,7 +124,15 @@ impl TestDb {
                     }
                     Err(e) => panic!("PostgreSQL is required (GATEHOUSE_REQUIRE_POSTGRES) but {admin_url} is unreachable: {e}"),
                 };
-                let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
+                static SWEEP: std::sync::Once = std::sync::Once::new();
+                SWEEP.call_once(|| {
+                    orphaned_databases::drop_orphaned_databases(&mut admin, TEST_DATABASE_PREFIX);
+                });
+                let name = format!(
+                    "{TEST_DATABASE_PREFIX}{}_{}",
+                    std::process::id(),
+                    uuid::Uuid::new_v4().simple()
+                );
                 diesel::sql_query(format!("CREATE DATABASE {name}"))
                     .execute(&mut admin)
                     .expect("create the test database");
