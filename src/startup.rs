@@ -197,7 +197,8 @@ fn spawn_refresh(state: AppState) {
 
 /// Often enough that the log, which each tick restarts, stays small: about 30 MB at 1,500
 /// authorization-code flows/s (some 18 pages written per flow), so that lookups through the
-/// WAL index stay cheap and each checkpoint holds the writers for a few milliseconds at most.
+/// WAL index stay cheap and each checkpoint holds the writers for a few milliseconds (longer
+/// only after ticks that could not restart the log: see `storage::Checkpoints`).
 const CHECKPOINT_PERIOD: Duration = Duration::from_millis(250);
 
 /// SQLite: checkpoints the WAL off the request path (the pool's connections do not).

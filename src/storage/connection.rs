@@ -1,4 +1,3 @@
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +45,7 @@ impl Backend {
 pub struct ConnectionManager {
     backend: Backend,
     target: String,
-    /// SQLite only: the server checkpoints the WAL on a timer (see `checkpoint`) instead of
+    /// SQLite only: the server checkpoints the WAL on a timer (see `Checkpoints`) instead of
     /// letting whichever request commits past 1000 pages do it while other writers wait.
     background_checkpoints: bool,
 }
@@ -180,18 +179,17 @@ impl ConnectionManager {
     }
 }
 
-/// The server's timed checkpoint of the SQLite write-ahead log (`run`). It remembers how
-/// many ticks in a row could not restart the log, because each of them lets the log grow by
-/// a tick's writes, and waits longer for readers the more there were.
+/// The server's timed checkpoint of the SQLite write-ahead log (`run`), with how long it
+/// waits for readers at the next tick (`Patience`).
 #[derive(Debug, Default)]
 pub struct Checkpoints {
-    missed_restarts: AtomicU32,
+    patience: std::sync::Mutex<Patience>,
 }
 
 impl Checkpoints {
     /// Copies the write-ahead log into the database file and makes sure the next write starts
-    /// the log again from its beginning. The server runs it on a timer because its
-    /// connections do not checkpoint on commit. Nothing to do on PostgreSQL.
+    /// the log again from its beginning; true when it did. The server runs it on a timer
+    /// because its connections do not checkpoint on commit. Nothing to do on PostgreSQL.
     ///
     /// A PASSIVE checkpoint alone is not enough under load: the log restarts only when a
     /// write begins after a checkpoint that copied everything, and with writes arriving every
@@ -199,19 +197,18 @@ impl Checkpoints {
     /// the -wal file grew by every write (800 MB in ten seconds of authorization-code flows).
     /// So the bulk is copied first beside the writers; then, with our own writers held at the
     /// process's writer gate, the rest is copied and a RESTART checkpoint waits for the
-    /// readers of older snapshots to leave, after which the next writer restarts the log.
-    /// SQLite's busy handler is off for that wait and the wait is bounded, because readers
-    /// that keep arriving could otherwise starve it while our writers wait at the gate. The
-    /// bound starts at a few milliseconds, enough for the server's own readers, and doubles
-    /// with every tick in a row that missed the restart (see `restart_patience`): on a loaded
-    /// machine a reader can be descheduled inside its transaction for longer than that, and a
-    /// fixed bound then missed tick after tick while the log grew.
-    pub fn run(&self, conn: &mut DbConnection) -> StorageResult<()> {
+    /// readers inside the log to leave (readers that begin once it is all copied read the
+    /// database file and do not hold it up), after which the next writer restarts the log.
+    /// The wait is ours, bounded by `Patience`, with SQLite's busy handler off: the handler
+    /// would hold our writers at the gate for up to its whole timeout (5 s) behind a reader
+    /// that does not leave.
+    pub fn run(&self, conn: &mut DbConnection) -> StorageResult<bool> {
         let DbConnection::Sqlite(sqlite) = conn else {
-            return Ok(());
+            return Ok(true);
         };
         sqlite.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")?;
-        let patience = restart_patience(self.missed_restarts.load(Ordering::Relaxed));
+        let mut patience = self.patience.lock().unwrap_or_else(|p| p.into_inner());
+        let wait = patience.wait();
         // Under the gate `write` may hand over another connection (the dedicated writer), so
         // the busy handler is switched off on whichever connection runs the RESTART.
         let restarted = super::write(conn, |conn| {
@@ -219,42 +216,45 @@ impl Checkpoints {
                 return Ok(true);
             };
             sqlite.batch_execute("PRAGMA busy_timeout = 0")?;
-            let restarted = restart_log(sqlite, patience);
+            let restarted = restart_log(sqlite, wait);
             let restored =
                 sqlite.batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"));
+            let restarted = restarted?;
             restored?;
-            restarted
+            Ok(restarted)
         })?;
-        if restarted {
-            self.missed_restarts.store(0, Ordering::Relaxed);
-            return Ok(());
-        }
-        let missed = self.missed_restarts.fetch_add(1, Ordering::Relaxed) + 1;
-        let waited_ms = patience.as_millis() as u64;
-        if patience == restart_patience(RESTART_WAIT_DOUBLINGS) {
+        let before = *patience;
+        *patience = before.after(restarted);
+        let wait_ms = wait.as_millis() as u64;
+        if !before.is_resting() && patience.is_resting() && !before.stuck {
             tracing::warn!(
-                missed,
-                waited_ms,
-                "a reader stayed inside the SQLite write-ahead log for the longest wait; \
-                 the log grows until it leaves (an open transaction in another process?)"
+                wait_ms,
+                "the SQLite write-ahead log cannot restart: something stays inside it (an open \
+                 transaction in another process?) and it grows until that ends"
             );
-        } else {
-            tracing::debug!(missed, waited_ms, "readers kept the WAL from restarting");
+        } else if before.stuck && !patience.stuck {
+            tracing::info!("the SQLite write-ahead log restarts again");
+        } else if !restarted {
+            tracing::debug!(
+                wait_ms,
+                "readers kept the SQLite write-ahead log from restarting"
+            );
         }
-        Ok(())
+        Ok(restarted)
     }
 }
 
-/// Retries a RESTART checkpoint until it finishes or `patience` has passed; true when it
-/// finished.
-fn restart_log(sqlite: &mut SqliteConnection, patience: Duration) -> StorageResult<bool> {
-    let deadline = std::time::Instant::now() + patience;
+/// Retries a RESTART checkpoint until it finishes or, after the first try (which copies what
+/// is left of the log), `wait` has passed; true when it finished.
+fn restart_log(sqlite: &mut SqliteConnection, wait: Duration) -> StorageResult<bool> {
+    let mut deadline = None;
     loop {
         let outcome: CheckpointOutcome =
             diesel::sql_query("PRAGMA wal_checkpoint(RESTART)").get_result(sqlite)?;
         if outcome.busy == 0 {
             return Ok(true);
         }
+        let deadline = *deadline.get_or_insert_with(|| std::time::Instant::now() + wait);
         if std::time::Instant::now() >= deadline {
             return Ok(false);
         }
@@ -262,20 +262,70 @@ fn restart_log(sqlite: &mut SqliteConnection, patience: Duration) -> StorageResu
     }
 }
 
-/// How long the writers may be held while a checkpoint waits for readers to leave the log,
-/// after `missed` ticks in a row that could not restart it. Past the longest wait it starts
-/// again from the shortest, so that a reader that never leaves holds the writers for the
-/// longest wait only at every fifth tick, not at every one.
-fn restart_patience(missed: u32) -> Duration {
-    RESTART_WAIT * (1 << (missed % (RESTART_WAIT_DOUBLINGS + 1)))
+/// How long a checkpoint holds the writers while it waits for readers to leave the log.
+///
+/// The wait starts at 5 ms, enough for the server's own readers on an idle machine, doubles
+/// with every miss up to 80 ms, and steps down by one after each restart: on a loaded
+/// machine a reader descheduled inside its transaction outlasts 5 ms, and a fixed 5 ms then
+/// missed tick after tick while the log grew (52 MB in a CI run of the storage test). A
+/// longer wait costs nothing when readers leave sooner. A miss at 80 ms means something
+/// stays inside the log, and waiting cannot help: the checkpoint then rests, waiting 5 ms
+/// for `RESTING_TICKS` ticks before it tries 80 ms again, so that the writers are held about
+/// 5% of the time instead of a third.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Patience {
+    /// The wait is `RESTART_WAIT` doubled this many times (at most `LONGEST`).
+    level: u32,
+    /// Ticks left to rest after a miss at the longest wait.
+    resting: u32,
+    /// No restart since a miss at the longest wait.
+    stuck: bool,
 }
 
-/// The first wait for readers to leave the log; past it, the log restarts at a later tick.
-const RESTART_WAIT: Duration = Duration::from_millis(5);
+impl Patience {
+    const LONGEST: u32 = 4;
+    const RESTING_TICKS: u32 = 8;
 
-/// How often the wait doubles at most (to 80 ms): a reader that never leaves (an open
-/// transaction in a `sqlite3` shell) holds the writers for a bounded time per tick.
-const RESTART_WAIT_DOUBLINGS: u32 = 4;
+    fn wait(&self) -> Duration {
+        let level = if self.is_resting() { 0 } else { self.level };
+        RESTART_WAIT * (1 << level.min(Self::LONGEST))
+    }
+
+    fn is_resting(&self) -> bool {
+        self.resting > 0
+    }
+
+    /// The patience for the next tick, after this one `restarted` the log or not.
+    fn after(self, restarted: bool) -> Patience {
+        if restarted {
+            return Patience {
+                level: self.level.saturating_sub(1),
+                resting: 0,
+                stuck: false,
+            };
+        }
+        if self.is_resting() {
+            return Patience {
+                resting: self.resting - 1,
+                ..self
+            };
+        }
+        if self.level < Self::LONGEST {
+            return Patience {
+                level: self.level + 1,
+                ..self
+            };
+        }
+        Patience {
+            resting: Self::RESTING_TICKS,
+            stuck: true,
+            ..self
+        }
+    }
+}
+
+/// The first wait for readers to leave the log (see `Patience`).
+const RESTART_WAIT: Duration = Duration::from_millis(5);
 
 #[derive(diesel::QueryableByName)]
 struct CheckpointOutcome {
@@ -334,10 +384,36 @@ pub fn open_pool(url: &str, max_size: u32) -> StorageResult<Pool> {
 mod tests {
     use super::*;
 
+    /// The waits of successive ticks that each restart the log or not.
+    fn waits(outcomes: &[bool]) -> Vec<u128> {
+        let mut patience = Patience::default();
+        let mut waits = vec![];
+        for &restarted in outcomes {
+            waits.push(patience.wait().as_millis());
+            patience = patience.after(restarted);
+        }
+        waits
+    }
+
     #[test]
-    fn the_restart_wait_doubles_with_each_missed_tick_then_starts_again() {
-        let waits: Vec<u128> = (0..12).map(|m| restart_patience(m).as_millis()).collect();
-        assert_eq!(waits, [5, 10, 20, 40, 80, 5, 10, 20, 40, 80, 5, 10]);
-        assert!(restart_patience(u32::MAX) <= Duration::from_millis(80));
+    fn the_wait_doubles_with_each_miss_and_steps_down_with_each_restart() {
+        let (miss, hit) = (false, true);
+        assert_eq!(
+            waits(&[hit, miss, miss, hit, hit, hit, miss, miss, miss, hit]),
+            [5, 5, 10, 20, 10, 5, 5, 10, 20, 40]
+        );
+    }
+
+    #[test]
+    fn after_a_miss_at_the_longest_wait_the_checkpoint_rests_before_it_tries_again() {
+        let mut outcomes = vec![false; 5 + 8 + 1];
+        outcomes.push(true);
+        outcomes.push(true);
+        let expected: Vec<u128> = [5, 10, 20, 40, 80]
+            .into_iter()
+            .chain([5; 8])
+            .chain([80, 5, 40])
+            .collect();
+        assert_eq!(waits(&outcomes), expected);
     }
 }

@@ -441,8 +441,8 @@ fn sqlite_writes_reach_the_database_file_itself() {
 /// authorization-code flows; here about 110 MB), and each write into fresh file space cost
 /// the kernel a zeroed page. Recycled, it stays near what a few ticks write (7-35 MB here).
 /// The readers' transactions take milliseconds, and longer when the machine is busy, so
-/// this also fails if the checkpoint's wait for them stays at its first few milliseconds
-/// (52-78 MB when the test binary ran beside other load).
+/// under load this can also fail if the checkpoint's wait for them stays at its first few
+/// milliseconds (52-78 MB when the test binary ran beside eight busy loops).
 #[test]
 fn sqlite_write_ahead_log_is_recycled_while_readers_overlap() {
     use gatehouse::storage::audit::{insert_all, AuditRow};
@@ -509,6 +509,89 @@ fn sqlite_write_ahead_log_is_recycled_while_readers_overlap() {
         wal < 40 << 20,
         "the -wal file is {wal} bytes after {WRITES} writes: it is not being recycled"
     );
+}
+
+/// A checkpoint cannot restart the log while a reader stays inside it, gives up within its
+/// wait, and leaves the writer's busy timeout as it found it; once the reader leaves, the
+/// next checkpoint restarts the log, and the next write starts it from its beginning.
+#[test]
+fn a_checkpoint_restarts_the_log_once_its_readers_leave() {
+    use diesel::connection::SimpleConnection;
+    use gatehouse::storage::audit::{insert_all, AuditRow};
+    #[derive(diesel::QueryableByName)]
+    struct Log {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        log: i32,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Timeout {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        timeout: i32,
+    }
+    let db = TestDb::create(Backend::Sqlite).unwrap();
+    let pool = gatehouse::storage::open_pool(&db.url, 4).unwrap();
+    gatehouse::storage::run_migrations(&mut pool.get().unwrap()).unwrap();
+    let _writes = gatehouse::storage::writes_through(&pool);
+    let mut conn = pool.get().unwrap();
+    let write = |conn: &mut gatehouse::storage::DbConnection, i: usize| {
+        let row = AuditRow {
+            id: format!("{i:06}"),
+            occurred_at: i as i64,
+            event: "token_issued".into(),
+            outcome: "success".into(),
+            user_id: None,
+            client_id: None,
+            ip: None,
+            detail: Some("x".repeat(500)),
+        };
+        insert_all(conn, &[row]).unwrap();
+    };
+    // Frames in the log, as a PASSIVE checkpoint (which never waits) reports them.
+    let frames = |conn: &mut gatehouse::storage::DbConnection| {
+        diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)")
+            .get_result::<Log>(conn)
+            .unwrap()
+            .log
+    };
+    let writers_busy_timeout = |conn: &mut gatehouse::storage::DbConnection| {
+        gatehouse::storage::write(conn, |c| {
+            Ok(diesel::sql_query("PRAGMA busy_timeout").get_result::<Timeout>(c)?)
+        })
+        .unwrap()
+        .timeout
+    };
+    for i in 0..200 {
+        write(&mut conn, i);
+    }
+    let timeout = writers_busy_timeout(&mut conn);
+    assert!(timeout > 0, "the writer waits for locks ({timeout})");
+
+    let mut reader = pool.get().unwrap();
+    let gatehouse::storage::DbConnection::Sqlite(sqlite_reader) = &mut *reader else {
+        unreachable!("a SQLite pool")
+    };
+    sqlite_reader
+        .batch_execute("BEGIN; SELECT count(*) FROM audit_events;")
+        .unwrap();
+    write(&mut conn, 200);
+    let checkpoints = gatehouse::storage::Checkpoints::default();
+    assert!(
+        !checkpoints.run(&mut conn).unwrap(),
+        "the log restarted under a reader"
+    );
+    assert_eq!(writers_busy_timeout(&mut conn), timeout);
+    write(&mut conn, 201);
+    assert!(frames(&mut conn) > 200, "the log restarted under a reader");
+
+    sqlite_reader.batch_execute("COMMIT").unwrap();
+    assert!(
+        checkpoints.run(&mut conn).unwrap(),
+        "the log did not restart with no reader inside"
+    );
+    assert_eq!(writers_busy_timeout(&mut conn), timeout);
+    write(&mut conn, 202);
+    let after = frames(&mut conn);
+    assert!(after < 20, "the log did not start again: {after} frames");
 }
 
 on_both_backends!(audit_rows_go_in_many_at_a_time);
