@@ -435,6 +435,21 @@ fn sqlite_writes_reach_the_database_file_itself() {
     );
 }
 
+/// The `i`th of the audit rows the write-ahead log tests fill the log with (each over 500
+/// bytes, so that every write adds pages).
+fn wal_filler(i: usize) -> gatehouse::storage::audit::AuditRow {
+    gatehouse::storage::audit::AuditRow {
+        id: format!("{i:06}"),
+        occurred_at: 1_700_000_000 + i as i64,
+        event: "token_issued".into(),
+        outcome: "success".into(),
+        user_id: None,
+        client_id: None,
+        ip: None,
+        detail: Some("x".repeat(500)),
+    }
+}
+
 /// Under constant reading and writing, the timed checkpoint must recycle the write-ahead
 /// log, not only copy it back: checkpoints that could never finish while some reader was
 /// inside the log let the -wal file grow by every write (800 MB in ten seconds of
@@ -445,22 +460,12 @@ fn sqlite_writes_reach_the_database_file_itself() {
 /// milliseconds (52-78 MB when the test binary ran beside eight busy loops).
 #[test]
 fn sqlite_write_ahead_log_is_recycled_while_readers_overlap() {
-    use gatehouse::storage::audit::{insert_all, AuditRow};
+    use gatehouse::storage::audit::insert_all;
     use std::sync::atomic::{AtomicBool, Ordering};
     const WRITES: usize = 8000;
     let db = TestDb::create(Backend::Sqlite).unwrap();
     let pool = gatehouse::storage::open_pool(&db.url, 4).unwrap();
     gatehouse::storage::run_migrations(&mut pool.get().unwrap()).unwrap();
-    let row = |i: usize| AuditRow {
-        id: format!("{i:06}"),
-        occurred_at: 1_700_000_000 + i as i64,
-        event: "token_issued".into(),
-        outcome: "success".into(),
-        user_id: None,
-        client_id: None,
-        ip: None,
-        detail: Some("x".repeat(500)),
-    };
     let writing = AtomicBool::new(true);
     std::thread::scope(|scope| {
         // Two readers whose transactions overlap, so that some reader is always inside the log.
@@ -500,7 +505,7 @@ fn sqlite_write_ahead_log_is_recycled_while_readers_overlap() {
         let mut conn = pool.get().unwrap();
         let _writes = gatehouse::storage::writes_through(&pool);
         for i in 0..WRITES {
-            insert_all(&mut conn, &[row(i)]).unwrap();
+            insert_all(&mut conn, &[wal_filler(i)]).unwrap();
         }
     });
     let path = db.url.strip_prefix("sqlite://").unwrap();
@@ -517,7 +522,7 @@ fn sqlite_write_ahead_log_is_recycled_while_readers_overlap() {
 #[test]
 fn a_checkpoint_restarts_the_log_once_its_readers_leave() {
     use diesel::connection::SimpleConnection;
-    use gatehouse::storage::audit::{insert_all, AuditRow};
+    use gatehouse::storage::audit::insert_all;
     #[derive(diesel::QueryableByName)]
     struct Log {
         #[diesel(sql_type = diesel::sql_types::Integer)]
@@ -534,17 +539,7 @@ fn a_checkpoint_restarts_the_log_once_its_readers_leave() {
     let _writes = gatehouse::storage::writes_through(&pool);
     let mut conn = pool.get().unwrap();
     let write = |conn: &mut gatehouse::storage::DbConnection, i: usize| {
-        let row = AuditRow {
-            id: format!("{i:06}"),
-            occurred_at: i as i64,
-            event: "token_issued".into(),
-            outcome: "success".into(),
-            user_id: None,
-            client_id: None,
-            ip: None,
-            detail: Some("x".repeat(500)),
-        };
-        insert_all(conn, &[row]).unwrap();
+        insert_all(conn, &[wal_filler(i)]).unwrap();
     };
     // Frames in the log, as a PASSIVE checkpoint (which never waits) reports them.
     let frames = |conn: &mut gatehouse::storage::DbConnection| {
