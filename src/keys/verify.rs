@@ -73,8 +73,8 @@ impl TokenVerifier {
         let (_, payload) = signed.rsplit_once('.')?;
         let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
         let claims: VerifiedClaims = serde_json::from_slice(&payload).ok()?;
-        let now = jsonwebtoken::get_current_timestamp();
-        let expired = u64::try_from(claims.exp).map_or(true, |exp| exp < now);
+        // The clock the tokens' `exp` was set by; a token is live through its `exp` second.
+        let expired = claims.exp < crate::storage::now_unix();
         (claims.iss == issuer && !expired).then_some(claims)
     }
 }
@@ -159,7 +159,7 @@ mod tests {
     }
 
     fn now() -> i64 {
-        jsonwebtoken::get_current_timestamp() as i64
+        crate::storage::now_unix()
     }
 
     /// How tokens were verified before keys were parsed once: jsonwebtoken's `decode`.

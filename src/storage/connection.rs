@@ -226,19 +226,18 @@ impl Checkpoints {
         let before = *patience;
         *patience = before.after(restarted);
         let wait_ms = wait.as_millis() as u64;
-        if !before.is_resting() && patience.is_resting() && !before.stuck {
-            tracing::warn!(
+        match (before.stuck, patience.stuck) {
+            (false, true) => tracing::warn!(
                 wait_ms,
                 "the SQLite write-ahead log cannot restart: something stays inside it (an open \
                  transaction in another process?) and it grows until that ends"
-            );
-        } else if before.stuck && !patience.stuck {
-            tracing::info!("the SQLite write-ahead log restarts again");
-        } else if !restarted {
-            tracing::debug!(
+            ),
+            (true, false) => tracing::info!("the SQLite write-ahead log restarts again"),
+            _ if !restarted => tracing::debug!(
                 wait_ms,
                 "readers kept the SQLite write-ahead log from restarting"
-            );
+            ),
+            _ => {}
         }
         Ok(restarted)
     }

@@ -35,9 +35,12 @@ pub fn drop_orphaned_databases(conn: &mut PgConnection, prefix: &str) -> Vec<Str
         };
         let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
         if !alive
-            && diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{datname}\""))
-                .execute(conn)
-                .is_ok()
+            && diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS \"{}\"",
+                datname.replace('"', "\"\"")
+            ))
+            .execute(conn)
+            .is_ok()
         {
             dropped.push(datname);
         }
