@@ -73,6 +73,7 @@ pub struct Metrics {
     protocol_errors: Family<ErrorLabels, Counter>,
     refresh_reuse: Counter,
     code_replay: Counter,
+    introspection_from_memory: Counter,
     pool_in_use: Gauge,
     pool_idle: Gauge,
     pool_waiting: Gauge,
@@ -102,6 +103,7 @@ impl Metrics {
             protocol_errors: Family::default(),
             refresh_reuse: Counter::default(),
             code_replay: Counter::default(),
+            introspection_from_memory: Counter::default(),
             pool_in_use: Gauge::default(),
             pool_idle: Gauge::default(),
             pool_waiting: Gauge::default(),
@@ -138,6 +140,11 @@ impl Metrics {
             "authorization_code_replay",
             "Authorization codes presented again (each revoked its tokens)",
             metrics.code_replay.clone(),
+        );
+        metrics.registry.register(
+            "introspections_from_memory",
+            "Introspections of an access token answered from the introspection cache",
+            metrics.introspection_from_memory.clone(),
         );
         metrics.registry.register(
             "db_pool_connections_in_use",
@@ -203,6 +210,10 @@ impl Metrics {
 
     pub fn refresh_reuse_detected(&self) {
         self.refresh_reuse.inc();
+    }
+
+    pub fn introspection_answered_from_memory(&self) {
+        self.introspection_from_memory.inc();
     }
 
     pub fn code_replay_detected(&self) {

@@ -97,6 +97,7 @@ impl Application {
         let route_settings = http::RouteSettings::new(&settings);
         let client_rate = ClientRateLimiter::new(&settings);
         let revocations = http::RevocationLookups::new(prepared.pool.clone());
+        let introspections = http::IntrospectionCache::new(settings.tokens.introspection_cache);
         let state = AppState {
             metadata: http::build_metadata(&settings),
             settings: Arc::new(settings),
@@ -107,6 +108,7 @@ impl Application {
             secret_cache: Arc::new(SecretCache::new()),
             client_rate: Arc::new(client_rate),
             revocations,
+            introspections: Arc::new(introspections),
         };
         crate::audit::start_writer(state.pool.clone());
         spawn_refresh(state.clone());

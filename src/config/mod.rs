@@ -107,6 +107,9 @@ pub struct TokenSettings {
     pub refresh_idle_ttl: Duration,
     pub refresh_absolute_ttl: Duration,
     pub code_ttl: Duration,
+    /// How long introspection may answer for an access token it found active from memory;
+    /// zero: never (see `http::IntrospectionCache`).
+    pub introspection_cache: Duration,
     pub audience: Vec<String>,
 }
 

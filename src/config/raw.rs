@@ -74,6 +74,7 @@ pub struct RawTokens {
     pub refresh_idle_ttl: String,
     pub refresh_absolute_ttl: String,
     pub code_ttl: String,
+    pub introspection_cache: String,
     #[serde(default)]
     pub audience: Vec<String>,
 }

@@ -31,24 +31,31 @@ impl Problems {
     }
 
     fn duration(&mut self, key: &str, value: &str) -> Duration {
-        match humantime::parse_duration(value) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                self.add(key, "must be longer than zero");
-                Duration::ZERO
-            }
-            Err(_) => {
-                self.add(
-                    key,
-                    format!("`{value}` is not a duration (examples: \"60s\", \"15m\", \"14d\")"),
-                );
-                Duration::ZERO
-            }
+        let parsed = self.parsed_duration(key, value);
+        if parsed.is_some_and(|d| d.is_zero()) {
+            self.add(key, "must be longer than zero");
         }
+        parsed.unwrap_or_default()
+    }
+
+    fn duration_or_zero(&mut self, key: &str, value: &str) -> Duration {
+        self.parsed_duration(key, value).unwrap_or_default()
+    }
+
+    fn parsed_duration(&mut self, key: &str, value: &str) -> Option<Duration> {
+        let parsed = humantime::parse_duration(value).ok();
+        if parsed.is_none() {
+            self.add(
+                key,
+                format!("`{value}` is not a duration (examples: \"60s\", \"15m\", \"14d\")"),
+            );
+        }
+        parsed
     }
 }
 
 const MAX_CODE_TTL: Duration = Duration::from_secs(600);
+const MAX_INTROSPECTION_CACHE: Duration = Duration::from_secs(60);
 
 /// `env` looks up environment variables named by `secret_env`.
 pub fn validate(
@@ -134,12 +141,22 @@ pub fn validate(
             &raw.tokens.refresh_absolute_ttl,
         ),
         code_ttl: p.duration("tokens.code_ttl", &raw.tokens.code_ttl),
+        introspection_cache: p.duration_or_zero(
+            "tokens.introspection_cache",
+            &raw.tokens.introspection_cache,
+        ),
         audience: raw.tokens.audience.clone(),
     };
     if tokens.code_ttl > MAX_CODE_TTL {
         p.add(
             "tokens.code_ttl",
             "must be at most 10m (RFC 6749 section 4.1.2)",
+        );
+    }
+    if tokens.introspection_cache > MAX_INTROSPECTION_CACHE {
+        p.add(
+            "tokens.introspection_cache",
+            "must be at most 1m: it is how long a revocation made elsewhere may go unseen",
         );
     }
     if tokens.refresh_idle_ttl > tokens.refresh_absolute_ttl {

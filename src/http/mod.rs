@@ -11,6 +11,7 @@ mod csrf;
 mod error;
 mod forms;
 mod health;
+mod introspection_cache;
 mod login;
 mod metrics;
 mod pages;
@@ -27,6 +28,7 @@ use actix_web::web;
 
 pub use blocking::run_blocking;
 pub use error::HttpError;
+pub use introspection_cache::IntrospectionCache;
 pub use revocation_lookups::RevocationLookups;
 
 use crate::config::Settings;
@@ -47,6 +49,7 @@ pub struct AppState {
     pub secret_cache: Arc<SecretCache>,
     pub client_rate: Arc<crate::ratelimit::ClientRateLimiter>,
     pub revocations: Arc<RevocationLookups>,
+    pub introspections: Arc<IntrospectionCache>,
 }
 
 impl AppState {

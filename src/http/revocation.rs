@@ -1,15 +1,18 @@
 //! POST /revoke (RFC 7009) and POST /introspect (RFC 7662).
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
 
 use super::credentials::{self, ClientCheck};
 use super::token::{answer, failure, rate_limited, read_request};
 use super::AppState;
 use super::HttpError;
+use crate::keys::VerifiedClaims;
 use crate::oauth::revocation;
 use crate::oauth::token::{TokenAnswer, TokenRequest};
 use crate::storage::StorageError;
-use serde_json::Value;
 
 /// Which clients an endpoint serves.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -114,15 +117,30 @@ pub async fn introspect(
         .await;
         return respond(result);
     }
-    // Checking the signature is CPU work without the database, so it runs here; only the
-    // revocation check goes to the blocking pool, joined with concurrent requests' checks.
     // A token of a client no longer registered is inactive, as its refresh tokens are no
     // longer redeemable (Keycloak answers the same for a disabled client).
-    let Some(claims) = revocation::verify_access(&state.settings, &state.keys.current(), &token)
-        .filter(|claims| state.clients.get(&claims.client_id).is_some())
+    let registered = |claims: &VerifiedClaims| state.clients.get(&claims.client_id).is_some();
+    let keys = state.keys.current();
+    if let Some(claims) = state.introspections.active(&token, &keys) {
+        crate::metrics::global().introspection_answered_from_memory();
+        let claims = Arc::unwrap_or_clone(claims);
+        return respond(Ok(match registered(&claims) {
+            true => revocation::introspect_access(claims, false),
+            false => revocation::inactive(),
+        }));
+    }
+    // Checking the signature is CPU work without the database, so it runs here; only the
+    // revocation check goes to the blocking pool, joined with concurrent requests' checks.
+    let Some(claims) =
+        revocation::verify_access(&state.settings, &keys, &token).filter(|c| registered(c))
     else {
         return respond(Ok(revocation::inactive()));
     };
+    let checked = state.introspections.check_starts();
     let revoked = state.revocations.is_revoked(claims.jti.clone()).await;
+    if let Ok(false) = revoked {
+        let claims = Arc::new(claims.clone());
+        state.introspections.remember(&token, claims, keys, checked);
+    }
     respond(revoked.map(|revoked| revocation::introspect_access(claims, revoked)))
 }

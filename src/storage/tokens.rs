@@ -7,6 +7,7 @@
 //! refresh wrote).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use diesel::prelude::*;
 use diesel::result::DatabaseErrorKind;
@@ -182,10 +183,29 @@ fn insert_new_rows(
     Ok(())
 }
 
+/// Counts the calls in this process that may have revoked or deleted a token, each counted
+/// once it has returned, that is after its transaction committed or rolled back. Whoever
+/// remembers a token as live (the introspection cache) reads it before asking the database
+/// and trusts the memory only while it is unchanged; counting after the commit is what makes
+/// that safe, since a read that began before it still sees the count move.
+static REVOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// See `REVOCATIONS`.
+pub fn revocations_counted() -> u64 {
+    REVOCATIONS.load(Ordering::Acquire)
+}
+
+fn counted_as_revocation<T>(result: StorageResult<T>) -> StorageResult<T> {
+    REVOCATIONS.fetch_add(1, Ordering::AcqRel);
+    result
+}
+
 /// Revokes the family, and with it every access token whose `jti` names it. Returns whether
 /// the family was live before this call.
 pub fn revoke_family(conn: &mut DbConnection, family_id: &str, now: i64) -> StorageResult<bool> {
-    super::write_transaction(conn, |conn| revoke_family_rows(conn, family_id, now))
+    counted_as_revocation(super::write_transaction(conn, |conn| {
+        revoke_family_rows(conn, family_id, now)
+    }))
 }
 
 /// `revoke_family`'s statements, for a caller already in a transaction.
@@ -304,7 +324,7 @@ pub fn revoke_access(
     expires_at: i64,
     now: i64,
 ) -> StorageResult<()> {
-    super::write(conn, |conn| {
+    counted_as_revocation(super::write(conn, |conn| {
         let updated = diesel::update(
             access_tokens::table
                 .find(jti)
@@ -334,7 +354,7 @@ pub fn revoke_access(
             )) => Ok(()),
             Err(e) => Err(e.into()),
         }
-    })
+    }))
 }
 
 /// Revokes every family of a user (a disabled user keeps no working token).
@@ -357,7 +377,7 @@ pub fn revoke_user_families(
 /// Deletes families (and, by cascade, their refresh and access rows) that ended before
 /// `cutoff`, and revoked-token rows of access tokens that expired before it.
 pub fn delete_expired_before(conn: &mut DbConnection, cutoff: i64) -> StorageResult<usize> {
-    super::write_transaction(conn, |conn| {
+    counted_as_revocation(super::write_transaction(conn, |conn| {
         let families: Vec<String> = token_families::table
             .filter(token_families::expires_at.lt(cutoff))
             .select(token_families::id)
@@ -372,5 +392,5 @@ pub fn delete_expired_before(conn: &mut DbConnection, cutoff: i64) -> StorageRes
             diesel::delete(token_families::table.filter(token_families::id.eq_any(&families)))
                 .execute(conn)?,
         )
-    })
+    }))
 }

@@ -47,6 +47,8 @@ issuer = "http://auth.example.com"
 
 [tokens]
 access_ttl = "fifteen minutes"
+code_ttl = "0s"
+introspection_cache = "2m"
 
 [[clients]]
 id = "web"
@@ -86,6 +88,8 @@ grant_types = ["client_credentials"]
     for expected in [
         "issuer: must use https",
         "tokens.access_ttl: `fifteen minutes` is not a duration",
+        "tokens.code_ttl: must be longer than zero",
+        "tokens.introspection_cache: must be at most 1m",
         "clients[0].redirect_uris[0]: must be an absolute URI without a fragment",
         "clients[0].redirect_uris[1]: must be an absolute URI without a fragment",
         "clients[0].redirect_uris[2]: must use https",
@@ -111,7 +115,7 @@ grant_types = ["client_credentials"]
                 || l.trim_start().starts_with("issuer")
                 || l.trim_start().starts_with("tokens"))
             .count(),
-        10,
+        12,
         "{errors}"
     );
 

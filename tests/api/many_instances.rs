@@ -12,7 +12,12 @@ use crate::support::*;
 /// Two instances, A and B, on one fresh PostgreSQL database; `None` when PostgreSQL is
 /// unavailable and not required (the skip is announced).
 fn two_instances() -> Option<(OAuthServer, OAuthServer)> {
-    let a = OAuthServer::start(TestDb::create(Backend::Postgres)?);
+    two_instances_with("")
+}
+
+/// `two_instances` with `tokens_extra` in both configurations' `[tokens]` table.
+fn two_instances_with(tokens_extra: &str) -> Option<(OAuthServer, OAuthServer)> {
+    let a = OAuthServer::start_with(TestDb::create(Backend::Postgres)?, tokens_extra);
     let b = a.another_instance();
     assert_ne!(a.server.base_url, b.server.base_url);
     Some((a, b))
@@ -55,7 +60,8 @@ fn codes_and_sessions_cross_instances() {
     let access = redeemed.json()["access_token"].as_str().unwrap().to_owned();
     assert_eq!(introspect(&a, &access)["active"], true);
     assert_eq!(introspect(&b, &access)["sub"], a.user_id.as_str());
-    // Replayed at A: refused, and the tokens B issued are revoked for both.
+    // Replayed at A: refused, and the tokens B issued are revoked for both: at once at A,
+    // within tokens.introspection_cache (1s by default) at B, which answered from memory.
     let replayed = a.redeem_webapp_code(&code, &p.verifier);
     assert_eq!(
         replayed.json()["error"],
@@ -63,8 +69,9 @@ fn codes_and_sessions_cross_instances() {
         "{}",
         replayed.body
     );
-    assert_eq!(introspect(&b, &access), json!({"active": false}));
     assert_eq!(introspect(&a, &access), json!({"active": false}));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(introspect(&b, &access), json!({"active": false}));
 
     // The session made at A continues at B: consent remembered, straight to the client.
     let p = pkce();
@@ -126,6 +133,26 @@ fn codes_and_sessions_cross_instances() {
         "signed out everywhere: {:?}",
         after.header("location")
     );
+}
+
+/// With `tokens.introspection_cache = "0s"` every introspection reads the database, so a
+/// revocation at one instance counts at once at the other, which had just seen the token.
+#[test]
+fn without_the_introspection_cache_a_revocation_elsewhere_counts_at_once() {
+    let Some((a, b)) = two_instances_with("introspection_cache = \"0s\"") else {
+        return;
+    };
+    let tokens = a.webapp_tokens("read");
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&b, access)["active"], true);
+    assert_eq!(introspect(&b, access)["active"], true);
+    let revoked = a.post_form(
+        "/revoke",
+        &[("token", tokens["refresh_token"].as_str().unwrap())],
+        Some((WEBAPP, WEBAPP_SECRET)),
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert_eq!(introspect(&b, access), json!({"active": false}));
 }
 
 #[test]

@@ -24,15 +24,76 @@ on_both_backends!(
     concurrent_introspections_each_get_their_own_answer,
     tokens_of_a_client_no_longer_registered_are_inactive,
     tokens_of_a_user_erased_by_hand_are_inactive,
+    introspection_remembers_active_tokens_until_a_revocation_here,
 );
 
+/// Introspections of an access token answered from memory so far.
+fn answered_from_memory(app: &OAuthServer) -> f64 {
+    let scraped = get(&app.url("/metrics"), &[]);
+    crate::metrics::sample(&scraped.body, "gatehouse_introspections_from_memory_total")
+        .unwrap_or_else(|| panic!("no introspection counter in\n{}", scraped.body))
+}
+
+/// With a long `tokens.introspection_cache`, a token asked about again is answered from
+/// memory, and a revocation made at this instance still counts for the very next answer:
+/// a refresh token's family (and so its access token), an access token on its own.
+fn introspection_remembers_active_tokens_until_a_revocation_here(db: TestDb) {
+    let app = OAuthServer::start_with(db, "introspection_cache = \"60s\"");
+    let tokens = app.webapp_tokens("read");
+    let (access, refresh) = (
+        tokens["access_token"].as_str().unwrap(),
+        tokens["refresh_token"].as_str().unwrap(),
+    );
+    let service = app.token(
+        &[("grant_type", "client_credentials")],
+        Some((SERVICE, SERVICE_SECRET)),
+    );
+    let service_token = service.json()["access_token"].as_str().unwrap().to_owned();
+
+    let first = introspect(&app, access);
+    assert_eq!(first["active"], true);
+    assert_eq!(
+        answered_from_memory(&app),
+        0.0,
+        "the first answer reads the database"
+    );
+    assert_eq!(
+        introspect(&app, access),
+        first,
+        "the same answer from memory"
+    );
+    assert_eq!(introspect(&app, &service_token)["active"], true);
+    assert_eq!(introspect(&app, &service_token)["active"], true);
+    assert_eq!(answered_from_memory(&app), 2.0);
+
+    assert_eq!(revoke(&app, refresh, (WEBAPP, WEBAPP_SECRET)).status, 200);
+    assert_eq!(introspect(&app, access), json!({"active": false}));
+    assert_eq!(
+        revoke(&app, &service_token, (SERVICE, SERVICE_SECRET)).status,
+        200
+    );
+    assert_eq!(introspect(&app, &service_token), json!({"active": false}));
+    assert_eq!(
+        answered_from_memory(&app),
+        2.0,
+        "no stale answer from memory"
+    );
+
+    // An inactive answer is not remembered: a token remembered after a revocation is new.
+    let another = webapp_access_token(&app);
+    assert_eq!(introspect(&app, &another)["active"], true);
+    assert_eq!(introspect(&app, &another)["active"], true);
+    assert_eq!(answered_from_memory(&app), 3.0);
+}
+
 /// gatehouse only disables users, but an operator may erase one in SQL; the cascades take
-/// the user's families, and their unexpired access tokens introspect as inactive with them.
+/// the user's families, and their unexpired access tokens introspect as inactive with them
+/// (at once with the introspection cache off, as here; within its time otherwise).
 fn tokens_of_a_user_erased_by_hand_are_inactive(db: TestDb) {
     use diesel::prelude::*;
     use gatehouse::storage::schema::users;
 
-    let app = OAuthServer::start(db);
+    let app = OAuthServer::start_with(db, "introspection_cache = \"0s\"");
     let tokens = app.webapp_tokens("read");
     let access = tokens["access_token"].as_str().unwrap();
     let refresh = tokens["refresh_token"].as_str().unwrap();
