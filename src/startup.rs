@@ -97,7 +97,7 @@ impl Application {
         let route_settings = http::RouteSettings::new(&settings);
         let client_rate = ClientRateLimiter::new(&settings);
         let revocations = http::RevocationLookups::new(prepared.pool.clone());
-        let introspections = http::IntrospectionCache::new(settings.tokens.introspection_cache);
+        let introspections = http::IntrospectionCache::new(settings.tokens.introspection_cache_ttl);
         let state = AppState {
             metadata: http::build_metadata(&settings),
             settings: Arc::new(settings),

@@ -231,7 +231,7 @@ pub fn bound(scenario: Scenario, prices: &Prices, cores: f64, baseline: f64) -> 
             own + p.reading_request + p.write + signature,
         ),
         Scenario::Introspection => (
-            "one HTTP request (the same token again within `tokens.introspection_cache`: \
+            "one HTTP request (the same token again within `tokens.introspection_cache_ttl`: \
              answered from memory, with no verification and no read)",
             p.request,
         ),
@@ -243,7 +243,7 @@ pub fn bound(scenario: Scenario, prices: &Prices, cores: f64, baseline: f64) -> 
     })
 }
 
-/// Introspection that reads revocation for every request (`tokens.introspection_cache =
+/// Introspection that reads revocation for every request (`tokens.introspection_cache_ttl =
 /// "0s"`): a request that reads the database and a signature verification.
 pub fn introspection_reading_every_time(prices: &Prices, cores: f64) -> f64 {
     cores / (prices.reading_request + prices.verification)

@@ -313,7 +313,7 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
             median(&mut per_run(Scenario::Introspection, Scenario::Readyz));
         let _ = writeln!(
             out,
-            "- What a database read per request allows: /readyz, which does nothing but a hop to the blocking pool, a pooled connection and `SELECT 1`, reached {readyz_to_b2:.2} × B2. Each connection of the introspection scenario asks about one token again and again, as a resource server does about a user's token: its first answer in each `tokens.introspection_cache` (1s) reads the database, the others come from memory; it reached {introspection_to_readyz:.2} × /readyz.\n"
+            "- What a database read per request allows: /readyz, which does nothing but a hop to the blocking pool, a pooled connection and `SELECT 1`, reached {readyz_to_b2:.2} × B2. Each connection of the introspection scenario asks about one token again and again, as a resource server does about a user's token: its first answer in each `tokens.introspection_cache_ttl` (1s) reads the database, the others come from memory; it reached {introspection_to_readyz:.2} × /readyz.\n"
         );
         out.push_str(&machine_allows(result, cores as f64));
     }
@@ -427,7 +427,7 @@ fn machine_allows(result: &BackendResult, cores: f64) -> String {
     if !reading_every_time.is_empty() {
         let _ = writeln!(
             out,
-            "\n- Introspection with `tokens.introspection_cache = \"0s\"`, which reads revocation for every request so that a revocation at another instance counts at once: one HTTP request that reads the database and one verification allow {:.2} × B2, below the target.\n",
+            "\n- Introspection with `tokens.introspection_cache_ttl = \"0s\"`, which reads revocation for every request so that a revocation at another instance counts at once: one HTTP request that reads the database and one verification allow {:.2} × B2, below the target.\n",
             median(&mut reading_every_time)
         );
     }

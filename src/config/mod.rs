@@ -109,7 +109,7 @@ pub struct TokenSettings {
     pub code_ttl: Duration,
     /// How long introspection may answer for an access token it found active from memory;
     /// zero: never (see `http::IntrospectionCache`).
-    pub introspection_cache: Duration,
+    pub introspection_cache_ttl: Duration,
     pub audience: Vec<String>,
 }
 

@@ -74,7 +74,7 @@ pub struct RawTokens {
     pub refresh_idle_ttl: String,
     pub refresh_absolute_ttl: String,
     pub code_ttl: String,
-    pub introspection_cache: String,
+    pub introspection_cache_ttl: String,
     #[serde(default)]
     pub audience: Vec<String>,
 }

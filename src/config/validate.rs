@@ -141,9 +141,9 @@ pub fn validate(
             &raw.tokens.refresh_absolute_ttl,
         ),
         code_ttl: p.duration("tokens.code_ttl", &raw.tokens.code_ttl),
-        introspection_cache: p.duration_or_zero(
-            "tokens.introspection_cache",
-            &raw.tokens.introspection_cache,
+        introspection_cache_ttl: p.duration_or_zero(
+            "tokens.introspection_cache_ttl",
+            &raw.tokens.introspection_cache_ttl,
         ),
         audience: raw.tokens.audience.clone(),
     };
@@ -153,9 +153,9 @@ pub fn validate(
             "must be at most 10m (RFC 6749 section 4.1.2)",
         );
     }
-    if tokens.introspection_cache > MAX_INTROSPECTION_CACHE {
+    if tokens.introspection_cache_ttl > MAX_INTROSPECTION_CACHE {
         p.add(
-            "tokens.introspection_cache",
+            "tokens.introspection_cache_ttl",
             "must be at most 1m: it is how long a revocation made elsewhere may go unseen",
         );
     }

@@ -1,5 +1,5 @@
 //! Access tokens that introspection found active a moment ago, so that a resource server
-//! asking about the same token again within `tokens.introspection_cache` is answered from
+//! asking about the same token again within `tokens.introspection_cache_ttl` is answered from
 //! memory: no signature check, no trip to the blocking pool, no query.
 //!
 //! An entry is the token's verified claims under the SHA-256 of the token (the cache holds no
@@ -11,13 +11,15 @@
 //! - the key set is the one that verified it (a key retired here drops its tokens at once);
 //! - the token has not expired (`exp`, the verifier's rule).
 //!
+//! The handler still refuses a remembered token whose client is no longer registered.
+//!
 //! What it gives up: a revocation made by another instance, by the CLI or in SQL reaches
 //! this instance's answers for a token it has just seen only after the configured time
 //! (RFC 7009 2.1 expects such a propagation delay and asks to keep it small). `0s` turns the
 //! cache off, and every introspection reads the database.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
@@ -25,11 +27,22 @@ use aws_lc_rs::digest;
 use crate::keys::{KeyState, VerifiedClaims};
 use crate::storage::{now_unix, tokens::revocations_counted};
 
-/// Bounds the memory: about 0.5 KiB an entry. Past it, entries older than the configured
-/// time are swept (at most once per that time); what is still full is not cached.
+/// Bounds the memory: about 0.5 KiB an entry. Entries too old to answer are swept at most
+/// once per configured time; when the cache is still full, new answers are not remembered
+/// (those introspections read the database, as they would with the cache off).
 const MAX_ENTRIES: usize = 10_000;
 
-type TokenDigest = [u8; 32];
+/// The SHA-256 of a presented token: what the cache is keyed by, computed once a request.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    pub fn of(token: &str) -> TokenDigest {
+        let mut bytes = [0; 32];
+        bytes.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+        TokenDigest(bytes)
+    }
+}
 
 /// `Keys` is the key set a token was verified with; entries compare it by identity.
 pub struct IntrospectionCache<Keys = KeyState> {
@@ -41,19 +54,20 @@ pub struct IntrospectionCache<Keys = KeyState> {
 
 struct Inner<Keys> {
     entries: HashMap<TokenDigest, Entry<Keys>>,
-    last_sweep: Option<Instant>,
+    last_sweep: Instant,
 }
 
 struct Entry<Keys> {
     claims: Arc<VerifiedClaims>,
-    keys: Arc<Keys>,
-    checked: Checked,
+    /// Identifies the key set without keeping its keys alive once it is replaced.
+    keys: Weak<Keys>,
+    check: CheckStarted,
 }
 
 /// When the database was asked about a token, and the revocations this process had
 /// committed by then. Taken before the question, so that the answer is at least as recent.
 #[derive(Clone, Copy)]
-pub struct Checked {
+pub struct CheckStarted {
     at: Instant,
     revocations: u64,
 }
@@ -69,14 +83,14 @@ impl<Keys> IntrospectionCache<Keys> {
             revocations,
             inner: RwLock::new(Inner {
                 entries: HashMap::new(),
-                last_sweep: None,
+                last_sweep: Instant::now(),
             }),
         }
     }
 
     /// To be taken before the database is asked about a token.
-    pub fn check_starts(&self) -> Checked {
-        Checked {
+    pub fn begin_check(&self) -> CheckStarted {
+        CheckStarted {
             at: Instant::now(),
             revocations: (self.revocations)(),
         }
@@ -86,20 +100,15 @@ impl<Keys> IntrospectionCache<Keys> {
         !self.ttl.is_zero()
     }
 
-    fn digest(token: &str) -> TokenDigest {
-        let mut digest_bytes = [0; 32];
-        digest_bytes.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
-        digest_bytes
-    }
-
-    /// The claims of `token` if it was found active recently enough, under `keys`.
-    pub fn active(&self, token: &str, keys: &Arc<Keys>) -> Option<Arc<VerifiedClaims>> {
+    /// The claims of the token with this digest if it was found active recently enough,
+    /// under `keys`.
+    pub fn active(&self, token: TokenDigest, keys: &Arc<Keys>) -> Option<Arc<VerifiedClaims>> {
         self.active_at(token, keys, Instant::now(), now_unix())
     }
 
     fn active_at(
         &self,
-        token: &str,
+        token: TokenDigest,
         keys: &Arc<Keys>,
         now: Instant,
         now_unix: i64,
@@ -108,57 +117,66 @@ impl<Keys> IntrospectionCache<Keys> {
             return None;
         }
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        let entry = inner.entries.get(&Self::digest(token))?;
-        let fresh = now.saturating_duration_since(entry.checked.at) < self.ttl
-            && entry.checked.revocations == (self.revocations)()
-            && Arc::ptr_eq(&entry.keys, keys)
+        let entry = inner.entries.get(&token)?;
+        let fresh = now.saturating_duration_since(entry.check.at) < self.ttl
+            && entry.check.revocations == (self.revocations)()
+            && std::ptr::eq(entry.keys.as_ptr(), Arc::as_ptr(keys))
             && entry.claims.exp >= now_unix;
         fresh.then(|| Arc::clone(&entry.claims))
     }
 
-    /// Remembers that the database, asked at `checked`, knew no revocation of `token`,
-    /// which `keys` verified into `claims`.
+    /// Remembers that the database, asked at `check`, knew no revocation of the token with
+    /// this digest, which `keys` verified into `claims`.
     pub fn remember(
         &self,
-        token: &str,
+        token: TokenDigest,
         claims: Arc<VerifiedClaims>,
-        keys: Arc<Keys>,
-        checked: Checked,
+        keys: &Arc<Keys>,
+        check: CheckStarted,
     ) {
-        if !self.enabled() || checked.revocations != (self.revocations)() {
+        self.remember_at(token, claims, keys, check, Instant::now());
+    }
+
+    fn remember_at(
+        &self,
+        token: TokenDigest,
+        claims: Arc<VerifiedClaims>,
+        keys: &Arc<Keys>,
+        check: CheckStarted,
+        now: Instant,
+    ) {
+        // A revocation committed while the database was asked may not be in its answer.
+        if !self.enabled() || check.revocations != (self.revocations)() {
             return;
         }
-        let digest = Self::digest(token);
-        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        if inner.entries.len() >= MAX_ENTRIES && !inner.entries.contains_key(&digest) {
-            self.sweep(&mut inner, checked.at);
-            if inner.entries.len() >= MAX_ENTRIES {
+        let sweep_due =
+            |inner: &Inner<Keys>| now.saturating_duration_since(inner.last_sweep) >= self.ttl;
+        {
+            // Full with nothing to sweep: the common case of a flood, under the shared lock.
+            let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+            if inner.entries.len() >= MAX_ENTRIES && !sweep_due(&inner) {
                 return;
             }
         }
-        inner.entries.insert(
-            digest,
-            Entry {
-                claims,
-                keys,
-                checked,
-            },
-        );
-    }
-
-    /// Drops the entries too old to answer, at most once per `ttl`.
-    fn sweep(&self, inner: &mut Inner<Keys>, now: Instant) {
-        if inner
-            .last_sweep
-            .is_some_and(|last| now.saturating_duration_since(last) < self.ttl)
-        {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        if sweep_due(&inner) {
+            inner.last_sweep = now;
+            let revocations = (self.revocations)();
+            inner.entries.retain(|_, entry| {
+                now.saturating_duration_since(entry.check.at) < self.ttl
+                    && entry.check.revocations == revocations
+                    && entry.keys.strong_count() > 0
+            });
+        }
+        if inner.entries.len() >= MAX_ENTRIES {
             return;
         }
-        inner.last_sweep = Some(now);
-        let ttl = self.ttl;
-        inner
-            .entries
-            .retain(|_, entry| now.saturating_duration_since(entry.checked.at) < ttl);
+        let entry = Entry {
+            claims,
+            keys: Arc::downgrade(keys),
+            check,
+        };
+        inner.entries.insert(token, entry);
     }
 
     #[cfg(test)]
@@ -173,17 +191,15 @@ impl<Keys> IntrospectionCache<Keys> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
 
     const TTL: Duration = Duration::from_secs(1);
 
-    /// A cache that sees no revocation: the process's count moves with other tests.
-    fn cache(ttl: Duration) -> IntrospectionCache<u8> {
-        IntrospectionCache::counting(ttl, || 0)
+    fn token() -> TokenDigest {
+        TokenDigest::of("header.payload.signature")
     }
-    const TOKEN: &str = "header.payload.signature";
 
     fn claims(exp: i64) -> Arc<VerifiedClaims> {
         Arc::new(VerifiedClaims {
@@ -198,47 +214,51 @@ mod tests {
         })
     }
 
-    /// A cache holding `TOKEN`, checked at `checked`, verified by `keys`, expiring at `exp`.
-    fn holding(keys: &Arc<u8>, checked: Checked, exp: i64) -> IntrospectionCache<u8> {
-        let cache = cache(TTL);
-        cache.remember(TOKEN, claims(exp), Arc::clone(keys), checked);
-        cache
+    /// A cache that sees no revocation: the process's count moves with other tests.
+    fn cache(ttl: Duration) -> IntrospectionCache<u8> {
+        IntrospectionCache::counting(ttl, || 0)
     }
 
     #[test]
     fn an_entry_answers_until_its_time_is_up() {
-        let keys = Arc::new(0);
-        let checked = cache(TTL).check_starts();
-        let cache = holding(&keys, checked, 2_000);
-        let at = |after| cache.active_at(TOKEN, &keys, checked.at + after, 1_000);
-        assert_eq!(
-            at(Duration::ZERO).map(|c| c.jti.clone()).as_deref(),
-            Some("family.random")
-        );
+        let (keys, cache) = (Arc::new(0), cache(TTL));
+        let check = cache.begin_check();
+        cache.remember(token(), claims(2_000), &keys, check);
+        let at = |after| cache.active_at(token(), &keys, check.at + after, 1_000);
+        let answered = at(Duration::ZERO).map(|c| c.jti.clone());
+        assert_eq!(answered.as_deref(), Some("family.random"));
         assert!(at(TTL - Duration::from_millis(1)).is_some());
         assert!(
             at(TTL).is_none(),
             "an entry as old as the configured time is stale"
         );
-        assert!(cache
-            .active_at("another.token.here", &keys, checked.at, 1_000)
-            .is_none());
+        let another = TokenDigest::of("another.token.here");
+        assert!(cache.active_at(another, &keys, check.at, 1_000).is_none());
     }
 
     #[test]
     fn an_expired_token_or_other_keys_are_a_miss() {
-        let keys = Arc::new(0);
-        let checked = cache(TTL).check_starts();
-        let cache = holding(&keys, checked, 2_000);
+        let (keys, cache) = (Arc::new(0), cache(TTL));
+        let check = cache.begin_check();
+        cache.remember(token(), claims(2_000), &keys, check);
         assert!(
-            cache.active_at(TOKEN, &keys, checked.at, 2_000).is_some(),
+            cache.active_at(token(), &keys, check.at, 2_000).is_some(),
             "exp >= now"
         );
-        assert!(cache.active_at(TOKEN, &keys, checked.at, 2_001).is_none());
+        assert!(cache.active_at(token(), &keys, check.at, 2_001).is_none());
         let rotated = Arc::new(0);
         assert!(cache
-            .active_at(TOKEN, &rotated, checked.at, 1_000)
+            .active_at(token(), &rotated, check.at, 1_000)
             .is_none());
+    }
+
+    #[test]
+    fn entries_keep_no_replaced_key_set_alive() {
+        let (keys, cache) = (Arc::new(0), cache(TTL));
+        cache.remember(token(), claims(2_000), &keys, cache.begin_check());
+        let watched = Arc::downgrade(&keys);
+        drop(keys);
+        assert!(watched.upgrade().is_none());
     }
 
     #[test]
@@ -246,56 +266,54 @@ mod tests {
         static REVOCATIONS: AtomicU64 = AtomicU64::new(0);
         let keys = Arc::new(0);
         let cache = IntrospectionCache::counting(TTL, || REVOCATIONS.load(Ordering::Acquire));
-        let before = cache.check_starts();
-        cache.remember(TOKEN, claims(2_000), Arc::clone(&keys), before);
-        assert!(cache.active_at(TOKEN, &keys, before.at, 1_000).is_some());
+        let before = cache.begin_check();
+        cache.remember(token(), claims(2_000), &keys, before);
+        assert!(cache.active_at(token(), &keys, before.at, 1_000).is_some());
         // What a revocation's commit does (revoke_family, revoke_access, the expiry sweep).
         REVOCATIONS.fetch_add(1, Ordering::AcqRel);
-        assert!(cache.active_at(TOKEN, &keys, before.at, 1_000).is_none());
+        assert!(cache.active_at(token(), &keys, before.at, 1_000).is_none());
         // An answer read before that revocation is not remembered either.
-        cache.remember(TOKEN, claims(2_000), Arc::clone(&keys), before);
-        assert!(cache.active_at(TOKEN, &keys, before.at, 1_000).is_none());
-        let after = cache.check_starts();
-        cache.remember(TOKEN, claims(2_000), Arc::clone(&keys), after);
-        assert!(cache.active_at(TOKEN, &keys, after.at, 1_000).is_some());
+        cache.remember(token(), claims(2_000), &keys, before);
+        assert!(cache.active_at(token(), &keys, before.at, 1_000).is_none());
+        let after = cache.begin_check();
+        cache.remember(token(), claims(2_000), &keys, after);
+        assert!(cache.active_at(token(), &keys, after.at, 1_000).is_some());
     }
 
     #[test]
     fn zero_turns_it_off() {
-        let keys = Arc::new(0);
-        let cache = cache(Duration::ZERO);
-        let checked = cache.check_starts();
-        cache.remember(TOKEN, claims(2_000), Arc::clone(&keys), checked);
+        let (keys, cache) = (Arc::new(0), cache(Duration::ZERO));
+        let check = cache.begin_check();
+        cache.remember(token(), claims(2_000), &keys, check);
         assert_eq!(cache.len(), 0);
-        assert!(cache.active_at(TOKEN, &keys, checked.at, 1_000).is_none());
+        assert!(cache.active_at(token(), &keys, check.at, 1_000).is_none());
     }
 
     #[test]
     fn a_full_cache_sweeps_what_is_stale_and_otherwise_stays_full() {
-        let keys = Arc::new(0);
-        let cache = cache(TTL);
-        let old = cache.check_starts();
+        let (keys, cache) = (Arc::new(0), cache(TTL));
+        let old = cache.begin_check();
         for i in 0..MAX_ENTRIES {
-            cache.remember(&format!("token-{i}"), claims(2_000), Arc::clone(&keys), old);
+            let digest = TokenDigest::of(&format!("token-{i}"));
+            cache.remember_at(digest, claims(2_000), &keys, old, old.at);
         }
         assert_eq!(cache.len(), MAX_ENTRIES);
-        let fresh = Checked {
-            at: old.at + Duration::from_millis(10),
-            ..old
-        };
-        cache.remember("one-more", claims(2_000), Arc::clone(&keys), fresh);
-        assert_eq!(cache.len(), MAX_ENTRIES, "nothing was stale: not cached");
-        assert!(cache
-            .active_at("one-more", &keys, fresh.at, 1_000)
-            .is_none());
-        let later = Checked {
+        let one_more = TokenDigest::of("one-more");
+        let soon = old.at + Duration::from_millis(10);
+        let fresh = CheckStarted { at: soon, ..old };
+        cache.remember_at(one_more, claims(2_000), &keys, fresh, soon);
+        assert_eq!(
+            cache.len(),
+            MAX_ENTRIES,
+            "nothing was stale: not remembered"
+        );
+        assert!(cache.active_at(one_more, &keys, soon, 1_000).is_none());
+        let later = CheckStarted {
             at: old.at + TTL + Duration::from_millis(10),
             ..old
         };
-        cache.remember("one-more", claims(2_000), Arc::clone(&keys), later);
+        cache.remember_at(one_more, claims(2_000), &keys, later, later.at);
         assert_eq!(cache.len(), 1, "the stale entries were swept");
-        assert!(cache
-            .active_at("one-more", &keys, later.at, 1_000)
-            .is_some());
+        assert!(cache.active_at(one_more, &keys, later.at, 1_000).is_some());
     }
 }

@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use super::credentials::{self, ClientCheck};
+use super::introspection_cache::TokenDigest;
 use super::token::{answer, failure, rate_limited, read_request};
 use super::AppState;
 use super::HttpError;
@@ -121,13 +122,16 @@ pub async fn introspect(
     // longer redeemable (Keycloak answers the same for a disabled client).
     let registered = |claims: &VerifiedClaims| state.clients.get(&claims.client_id).is_some();
     let keys = state.keys.current();
-    if let Some(claims) = state.introspections.active(&token, &keys) {
+    let digest = TokenDigest::of(&token);
+    if let Some(claims) = state.introspections.active(digest, &keys) {
         crate::metrics::global().introspection_answered_from_memory();
         let claims = Arc::unwrap_or_clone(claims);
-        return respond(Ok(match registered(&claims) {
-            true => revocation::introspect_access(claims, false),
-            false => revocation::inactive(),
-        }));
+        let answer = if registered(&claims) {
+            revocation::introspect_access(claims, false)
+        } else {
+            revocation::inactive()
+        };
+        return respond(Ok(answer));
     }
     // Checking the signature is CPU work without the database, so it runs here; only the
     // revocation check goes to the blocking pool, joined with concurrent requests' checks.
@@ -136,11 +140,13 @@ pub async fn introspect(
     else {
         return respond(Ok(revocation::inactive()));
     };
-    let checked = state.introspections.check_starts();
+    let check = state.introspections.begin_check();
     let revoked = state.revocations.is_revoked(claims.jti.clone()).await;
     if let Ok(false) = revoked {
-        let claims = Arc::new(claims.clone());
-        state.introspections.remember(&token, claims, keys, checked);
+        let remembered = Arc::new(claims.clone());
+        state
+            .introspections
+            .remember(digest, remembered, &keys, check);
     }
     respond(revoked.map(|revoked| revocation::introspect_access(claims, revoked)))
 }

@@ -183,11 +183,13 @@ fn insert_new_rows(
     Ok(())
 }
 
-/// Counts the calls in this process that may have revoked or deleted a token, each counted
-/// once it has returned, that is after its transaction committed or rolled back. Whoever
-/// remembers a token as live (the introspection cache) reads it before asking the database
-/// and trusts the memory only while it is unchanged; counting after the commit is what makes
-/// that safe, since a read that began before it still sees the count move.
+/// Counts the calls in this process that revoked or deleted tokens (or failed midway), each
+/// counted once it has returned, that is after its transaction committed or rolled back.
+/// Whoever remembers a token as live (the introspection cache) reads the count before asking
+/// the database and trusts the memory only while it is unchanged; counting after the commit
+/// is what makes that safe, since a read that began before it still sees the count move.
+/// So none of these functions may be called inside a transaction the caller holds open
+/// (none is: the server's calls run on a pooled connection of their own).
 static REVOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// See `REVOCATIONS`.
@@ -195,21 +197,35 @@ pub fn revocations_counted() -> u64 {
     REVOCATIONS.load(Ordering::Acquire)
 }
 
-fn counted_as_revocation<T>(result: StorageResult<T>) -> StorageResult<T> {
-    REVOCATIONS.fetch_add(1, Ordering::AcqRel);
+/// Counts `result` as a revocation if it changed anything or failed. A call that changed
+/// nothing (a token revoked again) is not counted, so that repeating it cannot keep
+/// emptying the introspection cache.
+fn counted<T>(result: StorageResult<T>, changed: impl FnOnce(&T) -> bool) -> StorageResult<T> {
+    if result.as_ref().map_or(true, changed) {
+        REVOCATIONS.fetch_add(1, Ordering::AcqRel);
+    }
     result
 }
 
 /// Revokes the family, and with it every access token whose `jti` names it. Returns whether
 /// the family was live before this call.
 pub fn revoke_family(conn: &mut DbConnection, family_id: &str, now: i64) -> StorageResult<bool> {
-    counted_as_revocation(super::write_transaction(conn, |conn| {
-        revoke_family_rows(conn, family_id, now)
-    }))
+    let rows = super::write_transaction(conn, |conn| revoke_family_rows(conn, family_id, now));
+    counted(rows, |rows| rows.family || rows.access_tokens > 0).map(|rows| rows.family)
+}
+
+/// What `revoke_family_rows` changed.
+struct RevokedRows {
+    family: bool,
+    access_tokens: usize,
 }
 
 /// `revoke_family`'s statements, for a caller already in a transaction.
-fn revoke_family_rows(conn: &mut DbConnection, family_id: &str, now: i64) -> StorageResult<bool> {
+fn revoke_family_rows(
+    conn: &mut DbConnection,
+    family_id: &str,
+    now: i64,
+) -> StorageResult<RevokedRows> {
     let revoked = diesel::update(
         token_families::table
             .find(family_id)
@@ -218,14 +234,17 @@ fn revoke_family_rows(conn: &mut DbConnection, family_id: &str, now: i64) -> Sto
     .set(token_families::revoked_at.eq(now))
     .execute(conn)?;
     // Tokens issued before family-scoped jtis are reached through their rows.
-    diesel::update(
+    let access_tokens = diesel::update(
         access_tokens::table
             .filter(access_tokens::family_id.eq(family_id))
             .filter(access_tokens::revoked_at.is_null()),
     )
     .set(access_tokens::revoked_at.eq(now))
     .execute(conn)?;
-    Ok(revoked == 1)
+    Ok(RevokedRows {
+        family: revoked == 1,
+        access_tokens,
+    })
 }
 
 pub fn find_access(conn: &mut DbConnection, jti: &str) -> StorageResult<Option<AccessRow>> {
@@ -324,7 +343,7 @@ pub fn revoke_access(
     expires_at: i64,
     now: i64,
 ) -> StorageResult<()> {
-    counted_as_revocation(super::write(conn, |conn| {
+    let changed = super::write(conn, |conn| {
         let updated = diesel::update(
             access_tokens::table
                 .find(jti)
@@ -332,8 +351,11 @@ pub fn revoke_access(
         )
         .set(access_tokens::revoked_at.eq(now))
         .execute(conn)?;
-        if updated == 1 || find_access(conn, jti)?.is_some() {
-            return Ok(());
+        if updated == 1 {
+            return Ok(true);
+        }
+        if find_access(conn, jti)?.is_some() {
+            return Ok(false);
         }
         let row = AccessRow {
             jti: jti.to_owned(),
@@ -346,15 +368,16 @@ pub fn revoke_access(
             .values(&row)
             .execute(conn)
         {
-            Ok(_) => Ok(()),
-            // A concurrent revocation of the same token got there first.
+            Ok(_) => Ok(true),
+            // A concurrent revocation of the same token got there first (and counts).
             Err(diesel::result::Error::DatabaseError(
                 diesel::result::DatabaseErrorKind::UniqueViolation,
                 _,
-            )) => Ok(()),
+            )) => Ok(false),
             Err(e) => Err(e.into()),
         }
-    }))
+    });
+    counted(changed, |changed| *changed).map(drop)
 }
 
 /// Revokes every family of a user (a disabled user keeps no working token).
@@ -377,7 +400,7 @@ pub fn revoke_user_families(
 /// Deletes families (and, by cascade, their refresh and access rows) that ended before
 /// `cutoff`, and revoked-token rows of access tokens that expired before it.
 pub fn delete_expired_before(conn: &mut DbConnection, cutoff: i64) -> StorageResult<usize> {
-    counted_as_revocation(super::write_transaction(conn, |conn| {
+    let deleted = super::write_transaction(conn, |conn| {
         let families: Vec<String> = token_families::table
             .filter(token_families::expires_at.lt(cutoff))
             .select(token_families::id)
@@ -392,5 +415,8 @@ pub fn delete_expired_before(conn: &mut DbConnection, cutoff: i64) -> StorageRes
             diesel::delete(token_families::table.filter(token_families::id.eq_any(&families)))
                 .execute(conn)?,
         )
-    }))
+    });
+    // The cutoff leaves these families no unexpired access token unless access_ttl was
+    // shortened since they were issued; the database path would then call one inactive.
+    counted(deleted, |families| *families > 0)
 }

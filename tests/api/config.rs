@@ -48,7 +48,7 @@ issuer = "http://auth.example.com"
 [tokens]
 access_ttl = "fifteen minutes"
 code_ttl = "0s"
-introspection_cache = "2m"
+introspection_cache_ttl = "2m"
 
 [[clients]]
 id = "web"
@@ -89,7 +89,7 @@ grant_types = ["client_credentials"]
         "issuer: must use https",
         "tokens.access_ttl: `fifteen minutes` is not a duration",
         "tokens.code_ttl: must be longer than zero",
-        "tokens.introspection_cache: must be at most 1m",
+        "tokens.introspection_cache_ttl: must be at most 1m",
         "clients[0].redirect_uris[0]: must be an absolute URI without a fragment",
         "clients[0].redirect_uris[1]: must be an absolute URI without a fragment",
         "clients[0].redirect_uris[2]: must use https",

@@ -47,7 +47,7 @@ fn introspect(at: &OAuthServer, token: &str) -> Value {
 
 #[test]
 fn codes_and_sessions_cross_instances() {
-    let Some((a, b)) = two_instances() else {
+    let Some((a, b)) = two_instances_with("introspection_cache_ttl = \"1s\"") else {
         return;
     };
     // Login and consent at A; the code is redeemed at B.
@@ -61,7 +61,7 @@ fn codes_and_sessions_cross_instances() {
     assert_eq!(introspect(&a, &access)["active"], true);
     assert_eq!(introspect(&b, &access)["sub"], a.user_id.as_str());
     // Replayed at A: refused, and the tokens B issued are revoked for both: at once at A,
-    // within tokens.introspection_cache (1s by default) at B, which answered from memory.
+    // within tokens.introspection_cache_ttl (1s) at B, which answered from memory.
     let replayed = a.redeem_webapp_code(&code, &p.verifier);
     assert_eq!(
         replayed.json()["error"],
@@ -135,11 +135,11 @@ fn codes_and_sessions_cross_instances() {
     );
 }
 
-/// With `tokens.introspection_cache = "0s"` every introspection reads the database, so a
+/// With `tokens.introspection_cache_ttl = "0s"` every introspection reads the database, so a
 /// revocation at one instance counts at once at the other, which had just seen the token.
 #[test]
 fn without_the_introspection_cache_a_revocation_elsewhere_counts_at_once() {
-    let Some((a, b)) = two_instances_with("introspection_cache = \"0s\"") else {
+    let Some((a, b)) = two_instances_with("introspection_cache_ttl = \"0s\"") else {
         return;
     };
     let tokens = a.webapp_tokens("read");
@@ -153,6 +153,47 @@ fn without_the_introspection_cache_a_revocation_elsewhere_counts_at_once() {
     );
     assert_eq!(revoked.status, 200, "{}", revoked.body);
     assert_eq!(introspect(&b, access), json!({"active": false}));
+}
+
+/// A client that another instance's configuration no longer lists is disabled in the
+/// database; this instance reloads its clients on the key-refresh timer (1s in the tests),
+/// and from then on refuses the client's tokens even when it remembers them as active.
+#[test]
+fn a_client_removed_elsewhere_ends_the_answers_remembered_here() {
+    let Some((a, _b)) = two_instances_with("introspection_cache_ttl = \"60s\"") else {
+        return;
+    };
+    let access = a.webapp_tokens("read")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(introspect(&a, &access)["active"], true);
+    assert_eq!(introspect(&a, &access)["active"], true);
+    let from_memory = || {
+        let scraped = get(&a.url("/metrics"), &[]);
+        crate::metrics::sample(&scraped.body, "gatehouse_introspections_from_memory_total")
+    };
+    assert_eq!(from_memory(), Some(1.0));
+
+    let text = std::fs::read_to_string(&a.config).unwrap();
+    let without_webapp: Vec<&str> = text
+        .split("[[clients]]")
+        .filter(|block| !block.contains(&format!("id = \"{WEBAPP}\"")))
+        .collect();
+    let config = a.config.with_file_name("without-webapp.toml");
+    std::fs::write(&config, without_webapp.join("[[clients]]")).unwrap();
+    let _c = TestServer::start(&a.db, &config);
+    let refused = eventually(Duration::from_secs(10), || {
+        (introspect(&a, &access) == json!({"active": false})).then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "A still answers active for a removed client"
+    );
+    assert!(
+        from_memory().is_some_and(|n| n > 1.0),
+        "the refusal came from memory, the entry still fresh"
+    );
 }
 
 #[test]

@@ -227,12 +227,12 @@ on_both_backends!(
 );
 
 fn a_disabled_user_keeps_no_working_token(db: TestDb) {
-    let app = OAuthServer::start(db);
+    let app = OAuthServer::start_with(db, "introspection_cache_ttl = \"1s\"");
     let tokens = app.webapp_tokens("read");
     let access = tokens["access_token"].as_str().unwrap();
     assert_eq!(app.introspect(access)["active"], true);
     // Disabled outside the server, as `gatehouse users disable` does: the server answered
-    // from memory for tokens.introspection_cache (1s by default), and no longer after it.
+    // from memory for tokens.introspection_cache_ttl (1s), and no longer after it.
     gatehouse::accounts::set_disabled(&mut app.db.connect(), USERNAME, true).unwrap();
     std::thread::sleep(std::time::Duration::from_secs(1));
     assert_eq!(
