@@ -104,6 +104,9 @@ pub struct RunResult {
     pub metrics_off_per_second: f64,
     /// The prices of the least work each scenario must do (see `floors`).
     pub floors: floors::Floors,
+    /// The share of the introspection scenario's answers that came from the introspection
+    /// cache, by the server's /metrics; `None` when not measured.
+    pub introspections_from_memory: Option<f64>,
 }
 
 pub struct BackendResult {
@@ -220,6 +223,7 @@ fn run_backend(
     }
 
     let mut scenarios = Vec::new();
+    let mut introspections_from_memory = None;
     for scenario in Scenario::ALL {
         if options
             .only
@@ -234,6 +238,20 @@ fn run_backend(
             .map(|(base, _)| base);
         let (outcome, measured) = measure_beside_baseline(options, cores, &server, scenario, base);
         report_outcome(backend, scenario.name(), &outcome, &measured, failures);
+        if scenario == Scenario::Introspection {
+            introspections_from_memory = answered_from_memory(&server);
+            match introspections_from_memory {
+                Some(share) => eprintln!(
+                    "  {:<10} introspections answered from memory: {:.2} %",
+                    backend.name(),
+                    share * 100.0
+                ),
+                None => failures.push(format!(
+                    "{}: no introspection counters in /metrics",
+                    backend.name()
+                )),
+            }
+        }
         scenarios.push((scenario, measured));
     }
 
@@ -245,6 +263,7 @@ fn run_backend(
             metrics_on_per_second: 0.0,
             metrics_off_per_second: 0.0,
             floors: floors::Floors::default(),
+            introspections_from_memory,
         });
     }
     // No server runs while the floors are measured: they are the machine's, not gatehouse's.
@@ -335,6 +354,7 @@ fn run_backend(
         half_rate,
         metrics_on_per_second: metrics_on,
         metrics_off_per_second: metrics_off,
+        introspections_from_memory,
         floors,
     })
 }
@@ -346,6 +366,23 @@ fn run_backend(
 /// other, gave ratios from 0.72 to 1.31 over five runs. Measured in alternating slices, both
 /// see the same drift.
 pub const SLICES: usize = 5;
+
+/// The share of successful introspections the server answered from its introspection cache
+/// since it started, by its /metrics.
+fn answered_from_memory(server: &Server) -> Option<f64> {
+    let mut conn = client::Conn::open(server.addr).ok()?;
+    let reply = conn.get("/metrics", "").ok()?;
+    let sample = |series: &str| -> Option<f64> {
+        reply
+            .text()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    };
+    let answered = sample(r#"gatehouse_http_requests_total{route="/introspect",status="200"}"#)?;
+    let from_memory = sample("gatehouse_introspections_from_memory_total")?;
+    (answered > 0.0).then(|| from_memory / answered)
+}
 
 /// Measures `scenario` on `server` for the run's duration; with a baseline, in `SLICES`
 /// turns with it, each turn a fresh set of connections after a short

@@ -309,11 +309,17 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
                 .collect()
         };
         let readyz_to_b2 = median(&mut per_run(Scenario::Readyz, Scenario::Healthz));
+        let mut from_memory: Vec<f64> = result
+            .runs
+            .iter()
+            .filter_map(|run| run.introspections_from_memory)
+            .collect();
+        let from_memory = median(&mut from_memory) * 100.0;
         let introspection_to_readyz =
             median(&mut per_run(Scenario::Introspection, Scenario::Readyz));
         let _ = writeln!(
             out,
-            "- What a database read per request allows: /readyz, which does nothing but a hop to the blocking pool, a pooled connection and `SELECT 1`, reached {readyz_to_b2:.2} × B2. Each connection of the introspection scenario asks about one token again and again, as a resource server does about a user's token: its first answer in each `tokens.introspection_cache_ttl` (1s) reads the database, the others come from memory; it reached {introspection_to_readyz:.2} × /readyz.\n"
+            "- What a database read per request allows: /readyz, which does nothing but a hop to the blocking pool, a pooled connection and `SELECT 1`, reached {readyz_to_b2:.2} × B2. Each connection of the introspection scenario asks about one token again and again, as a resource server does about a user's token: its first answer in each `tokens.introspection_cache_ttl` (1s) reads the database, the others come from memory ({from_memory:.2} % of the answers, by the server's /metrics; median of the runs); it reached {introspection_to_readyz:.2} × /readyz.\n"
         );
         out.push_str(&machine_allows(result, cores as f64));
     }
