@@ -188,6 +188,16 @@ pub fn write_transaction<T>(
     write(conn, |conn| conn.transaction(work))
 }
 
+/// Whether a write on `conn` would join a transaction the caller already holds open (on
+/// SQLite, any `write` in progress on this thread), and so commit only when that one does.
+pub fn in_open_transaction(conn: &mut DbConnection) -> bool {
+    use diesel::connection::TransactionManager;
+    let depth =
+        <DbConnection as Connection>::TransactionManager::transaction_manager_status_mut(conn)
+            .transaction_depth();
+    HOLDS_SQLITE_WRITER.get() || !matches!(depth, Ok(None))
+}
+
 /// Clears the thread's gate flag however `write`'s work ends, panics included.
 struct ReleaseOnDrop;
 
@@ -290,6 +300,19 @@ mod tests {
             })
         });
         assert_eq!(nested.unwrap(), 7);
+    }
+
+    /// What keeps a revocation from being counted before it commits (tokens::REVOCATIONS).
+    #[test]
+    fn an_open_transaction_or_write_is_recognised() {
+        let (_dir, mut conn) = sqlite();
+        assert!(!in_open_transaction(&mut conn));
+        let inside_transaction =
+            conn.transaction(|conn| Ok::<_, diesel::result::Error>(in_open_transaction(conn)));
+        assert!(inside_transaction.unwrap());
+        let inside_write = write(&mut conn, |conn| Ok(in_open_transaction(conn)));
+        assert!(inside_write.unwrap());
+        assert!(!in_open_transaction(&mut conn));
     }
 
     #[test]

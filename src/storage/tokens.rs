@@ -189,7 +189,7 @@ fn insert_new_rows(
 /// the database and trusts the memory only while it is unchanged; counting after the commit
 /// is what makes that safe, since a read that began before it still sees the count move.
 /// So none of these functions may be called inside a transaction the caller holds open
-/// (none is: the server's calls run on a pooled connection of their own).
+/// (none is; debug builds, which the tests run, assert it).
 static REVOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// See `REVOCATIONS`.
@@ -210,6 +210,7 @@ fn counted<T>(result: StorageResult<T>, changed: impl FnOnce(&T) -> bool) -> Sto
 /// Revokes the family, and with it every access token whose `jti` names it. Returns whether
 /// the family was live before this call.
 pub fn revoke_family(conn: &mut DbConnection, family_id: &str, now: i64) -> StorageResult<bool> {
+    debug_assert!(!super::in_open_transaction(conn), "see REVOCATIONS");
     let rows = super::write_transaction(conn, |conn| revoke_family_rows(conn, family_id, now));
     counted(rows, |rows| rows.family || rows.access_tokens > 0).map(|rows| rows.family)
 }
@@ -343,6 +344,7 @@ pub fn revoke_access(
     expires_at: i64,
     now: i64,
 ) -> StorageResult<()> {
+    debug_assert!(!super::in_open_transaction(conn), "see REVOCATIONS");
     let changed = super::write(conn, |conn| {
         let updated = diesel::update(
             access_tokens::table
@@ -400,6 +402,7 @@ pub fn revoke_user_families(
 /// Deletes families (and, by cascade, their refresh and access rows) that ended before
 /// `cutoff`, and revoked-token rows of access tokens that expired before it.
 pub fn delete_expired_before(conn: &mut DbConnection, cutoff: i64) -> StorageResult<usize> {
+    debug_assert!(!super::in_open_transaction(conn), "see REVOCATIONS");
     let deleted = super::write_transaction(conn, |conn| {
         let families: Vec<String> = token_families::table
             .filter(token_families::expires_at.lt(cutoff))
