@@ -55,7 +55,8 @@ impl Problems {
 }
 
 const MAX_CODE_TTL: Duration = Duration::from_secs(600);
-const MAX_INTROSPECTION_CACHE: Duration = Duration::from_secs(60);
+/// The revocation log keeps its records this long; a longer cache could miss one.
+const MAX_INTROSPECTION_CACHE: Duration = crate::storage::revocation_log::KEPT_FOR;
 
 /// `env` looks up environment variables named by `secret_env`.
 pub fn validate(

@@ -6,8 +6,9 @@
 //! token). It answers only while all of these still hold, and is otherwise a miss that
 //! takes the full path:
 //! - it is younger than the configured time, counted from before the database was asked;
-//! - no revocation was committed by this process since then (`revocations_counted`), so a
-//!   revocation at this instance applies to the very next introspection;
+//! - no revocation this process committed since then reaches it (its own, its family's, or
+//!   one the log cannot name: see `storage::revocation_log`), so a revocation at this
+//!   instance applies to the very next introspection, and leaves other grants' answers be;
 //! - the key set is the one that verified it (a key retired here drops its tokens at once);
 //! - the token has not expired (`exp`, the verifier's rule).
 //!
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::digest;
 
 use crate::keys::{KeyState, VerifiedClaims};
-use crate::storage::{now_unix, tokens::revocations_counted};
+use crate::storage::now_unix;
+use crate::storage::revocation_log::{self, RevocationLog};
 
 /// Bounds the memory: about 0.5 KiB an entry. Entries too old to answer are swept at most
 /// once per configured time; when the cache is still full, new answers are not remembered
@@ -47,8 +49,8 @@ impl TokenDigest {
 /// `Keys` is the key set a token was verified with; entries compare it by identity.
 pub struct IntrospectionCache<Keys = KeyState> {
     ttl: Duration,
-    /// `revocations_counted`, or a test's own count.
-    revocations: fn() -> u64,
+    /// The process's revocation log, or a test's own.
+    revocations: &'static RevocationLog,
     inner: RwLock<Inner<Keys>>,
 }
 
@@ -74,10 +76,10 @@ pub struct CheckStarted {
 
 impl<Keys> IntrospectionCache<Keys> {
     pub fn new(ttl: Duration) -> IntrospectionCache<Keys> {
-        IntrospectionCache::counting(ttl, revocations_counted)
+        IntrospectionCache::reading(ttl, revocation_log::process())
     }
 
-    fn counting(ttl: Duration, revocations: fn() -> u64) -> IntrospectionCache<Keys> {
+    fn reading(ttl: Duration, revocations: &'static RevocationLog) -> IntrospectionCache<Keys> {
         IntrospectionCache {
             ttl,
             revocations,
@@ -92,7 +94,7 @@ impl<Keys> IntrospectionCache<Keys> {
     pub fn begin_check(&self) -> CheckStarted {
         CheckStarted {
             at: Instant::now(),
-            revocations: (self.revocations)(),
+            revocations: self.revocations.count(),
         }
     }
 
@@ -119,7 +121,7 @@ impl<Keys> IntrospectionCache<Keys> {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         let entry = inner.entries.get(&token)?;
         let fresh = now.saturating_duration_since(entry.check.at) < self.ttl
-            && entry.check.revocations == (self.revocations)()
+            && !self.revoked_since(entry.check, &entry.claims)
             && std::ptr::eq(entry.keys.as_ptr(), Arc::as_ptr(keys))
             && entry.claims.exp >= now_unix;
         fresh.then(|| Arc::clone(&entry.claims))
@@ -146,7 +148,7 @@ impl<Keys> IntrospectionCache<Keys> {
         now: Instant,
     ) {
         // A revocation committed while the database was asked may not be in its answer.
-        if !self.enabled() || check.revocations != (self.revocations)() {
+        if !self.enabled() || self.revoked_since(check, &claims) {
             return;
         }
         let sweep_due =
@@ -161,7 +163,9 @@ impl<Keys> IntrospectionCache<Keys> {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         if sweep_due(&inner) {
             inner.last_sweep = now;
-            let revocations = (self.revocations)();
+            // Entries checked before the latest revocation go too (whether it reached them or
+            // not): asking the log about each would hold its lock 10,000 times here.
+            let revocations = self.revocations.count();
             inner.entries.retain(|_, entry| {
                 now.saturating_duration_since(entry.check.at) < self.ttl
                     && entry.check.revocations == revocations
@@ -179,6 +183,11 @@ impl<Keys> IntrospectionCache<Keys> {
         inner.entries.insert(token, entry);
     }
 
+    fn revoked_since(&self, check: CheckStarted, claims: &VerifiedClaims) -> bool {
+        self.revocations
+            .reaches_since(check.revocations, &claims.jti)
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.inner
@@ -191,9 +200,8 @@ impl<Keys> IntrospectionCache<Keys> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use super::*;
+    use crate::storage::revocation_log::Revoked;
 
     const TTL: Duration = Duration::from_secs(1);
 
@@ -214,9 +222,19 @@ mod tests {
         })
     }
 
-    /// A cache that sees no revocation: the process's count moves with other tests.
+    fn claims_of(jti: &str) -> Arc<VerifiedClaims> {
+        let mut claims = Arc::unwrap_or_clone(claims(2_000));
+        claims.jti = jti.into();
+        Arc::new(claims)
+    }
+
+    /// A log of the test's own: the process's moves with other tests.
+    fn log() -> &'static RevocationLog {
+        Box::leak(Box::new(RevocationLog::new()))
+    }
+
     fn cache(ttl: Duration) -> IntrospectionCache<u8> {
-        IntrospectionCache::counting(ttl, || 0)
+        IntrospectionCache::reading(ttl, log())
     }
 
     #[test]
@@ -262,22 +280,31 @@ mod tests {
     }
 
     #[test]
-    fn a_revocation_committed_since_the_check_empties_every_answer() {
-        static REVOCATIONS: AtomicU64 = AtomicU64::new(0);
-        let keys = Arc::new(0);
-        let cache = IntrospectionCache::counting(TTL, || REVOCATIONS.load(Ordering::Acquire));
+    fn a_revocation_since_the_check_ends_the_answers_it_reaches() {
+        let (keys, log) = (Arc::new(0), log());
+        let cache = IntrospectionCache::reading(TTL, log);
+        let other = TokenDigest::of("another.token.here");
         let before = cache.begin_check();
         cache.remember(token(), claims(2_000), &keys, before);
+        cache.remember(other, claims_of("other-family.random"), &keys, before);
         assert!(cache.active_at(token(), &keys, before.at, 1_000).is_some());
-        // What a revocation's commit does (revoke_family, revoke_access, the expiry sweep).
-        REVOCATIONS.fetch_add(1, Ordering::AcqRel);
+        // What revoke_family does once it has committed.
+        log.record(Revoked::Family("family"));
         assert!(cache.active_at(token(), &keys, before.at, 1_000).is_none());
+        assert!(
+            cache.active_at(other, &keys, before.at, 1_000).is_some(),
+            "another grant's answer stays"
+        );
         // An answer read before that revocation is not remembered either.
         cache.remember(token(), claims(2_000), &keys, before);
         assert!(cache.active_at(token(), &keys, before.at, 1_000).is_none());
         let after = cache.begin_check();
         cache.remember(token(), claims(2_000), &keys, after);
         assert!(cache.active_at(token(), &keys, after.at, 1_000).is_some());
+        // What the log cannot name reaches every answer.
+        log.record(Revoked::Everything);
+        assert!(cache.active_at(token(), &keys, after.at, 1_000).is_none());
+        assert!(cache.active_at(other, &keys, before.at, 1_000).is_none());
     }
 
     #[test]

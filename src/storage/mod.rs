@@ -16,6 +16,7 @@ mod connection;
 pub mod consents;
 pub mod keys;
 mod prepared;
+pub mod revocation_log;
 pub mod schema;
 pub mod sessions;
 pub mod tokens;
@@ -302,7 +303,7 @@ mod tests {
         assert_eq!(nested.unwrap(), 7);
     }
 
-    /// What keeps a revocation from being counted before it commits (tokens::REVOCATIONS).
+    /// What keeps a revocation from being recorded before it commits (`tokens::recorded`).
     #[test]
     fn an_open_transaction_or_write_is_recognised() {
         let (_dir, mut conn) = sqlite();

@@ -7,12 +7,12 @@
 //! refresh wrote).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use diesel::prelude::*;
 use diesel::result::DatabaseErrorKind;
 
 use super::codes::CodeRow;
+use super::revocation_log::{self, Revoked};
 use super::schema::{access_tokens, refresh_tokens, token_families, users};
 use super::{DbConnection, StorageError, StorageResult};
 
@@ -183,26 +183,22 @@ fn insert_new_rows(
     Ok(())
 }
 
-/// Counts the calls in this process that revoked or deleted tokens (or failed midway), each
-/// counted once it has returned, that is after its transaction committed or rolled back.
-/// Whoever remembers a token as live (the introspection cache) reads the count before asking
-/// the database and trusts the memory only while it is unchanged; counting after the commit
-/// is what makes that safe, since a read that began before it still sees the count move.
-/// So none of these functions may be called inside a transaction the caller holds open
-/// (none is; debug builds, which the tests run, assert it).
-static REVOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-/// See `REVOCATIONS`.
-pub fn revocations_counted() -> u64 {
-    REVOCATIONS.load(Ordering::Acquire)
-}
-
-/// Counts `result` as a revocation if it changed anything or failed. A call that changed
-/// nothing (a token revoked again) is not counted, so that repeating it cannot keep
-/// emptying the introspection cache.
-fn counted<T>(result: StorageResult<T>, changed: impl FnOnce(&T) -> bool) -> StorageResult<T> {
-    if result.as_ref().map_or(true, changed) {
-        REVOCATIONS.fetch_add(1, Ordering::AcqRel);
+/// Records what a call revoked in the process's revocation log (see `revocation_log`) once
+/// it has returned: when it changed anything, or failed (it may have committed first). So
+/// none of these functions may run inside a transaction the caller holds open, or the record
+/// would come before the commit (none does; debug builds, which the tests run, assert it).
+/// A call that changed nothing (a token revoked again) records nothing, so that repeating it
+/// costs the introspection cache nothing.
+fn recorded<'a, T>(
+    result: StorageResult<T>,
+    reached: impl FnOnce(&T) -> Option<Revoked<'a>>,
+) -> StorageResult<T> {
+    let revoked = match &result {
+        Ok(changed) => reached(changed),
+        Err(_) => Some(Revoked::Everything),
+    };
+    if let Some(revoked) = revoked {
+        revocation_log::process().record(revoked);
     }
     result
 }
@@ -210,15 +206,27 @@ fn counted<T>(result: StorageResult<T>, changed: impl FnOnce(&T) -> bool) -> Sto
 /// Revokes the family, and with it every access token whose `jti` names it. Returns whether
 /// the family was live before this call.
 pub fn revoke_family(conn: &mut DbConnection, family_id: &str, now: i64) -> StorageResult<bool> {
-    debug_assert!(!super::in_open_transaction(conn), "see REVOCATIONS");
+    debug_assert!(!super::in_open_transaction(conn), "see `recorded`");
     let rows = super::write_transaction(conn, |conn| revoke_family_rows(conn, family_id, now));
-    counted(rows, |rows| rows.family || rows.access_tokens > 0).map(|rows| rows.family)
+    recorded(rows, |rows| rows.reached(family_id)).map(|rows| rows.family)
 }
 
 /// What `revoke_family_rows` changed.
 struct RevokedRows {
     family: bool,
     access_tokens: usize,
+}
+
+impl RevokedRows {
+    /// What to record: rows of tokens issued before family-scoped jtis have jtis that name
+    /// no family, so revoking them reaches everything the log cannot tell apart.
+    fn reached<'a>(&self, family_id: &'a str) -> Option<Revoked<'a>> {
+        if self.access_tokens > 0 {
+            Some(Revoked::Everything)
+        } else {
+            self.family.then_some(Revoked::Family(family_id))
+        }
+    }
 }
 
 /// `revoke_family`'s statements, for a caller already in a transaction.
@@ -344,7 +352,7 @@ pub fn revoke_access(
     expires_at: i64,
     now: i64,
 ) -> StorageResult<()> {
-    debug_assert!(!super::in_open_transaction(conn), "see REVOCATIONS");
+    debug_assert!(!super::in_open_transaction(conn), "see `recorded`");
     let changed = super::write(conn, |conn| {
         let updated = diesel::update(
             access_tokens::table
@@ -371,7 +379,7 @@ pub fn revoke_access(
             .execute(conn)
         {
             Ok(_) => Ok(true),
-            // A concurrent revocation of the same token got there first (and counts).
+            // A concurrent revocation of the same token got there first (and records it).
             Err(diesel::result::Error::DatabaseError(
                 diesel::result::DatabaseErrorKind::UniqueViolation,
                 _,
@@ -379,7 +387,10 @@ pub fn revoke_access(
             Err(e) => Err(e.into()),
         }
     });
-    counted(changed, |changed| *changed).map(drop)
+    recorded(changed, |changed| {
+        changed.then_some(Revoked::AccessToken(jti))
+    })
+    .map(drop)
 }
 
 /// Revokes every family of a user (a disabled user keeps no working token).
@@ -402,7 +413,7 @@ pub fn revoke_user_families(
 /// Deletes families (and, by cascade, their refresh and access rows) that ended before
 /// `cutoff`, and revoked-token rows of access tokens that expired before it.
 pub fn delete_expired_before(conn: &mut DbConnection, cutoff: i64) -> StorageResult<usize> {
-    debug_assert!(!super::in_open_transaction(conn), "see REVOCATIONS");
+    debug_assert!(!super::in_open_transaction(conn), "see `recorded`");
     let deleted = super::write_transaction(conn, |conn| {
         let families: Vec<String> = token_families::table
             .filter(token_families::expires_at.lt(cutoff))
@@ -421,5 +432,32 @@ pub fn delete_expired_before(conn: &mut DbConnection, cutoff: i64) -> StorageRes
     });
     // The cutoff leaves these families no unexpired access token unless access_ttl was
     // shortened since they were issued; the database path would then call one inactive.
-    counted(deleted, |families| *families > 0)
+    recorded(deleted, |families| {
+        (*families > 0).then_some(Revoked::Everything)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_family_revocation_names_its_family_unless_it_reached_older_rows() {
+        let named = |family, access_tokens| match (RevokedRows {
+            family,
+            access_tokens,
+        })
+        .reached("family-a")
+        {
+            Some(Revoked::Family(id)) => format!("family {id}"),
+            Some(Revoked::AccessToken(jti)) => format!("access token {jti}"),
+            Some(Revoked::Everything) => "everything".to_owned(),
+            None => "nothing".to_owned(),
+        };
+        assert_eq!(named(true, 0), "family family-a");
+        assert_eq!(named(false, 0), "nothing", "already revoked");
+        // Tokens issued before family-scoped jtis have rows, and jtis that name no family.
+        assert_eq!(named(true, 2), "everything");
+        assert_eq!(named(false, 1), "everything");
+    }
 }

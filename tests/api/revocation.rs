@@ -36,7 +36,8 @@ fn answered_from_memory(app: &OAuthServer) -> f64 {
 
 /// With a long `tokens.introspection_cache_ttl`, a token asked about again is answered from
 /// memory, and a revocation made at this instance still counts for the very next answer:
-/// a refresh token's family (and so its access token), an access token on its own.
+/// a refresh token's family (and so its access token), an access token on its own; other
+/// grants' answers stay in memory.
 fn introspection_remembers_active_tokens_until_a_revocation_here(db: TestDb) {
     let app = OAuthServer::start_with(db, "introspection_cache_ttl = \"60s\"");
     let tokens = app.webapp_tokens("read");
@@ -68,6 +69,9 @@ fn introspection_remembers_active_tokens_until_a_revocation_here(db: TestDb) {
 
     assert_eq!(revoke(&app, refresh, (WEBAPP, WEBAPP_SECRET)).status, 200);
     assert_eq!(introspect(&app, access), json!({"active": false}));
+    // The family's revocation reaches nothing else: the service token is still remembered.
+    assert_eq!(introspect(&app, &service_token)["active"], true);
+    assert_eq!(answered_from_memory(&app), 3.0);
     assert_eq!(
         revoke(&app, &service_token, (SERVICE, SERVICE_SECRET)).status,
         200
@@ -75,7 +79,7 @@ fn introspection_remembers_active_tokens_until_a_revocation_here(db: TestDb) {
     assert_eq!(introspect(&app, &service_token), json!({"active": false}));
     assert_eq!(
         answered_from_memory(&app),
-        2.0,
+        3.0,
         "no stale answer from memory"
     );
 
@@ -84,7 +88,7 @@ fn introspection_remembers_active_tokens_until_a_revocation_here(db: TestDb) {
     let another = webapp_access_token(&app);
     assert_eq!(introspect(&app, &another)["active"], true);
     assert_eq!(introspect(&app, &another)["active"], true);
-    assert_eq!(answered_from_memory(&app), 3.0);
+    assert_eq!(answered_from_memory(&app), 4.0);
     for token in [refresh, &service_token] {
         assert_eq!(revoke(&app, token, (WEBAPP, WEBAPP_SECRET)).status, 200);
     }
@@ -93,7 +97,18 @@ fn introspection_remembers_active_tokens_until_a_revocation_here(db: TestDb) {
         200
     );
     assert_eq!(introspect(&app, &another)["active"], true);
-    assert_eq!(answered_from_memory(&app), 4.0);
+    assert_eq!(answered_from_memory(&app), 5.0);
+
+    // A revocation of another grant's token leaves this one's answer in memory.
+    let fresh = app.token(
+        &[("grant_type", "client_credentials")],
+        Some((SERVICE, SERVICE_SECRET)),
+    );
+    let fresh = fresh.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(revoke(&app, &fresh, (SERVICE, SERVICE_SECRET)).status, 200);
+    assert_eq!(introspect(&app, &fresh), json!({"active": false}));
+    assert_eq!(introspect(&app, &another)["active"], true);
+    assert_eq!(answered_from_memory(&app), 6.0);
 }
 
 /// gatehouse only disables users, but an operator may erase one in SQL; the cascades take
