@@ -157,7 +157,10 @@ pub fn validate(
     if tokens.introspection_cache_ttl > MAX_INTROSPECTION_CACHE {
         p.add(
             "tokens.introspection_cache_ttl",
-            "must be at most 1m: it is how long a revocation made elsewhere may go unseen",
+            format!(
+                "must be at most {}: it is how long a revocation made elsewhere may go unseen",
+                humantime::format_duration(MAX_INTROSPECTION_CACHE)
+            ),
         );
     }
     if tokens.refresh_idle_ttl > tokens.refresh_absolute_ttl {

@@ -2,8 +2,8 @@
 //! asking about the same token again within `tokens.introspection_cache_ttl` is answered from
 //! memory: no signature check, no trip to the blocking pool, no query.
 //!
-//! An entry is the token's verified claims under the SHA-256 of the token (the cache holds no
-//! token). It answers only while all of these still hold, and is otherwise a miss that
+//! An entry is the token's verified claims and the answer rendered from them, under the
+//! SHA-256 of the token (the cache holds no token). It answers only while all of these still hold, and is otherwise a miss that
 //! takes the full path:
 //! - it is younger than the configured time, counted from before the database was asked;
 //! - no revocation this process committed since then reaches it (its own, its family's, or
@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use actix_web::web::Bytes;
 use aws_lc_rs::digest;
 
 use crate::keys::{KeyState, VerifiedClaims};
@@ -46,6 +47,13 @@ impl TokenDigest {
     }
 }
 
+/// What is remembered of a token found active: its claims, and the JSON answer rendered from
+/// them once, served as it is to every question within the TTL.
+pub struct Remembered {
+    pub claims: VerifiedClaims,
+    pub answer: Bytes,
+}
+
 /// `Keys` is the key set a token was verified with; entries compare it by identity.
 pub struct IntrospectionCache<Keys = KeyState> {
     ttl: Duration,
@@ -60,7 +68,7 @@ struct Inner<Keys> {
 }
 
 struct Entry<Keys> {
-    claims: Arc<VerifiedClaims>,
+    remembered: Arc<Remembered>,
     /// Identifies the key set without keeping its keys alive once it is replaced.
     keys: Weak<Keys>,
     check: CheckStarted,
@@ -102,9 +110,9 @@ impl<Keys> IntrospectionCache<Keys> {
         !self.ttl.is_zero()
     }
 
-    /// The claims of the token with this digest if it was found active recently enough,
-    /// under `keys`.
-    pub fn active(&self, token: TokenDigest, keys: &Arc<Keys>) -> Option<Arc<VerifiedClaims>> {
+    /// What was remembered of the token with this digest if it was found active recently
+    /// enough, under `keys`.
+    pub fn active(&self, token: TokenDigest, keys: &Arc<Keys>) -> Option<Arc<Remembered>> {
         self.active_at(token, keys, Instant::now(), now_unix())
     }
 
@@ -114,41 +122,42 @@ impl<Keys> IntrospectionCache<Keys> {
         keys: &Arc<Keys>,
         now: Instant,
         now_unix: i64,
-    ) -> Option<Arc<VerifiedClaims>> {
+    ) -> Option<Arc<Remembered>> {
         if !self.enabled() {
             return None;
         }
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         let entry = inner.entries.get(&token)?;
+        let claims = &entry.remembered.claims;
         let fresh = now.saturating_duration_since(entry.check.at) < self.ttl
-            && !self.revoked_since(entry.check, &entry.claims)
+            && !self.revoked_since(entry.check, claims)
             && std::ptr::eq(entry.keys.as_ptr(), Arc::as_ptr(keys))
-            && entry.claims.exp >= now_unix;
-        fresh.then(|| Arc::clone(&entry.claims))
+            && claims.exp >= now_unix;
+        fresh.then(|| Arc::clone(&entry.remembered))
     }
 
     /// Remembers that the database, asked at `check`, knew no revocation of the token with
-    /// this digest, which `keys` verified into `claims`.
+    /// this digest, which `keys` verified into `remembered.claims`.
     pub fn remember(
         &self,
         token: TokenDigest,
-        claims: Arc<VerifiedClaims>,
+        remembered: Arc<Remembered>,
         keys: &Arc<Keys>,
         check: CheckStarted,
     ) {
-        self.remember_at(token, claims, keys, check, Instant::now());
+        self.remember_at(token, remembered, keys, check, Instant::now());
     }
 
     fn remember_at(
         &self,
         token: TokenDigest,
-        claims: Arc<VerifiedClaims>,
+        remembered: Arc<Remembered>,
         keys: &Arc<Keys>,
         check: CheckStarted,
         now: Instant,
     ) {
         // A revocation committed while the database was asked may not be in its answer.
-        if !self.enabled() || self.revoked_since(check, &claims) {
+        if !self.enabled() || self.revoked_since(check, &remembered.claims) {
             return;
         }
         let sweep_due =
@@ -176,7 +185,7 @@ impl<Keys> IntrospectionCache<Keys> {
             return;
         }
         let entry = Entry {
-            claims,
+            remembered,
             keys: Arc::downgrade(keys),
             check,
         };
@@ -209,23 +218,29 @@ mod tests {
         TokenDigest::of("header.payload.signature")
     }
 
-    fn claims(exp: i64) -> Arc<VerifiedClaims> {
-        Arc::new(VerifiedClaims {
-            iss: "https://issuer.test".into(),
-            sub: "user".into(),
-            aud: serde_json::json!("api"),
-            exp,
-            iat: exp - 900,
-            jti: "family.random".into(),
-            client_id: "webapp".into(),
-            scope: "read".into(),
+    /// A token of `jti` that expires at `exp`, as remembered.
+    fn remembered_as(jti: &str, exp: i64) -> Arc<Remembered> {
+        Arc::new(Remembered {
+            claims: VerifiedClaims {
+                iss: "https://issuer.test".into(),
+                sub: "user".into(),
+                aud: serde_json::json!("api"),
+                exp,
+                iat: exp - 900,
+                jti: jti.into(),
+                client_id: "webapp".into(),
+                scope: "read".into(),
+            },
+            answer: Bytes::from_static(b"{\"active\":true}"),
         })
     }
 
-    fn claims_of(jti: &str) -> Arc<VerifiedClaims> {
-        let mut claims = Arc::unwrap_or_clone(claims(2_000));
-        claims.jti = jti.into();
-        Arc::new(claims)
+    fn claims(exp: i64) -> Arc<Remembered> {
+        remembered_as("family.random", exp)
+    }
+
+    fn claims_of(jti: &str) -> Arc<Remembered> {
+        remembered_as(jti, 2_000)
     }
 
     /// A log of the test's own: the process's moves with other tests.
@@ -243,7 +258,7 @@ mod tests {
         let check = cache.begin_check();
         cache.remember(token(), claims(2_000), &keys, check);
         let at = |after| cache.active_at(token(), &keys, check.at + after, 1_000);
-        let answered = at(Duration::ZERO).map(|c| c.jti.clone());
+        let answered = at(Duration::ZERO).map(|r| r.claims.jti.clone());
         assert_eq!(answered.as_deref(), Some("family.random"));
         assert!(at(TTL - Duration::from_millis(1)).is_some());
         assert!(

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use super::credentials::{self, ClientCheck};
-use super::introspection_cache::TokenDigest;
-use super::token::{answer, failure, rate_limited, read_request};
+use super::introspection_cache::{Remembered, TokenDigest};
+use super::token::{answer, failure, rate_limited, read_request, rendered_answer};
 use super::AppState;
 use super::HttpError;
 use crate::keys::VerifiedClaims;
@@ -123,15 +124,12 @@ pub async fn introspect(
     let registered = |claims: &VerifiedClaims| state.clients.get(&claims.client_id).is_some();
     let keys = state.keys.current();
     let digest = TokenDigest::of(&token);
-    if let Some(claims) = state.introspections.active(digest, &keys) {
+    if let Some(remembered) = state.introspections.active(digest, &keys) {
         crate::metrics::global().introspection_answered_from_memory();
-        let claims = Arc::unwrap_or_clone(claims);
-        let answer = if registered(&claims) {
-            revocation::introspect_access(claims, false)
-        } else {
-            revocation::inactive()
-        };
-        return respond(Ok(answer));
+        if !registered(&remembered.claims) {
+            return respond(Ok(revocation::inactive()));
+        }
+        return rendered_answer(remembered.answer.clone());
     }
     // Checking the signature is CPU work without the database, so it runs here; only the
     // revocation check goes to the blocking pool, joined with concurrent requests' checks.
@@ -141,12 +139,22 @@ pub async fn introspect(
         return respond(Ok(revocation::inactive()));
     };
     let check = state.introspections.begin_check();
-    let revoked = state.revocations.is_revoked(claims.jti.clone()).await;
-    if let Ok(false) = revoked {
-        let remembered = Arc::new(claims.clone());
-        state
-            .introspections
-            .remember(digest, remembered, &keys, check);
+    match state.revocations.is_revoked(claims.jti.clone()).await {
+        Ok(false) => {}
+        revoked => return respond(revoked.map(|_| revocation::inactive())),
     }
-    respond(revoked.map(|revoked| revocation::introspect_access(claims, revoked)))
+    // Rendered once, for this answer and every one given from memory.
+    let answer = revocation::introspect_access(claims.clone());
+    let Ok(rendered) = serde_json::to_vec(&answer) else {
+        return respond(Ok(answer));
+    };
+    let answer = Bytes::from(rendered);
+    let remembered = Remembered {
+        claims,
+        answer: answer.clone(),
+    };
+    state
+        .introspections
+        .remember(digest, Arc::new(remembered), &keys, check);
+    rendered_answer(answer)
 }

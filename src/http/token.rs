@@ -179,14 +179,27 @@ pub(super) fn answer(answer: TokenAnswer) -> HttpResponse {
         crate::metrics::global().protocol_error(error);
     }
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = HttpResponse::build(status);
-    response
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((header::PRAGMA, "no-cache"));
+    let mut response = uncached(status);
     if status == StatusCode::UNAUTHORIZED {
         response.insert_header((header::WWW_AUTHENTICATE, "Basic realm=\"gatehouse\""));
     }
     response.json(answer.body)
+}
+
+/// A 200 whose JSON body was rendered before (an introspection answered from memory).
+pub(super) fn rendered_answer(body: web::Bytes) -> HttpResponse {
+    uncached(StatusCode::OK)
+        .insert_header(header::ContentType::json())
+        .body(body)
+}
+
+/// RFC 6749 5.1: no protocol answer may be stored.
+fn uncached(status: StatusCode) -> actix_web::HttpResponseBuilder {
+    let mut response = HttpResponse::build(status);
+    response
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"));
+    response
 }
 
 pub(super) fn failure(error: HttpError) -> HttpResponse {

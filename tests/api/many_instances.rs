@@ -169,20 +169,9 @@ fn a_client_removed_elsewhere_ends_the_answers_remembered_here() {
         .to_owned();
     assert_eq!(introspect(&a, &access)["active"], true);
     assert_eq!(introspect(&a, &access)["active"], true);
-    let from_memory = || {
-        let scraped = get(&a.url("/metrics"), &[]);
-        crate::metrics::sample(&scraped.body, "gatehouse_introspections_from_memory_total")
-    };
-    assert_eq!(from_memory(), Some(1.0));
+    assert_eq!(a.introspections_from_memory(), 1.0);
 
-    let text = std::fs::read_to_string(&a.config).unwrap();
-    let without_webapp: Vec<&str> = text
-        .split("[[clients]]")
-        .filter(|block| !block.contains(&format!("id = \"{WEBAPP}\"")))
-        .collect();
-    let config = a.config.with_file_name("without-webapp.toml");
-    std::fs::write(&config, without_webapp.join("[[clients]]")).unwrap();
-    let _c = TestServer::start(&a.db, &config);
+    let _c = TestServer::start(&a.db, &a.config_without_client(WEBAPP));
     let refused = eventually(Duration::from_secs(10), || {
         (introspect(&a, &access) == json!({"active": false})).then_some(())
     });
@@ -191,7 +180,7 @@ fn a_client_removed_elsewhere_ends_the_answers_remembered_here() {
         "A still answers active for a removed client"
     );
     assert!(
-        from_memory().is_some_and(|n| n > 1.0),
+        a.introspections_from_memory() > 1.0,
         "the refusal came from memory, the entry still fresh"
     );
 }

@@ -27,13 +27,6 @@ on_both_backends!(
     introspection_remembers_active_tokens_until_a_revocation_here,
 );
 
-/// Introspections of an access token answered from memory so far.
-fn answered_from_memory(app: &OAuthServer) -> f64 {
-    let scraped = get(&app.url("/metrics"), &[]);
-    crate::metrics::sample(&scraped.body, "gatehouse_introspections_from_memory_total")
-        .unwrap_or_else(|| panic!("no introspection counter in\n{}", scraped.body))
-}
-
 /// With a long `tokens.introspection_cache_ttl`, a token asked about again is answered from
 /// memory, and a revocation made at this instance still counts for the very next answer:
 /// a refresh token's family (and so its access token), an access token on its own; other
@@ -54,7 +47,7 @@ fn introspection_remembers_active_tokens_until_a_revocation_here(db: TestDb) {
     let first = introspect(&app, access);
     assert_eq!(first["active"], true);
     assert_eq!(
-        answered_from_memory(&app),
+        app.introspections_from_memory(),
         0.0,
         "the first answer reads the database"
     );
@@ -65,20 +58,20 @@ fn introspection_remembers_active_tokens_until_a_revocation_here(db: TestDb) {
     );
     assert_eq!(introspect(&app, &service_token)["active"], true);
     assert_eq!(introspect(&app, &service_token)["active"], true);
-    assert_eq!(answered_from_memory(&app), 2.0);
+    assert_eq!(app.introspections_from_memory(), 2.0);
 
     assert_eq!(revoke(&app, refresh, (WEBAPP, WEBAPP_SECRET)).status, 200);
     assert_eq!(introspect(&app, access), json!({"active": false}));
     // The family's revocation reaches nothing else: the service token is still remembered.
     assert_eq!(introspect(&app, &service_token)["active"], true);
-    assert_eq!(answered_from_memory(&app), 3.0);
+    assert_eq!(app.introspections_from_memory(), 3.0);
     assert_eq!(
         revoke(&app, &service_token, (SERVICE, SERVICE_SECRET)).status,
         200
     );
     assert_eq!(introspect(&app, &service_token), json!({"active": false}));
     assert_eq!(
-        answered_from_memory(&app),
+        app.introspections_from_memory(),
         3.0,
         "no stale answer from memory"
     );
@@ -88,7 +81,7 @@ fn introspection_remembers_active_tokens_until_a_revocation_here(db: TestDb) {
     let another = webapp_access_token(&app);
     assert_eq!(introspect(&app, &another)["active"], true);
     assert_eq!(introspect(&app, &another)["active"], true);
-    assert_eq!(answered_from_memory(&app), 4.0);
+    assert_eq!(app.introspections_from_memory(), 4.0);
     for token in [refresh, &service_token] {
         assert_eq!(revoke(&app, token, (WEBAPP, WEBAPP_SECRET)).status, 200);
     }
@@ -97,7 +90,7 @@ fn introspection_remembers_active_tokens_until_a_revocation_here(db: TestDb) {
         200
     );
     assert_eq!(introspect(&app, &another)["active"], true);
-    assert_eq!(answered_from_memory(&app), 5.0);
+    assert_eq!(app.introspections_from_memory(), 5.0);
 
     // A revocation of another grant's token leaves this one's answer in memory.
     let fresh = app.token(
@@ -108,7 +101,7 @@ fn introspection_remembers_active_tokens_until_a_revocation_here(db: TestDb) {
     assert_eq!(revoke(&app, &fresh, (SERVICE, SERVICE_SECRET)).status, 200);
     assert_eq!(introspect(&app, &fresh), json!({"active": false}));
     assert_eq!(introspect(&app, &another)["active"], true);
-    assert_eq!(answered_from_memory(&app), 6.0);
+    assert_eq!(app.introspections_from_memory(), 6.0);
 }
 
 /// gatehouse only disables users, but an operator may erase one in SQL; the cascades take
@@ -146,14 +139,7 @@ fn tokens_of_a_client_no_longer_registered_are_inactive(db: TestDb) {
     let service_access = service.json()["access_token"].as_str().unwrap().to_owned();
     assert_eq!(app.introspect(&webapp_access)["active"], true);
 
-    let text = std::fs::read_to_string(&app.config).unwrap();
-    let without_webapp: Vec<&str> = text
-        .split("[[clients]]")
-        .filter(|block| !block.contains(&format!("id = \"{WEBAPP}\"")))
-        .collect();
-    assert_eq!(without_webapp.len() + 1, text.split("[[clients]]").count());
-    let config = app.config.with_file_name("without-webapp.toml");
-    std::fs::write(&config, without_webapp.join("[[clients]]")).unwrap();
+    let config = app.config_without_client(WEBAPP);
     let after = OAuthServer {
         db: std::sync::Arc::clone(&app.db),
         server: TestServer::start(&app.db, &config),

@@ -305,6 +305,26 @@ impl OAuthServer {
         response.json()
     }
 
+    /// Introspections of an access token this server answered from memory so far.
+    pub fn introspections_from_memory(&self) -> f64 {
+        let scraped = get(&self.url("/metrics"), &[]);
+        crate::metrics::sample(&scraped.body, "gatehouse_introspections_from_memory_total")
+            .unwrap_or_else(|| panic!("no introspection counter in\n{}", scraped.body))
+    }
+
+    /// A copy of this server's configuration without the client `id`, for another server.
+    pub fn config_without_client(&self, id: &str) -> PathBuf {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let kept: Vec<&str> = text
+            .split("[[clients]]")
+            .filter(|block| !block.contains(&format!("id = \"{id}\"")))
+            .collect();
+        assert_eq!(kept.len() + 1, text.split("[[clients]]").count());
+        let config = self.config.with_file_name(format!("without-{id}.toml"));
+        std::fs::write(&config, kept.join("[[clients]]")).unwrap();
+        config
+    }
+
     /// Token families not revoked.
     pub fn live_families(&self) -> i64 {
         use diesel::prelude::*;
