@@ -9,6 +9,11 @@
 #   one_row    a row per family that holds the current token's hash: one UPDATE ...
 #              RETURNING that checks the presented hash, moves it on and returns the
 #              family and whether its user is disabled.
+#   one_row_lookup
+#              the same row per family, in the two steps oxide-auth's refresh flow takes
+#              (recover the grant, then issue): a SELECT of the family by its id (which
+#              the token would carry), then an UPDATE that moves the hash on only if it is
+#              still the presented one.
 #
 # Each pgbench client rotates its own chain of tokens (fam<client>, c<client>-<gen>), so
 # no two rotate the same token, among 100,000 families with one live token each, analyzed,
@@ -76,13 +81,18 @@ cat >"$work/one_row.sql" <<SQL
 UPDATE families_one_row f SET current_hash = $successor, idle_expires_at = 9999999999, rotated_at = 1 WHERE f.id = $family AND f.current_hash = $presented AND f.revoked_at IS NULL RETURNING f.client_id, f.user_id, f.grant_type, f.scope, f.created_at, f.expires_at, f.idle_expires_at, (SELECT disabled FROM users u WHERE u.id = f.user_id);
 \set gen :gen + 1
 SQL
+cat >"$work/one_row_lookup.sql" <<SQL
+SELECT f.id, f.client_id, f.user_id, f.grant_type, f.scope, f.created_at, f.expires_at, f.revoked_at, f.current_hash, f.idle_expires_at, u.disabled FROM families_one_row f LEFT OUTER JOIN users u ON (f.user_id = u.id) WHERE f.id = $family;
+UPDATE families_one_row SET current_hash = $successor, idle_expires_at = 9999999999, rotated_at = 1 WHERE id = $family AND current_hash = $presented AND revoked_at IS NULL;
+\set gen :gen + 1
+SQL
 
 # user nice system idle iowait irq softirq steal, in USER_HZ (100 per second)
 busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
-printf '%-10s %4s %10s %12s %10s %14s\n' design run rotations "rotations/s" "busy cores" "CPU µs/rotation"
+printf '%-14s %4s %10s %12s %10s %14s\n' design run rotations "rotations/s" "busy cores" "CPU µs/rotation"
 for run in $(seq 1 "$runs"); do
-  for design in per_token one_row; do
+  for design in per_token one_row one_row_lookup; do
     reset
     before=$(busy_ticks)
     out=$(pgbench -n -M prepared -c "$clients" -j 2 -T "$seconds" -D gen=0 -f "$work/$design.sql" "$db" 2>&1)
@@ -97,7 +107,7 @@ for run in $(seq 1 "$runs"); do
     # Each transaction must have rotated a token: the chains moved on by as many in all.
     case $design in
       per_token) rotated=$(psql -Atqd "$db" -c "SELECT count(*) FROM refresh_tokens WHERE rotated_at IS NOT NULL") ;;
-      one_row) rotated=$(psql -Atqd "$db" -c "SELECT sum(split_part(current_hash, '-', 2)::bigint) FROM families_one_row") ;;
+      one_row*) rotated=$(psql -Atqd "$db" -c "SELECT sum(split_part(current_hash, '-', 2)::bigint) FROM families_one_row") ;;
     esac
     if [ "$rotated" -ne "$done_" ]; then
       echo "$design: $done_ transactions but $rotated rotations" >&2
@@ -105,6 +115,6 @@ for run in $(seq 1 "$runs"); do
     fi
     ticks=$((after - before))
     awk -v d="$design" -v r="$run" -v n="$done_" -v t="$ticks" -v s="$seconds" \
-      'BEGIN { printf "%-10s %4d %10d %12.0f %10.2f %14.1f\n", d, r, n, n / s, t / 100 / s, t * 10000 / n }'
+      'BEGIN { printf "%-14s %4d %10d %12.0f %10.2f %14.1f\n", d, r, n, n / s, t / 100 / s, t * 10000 / n }'
   done
 done
