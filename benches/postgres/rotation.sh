@@ -42,19 +42,15 @@ INSERT INTO clients VALUES ('app', 'app', NULL, '', 'refresh_token', 'api', 'api
 INSERT INTO users SELECT 'u' || i, 'user' || i, 'x', false, 0, 0 FROM generate_series(0, 255) i;
 INSERT INTO token_families SELECT 'fam' || i, 'app', 'u' || (i % 256), 'password', 'api', 0,
     9999999999, NULL FROM generate_series(0, 99999) i;
-CREATE TABLE families_one_row (
-    id TEXT PRIMARY KEY NOT NULL,
-    client_id TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
-    user_id TEXT REFERENCES users (id) ON DELETE CASCADE,
-    grant_type TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    expires_at BIGINT NOT NULL,
-    revoked_at BIGINT,
-    current_hash TEXT NOT NULL,
-    idle_expires_at BIGINT NOT NULL,
-    rotated_at BIGINT
-);
+-- token_families as it is, plus what a row per family needs: the current token's digest
+-- and the idle limit and rotation time that are a token row's today.
+CREATE TABLE families_one_row (LIKE token_families INCLUDING ALL);
+ALTER TABLE families_one_row
+    ADD FOREIGN KEY (client_id) REFERENCES clients (id) ON DELETE CASCADE,
+    ADD FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE,
+    ADD COLUMN current_hash TEXT NOT NULL,
+    ADD COLUMN idle_expires_at BIGINT NOT NULL,
+    ADD COLUMN rotated_at BIGINT;
 SQL
 
 # Every run starts from the first token of each chain.
