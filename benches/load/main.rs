@@ -247,7 +247,7 @@ fn run_backend(
                     share * 100.0
                 ),
                 None => failures.push(format!(
-                    "{}: no introspection counters in /metrics",
+                    "{}: no introspection counters in /metrics, or no introspection answered",
                     backend.name()
                 )),
             }
@@ -372,13 +372,8 @@ pub const SLICES: usize = 5;
 fn answered_from_memory(server: &Server) -> Option<f64> {
     let mut conn = client::Conn::open(server.addr).ok()?;
     let reply = conn.get("/metrics", "").ok()?;
-    let sample = |series: &str| -> Option<f64> {
-        reply
-            .text()
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|value| value.trim().parse().ok())
-    };
+    let text = reply.text();
+    let sample = |series: &str| server::prometheus_text::sample(text, series);
     let answered = sample(r#"gatehouse_http_requests_total{route="/introspect",status="200"}"#)?;
     let from_memory = sample("gatehouse_introspections_from_memory_total")?;
     (answered > 0.0).then(|| from_memory / answered)

@@ -17,6 +17,8 @@ const BENCH_DATABASE_PREFIX: &str = "gatehouse_bench_";
 
 #[path = "../../tests/shared/orphaned_databases.rs"]
 mod orphaned_databases;
+#[path = "../../tests/shared/prometheus_text.rs"]
+pub mod prometheus_text;
 
 #[derive(Clone, Debug)]
 pub enum Backend {

@@ -38,10 +38,6 @@ impl Problems {
         parsed.unwrap_or_default()
     }
 
-    fn duration_or_zero(&mut self, key: &str, value: &str) -> Duration {
-        self.parsed_duration(key, value).unwrap_or_default()
-    }
-
     fn parsed_duration(&mut self, key: &str, value: &str) -> Option<Duration> {
         let parsed = humantime::parse_duration(value).ok();
         if parsed.is_none() {
@@ -142,10 +138,12 @@ pub fn validate(
             &raw.tokens.refresh_absolute_ttl,
         ),
         code_ttl: p.duration("tokens.code_ttl", &raw.tokens.code_ttl),
-        introspection_cache_ttl: p.duration_or_zero(
-            "tokens.introspection_cache_ttl",
-            &raw.tokens.introspection_cache_ttl,
-        ),
+        introspection_cache_ttl: p
+            .parsed_duration(
+                "tokens.introspection_cache_ttl",
+                &raw.tokens.introspection_cache_ttl,
+            )
+            .unwrap_or_default(),
         audience: raw.tokens.audience.clone(),
     };
     if tokens.code_ttl > MAX_CODE_TTL {

@@ -3,8 +3,8 @@
 //! memory: no signature check, no trip to the blocking pool, no query.
 //!
 //! An entry is the token's verified claims and the answer rendered from them, under the
-//! SHA-256 of the token (the cache holds no token). It answers only while all of these still hold, and is otherwise a miss that
-//! takes the full path:
+//! SHA-256 of the token (the cache holds no token). It answers only while all of these still
+//! hold, and is otherwise a miss that takes the full path:
 //! - it is younger than the configured time, counted from before the database was asked;
 //! - no revocation this process committed since then reaches it (its own, its family's, or
 //!   one the log cannot name: see `storage::revocation_log`), so a revocation at this
@@ -106,7 +106,8 @@ impl<Keys> IntrospectionCache<Keys> {
         }
     }
 
-    fn enabled(&self) -> bool {
+    /// False with a TTL of zero: nothing is remembered, and nothing need be hashed for it.
+    pub fn enabled(&self) -> bool {
         !self.ttl.is_zero()
     }
 
@@ -245,7 +246,7 @@ mod tests {
 
     /// A log of the test's own: the process's moves with other tests.
     fn log() -> &'static RevocationLog {
-        Box::leak(Box::new(RevocationLog::new()))
+        Box::leak(Box::default())
     }
 
     fn cache(ttl: Duration) -> IntrospectionCache<u8> {
@@ -289,6 +290,7 @@ mod tests {
     fn entries_keep_no_replaced_key_set_alive() {
         let (keys, cache) = (Arc::new(0), cache(TTL));
         cache.remember(token(), claims(2_000), &keys, cache.begin_check());
+        assert_eq!(cache.len(), 1);
         let watched = Arc::downgrade(&keys);
         drop(keys);
         assert!(watched.upgrade().is_none());

@@ -123,8 +123,12 @@ pub async fn introspect(
     // longer redeemable (Keycloak answers the same for a disabled client).
     let registered = |claims: &VerifiedClaims| state.clients.get(&claims.client_id).is_some();
     let keys = state.keys.current();
-    let digest = TokenDigest::of(&token);
-    if let Some(remembered) = state.introspections.active(digest, &keys) {
+    let digest = state
+        .introspections
+        .enabled()
+        .then(|| TokenDigest::of(&token));
+    let remembered = digest.and_then(|digest| state.introspections.active(digest, &keys));
+    if let Some(remembered) = remembered {
         crate::metrics::global().introspection_answered_from_memory();
         if !registered(&remembered.claims) {
             return respond(Ok(revocation::inactive()));
@@ -144,17 +148,15 @@ pub async fn introspect(
         revoked => return respond(revoked.map(|_| revocation::inactive())),
     }
     // Rendered once, for this answer and every one given from memory.
-    let answer = revocation::introspect_access(claims.clone());
-    let Ok(rendered) = serde_json::to_vec(&answer) else {
-        return respond(Ok(answer));
-    };
-    let answer = Bytes::from(rendered);
-    let remembered = Remembered {
-        claims,
-        answer: answer.clone(),
-    };
-    state
-        .introspections
-        .remember(digest, Arc::new(remembered), &keys, check);
+    let answer = Bytes::from(revocation::introspect_access(&claims).to_string());
+    if let Some(digest) = digest {
+        let remembered = Remembered {
+            claims,
+            answer: answer.clone(),
+        };
+        state
+            .introspections
+            .remember(digest, Arc::new(remembered), &keys, check);
+    }
     rendered_answer(answer)
 }

@@ -2,8 +2,9 @@
 //! the introspection cache cannot answer asks the database whether the token was revoked
 //! (another instance may have revoked it a moment ago), but concurrent requests need not ask
 //! one at a time: each queues its `jti`, one task on the blocking pool answers everything
-//! queued with one query and repeats until the queue is empty. A lookup queued while a query runs waits for the next query, so every
-//! answer reflects the database as it was after its request arrived.
+//! queued with one query and repeats until the queue is empty. A lookup queued while a
+//! query runs waits for the next query, so every answer reflects the database as it was
+//! after its request arrived.
 //!
 //! One query runs at a time: a statement that hangs holds up every introspection, as a
 //! hung database would hold up each of them before. When the database is unreachable, every

@@ -84,7 +84,7 @@ pub fn revoke(
 
 /// What RFC 7662 2.2 says of an active access token: any confidential client (a resource
 /// server) may introspect it. `claims` have been verified and found not revoked.
-pub fn introspect_access(claims: VerifiedClaims) -> Value {
+pub fn introspect_access(claims: &VerifiedClaims) -> Value {
     json!({
         "active": true,
         "scope": claims.scope,

@@ -27,6 +27,7 @@ pub const KEPT_FOR: Duration = Duration::from_secs(60);
 const MAX_NAMES: usize = 20_000;
 
 /// What a revocation reached.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Revoked<'a> {
     /// A family, by its id (what a grant's access-token jti carries before its `.`).
     Family(&'a str),
@@ -35,6 +36,7 @@ pub enum Revoked<'a> {
     Everything,
 }
 
+#[derive(Default)]
 pub struct RevocationLog {
     /// Revocations recorded so far; moves only after the record is in `recorded`.
     count: AtomicU64,
@@ -51,7 +53,7 @@ struct Recorded {
     last_pruned: Option<Instant>,
 }
 
-static PROCESS: LazyLock<RevocationLog> = LazyLock::new(RevocationLog::new);
+static PROCESS: LazyLock<RevocationLog> = LazyLock::new(RevocationLog::default);
 
 /// The log of the revocations this process commits.
 pub fn process() -> &'static RevocationLog {
@@ -59,13 +61,6 @@ pub fn process() -> &'static RevocationLog {
 }
 
 impl RevocationLog {
-    pub fn new() -> RevocationLog {
-        RevocationLog {
-            count: AtomicU64::new(0),
-            recorded: RwLock::new(Recorded::default()),
-        }
-    }
-
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Acquire)
     }
@@ -135,19 +130,13 @@ impl RevocationLog {
     }
 }
 
-impl Default for RevocationLog {
-    fn default() -> Self {
-        RevocationLog::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_revocation_reaches_its_token_its_family_or_everything_and_nothing_else() {
-        let log = RevocationLog::new();
+        let log = RevocationLog::default();
         let before = log.count();
         assert!(!log.reaches_since(before, "family-a.random"));
 
@@ -176,7 +165,7 @@ mod tests {
 
     #[test]
     fn a_forgotten_record_reaches_everything_checked_before_it() {
-        let log = RevocationLog::new();
+        let log = RevocationLog::default();
         let start = Instant::now();
         let before = log.count();
         log.record_at(Revoked::Family("family-a"), start);
@@ -198,7 +187,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_names_becomes_everything() {
-        let log = RevocationLog::new();
+        let log = RevocationLog::default();
         let before = log.count();
         for i in 0..MAX_NAMES {
             log.record(Revoked::AccessToken(&format!("jti-{i}")));

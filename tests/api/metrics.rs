@@ -6,13 +6,6 @@ use crate::support::*;
 
 on_both_backends!(metrics_count_what_happened);
 
-/// The value of the sample named exactly `series` (name and labels as printed).
-pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-}
-
 fn metrics_count_what_happened(db: TestDb) {
     let app = OAuthServer::start(db);
     for _ in 0..3 {

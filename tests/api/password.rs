@@ -119,7 +119,7 @@ fn a_burst_of_logins_does_not_hold_the_blocking_pool() {
     let blocking_threads = 2 * cores.max(2);
     let queued = || {
         let text = get(&app.server.url("/metrics"), &[]).body;
-        crate::metrics::sample(&text, "gatehouse_password_hashes_queued").unwrap_or(0.0)
+        sample(&text, "gatehouse_password_hashes_queued").unwrap_or(0.0)
     };
     // The client's secret is verified once and then recognised: only passwords hash below.
     let first = password_grant(&app, USERNAME, PASSWORD, (LEGACY, LEGACY_SECRET));

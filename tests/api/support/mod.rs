@@ -12,6 +12,9 @@ use diesel::{Connection, PgConnection, RunQueryDsl};
 
 #[path = "../../shared/orphaned_databases.rs"]
 mod orphaned_databases;
+#[path = "../../shared/prometheus_text.rs"]
+mod prometheus_text;
+pub use prometheus_text::sample;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 pub const SYSTEM_SECRET: &str = "test-system-secret-0123456789abcdef0123456789";

@@ -308,7 +308,7 @@ impl OAuthServer {
     /// Introspections of an access token this server answered from memory so far.
     pub fn introspections_from_memory(&self) -> f64 {
         let scraped = get(&self.url("/metrics"), &[]);
-        crate::metrics::sample(&scraped.body, "gatehouse_introspections_from_memory_total")
+        super::sample(&scraped.body, "gatehouse_introspections_from_memory_total")
             .unwrap_or_else(|| panic!("no introspection counter in\n{}", scraped.body))
     }
 
