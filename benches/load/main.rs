@@ -502,9 +502,9 @@ fn report_outcome(
     // `--only --baselines` writes no report, so the line carries the ratio.
     let ratio = if measured.baseline > 0.0 {
         format!(
-            "  baseline {:.0}/s  ratio {:.2}",
+            "  baseline {:.0}/s  ratio {}",
             measured.baseline,
-            measured.per_second / measured.baseline
+            report::ratio_text(measured.per_second / measured.baseline)
         )
     } else {
         String::new()

@@ -100,7 +100,7 @@ fn rows(result: &BackendResult) -> Vec<Row> {
 
 /// A ratio to two decimals, rounded down: rounded to nearest, a median of 0.845 against a
 /// target of 0.85 read "0.85 ... not met".
-fn ratio_text(ratio: f64) -> String {
+pub fn ratio_text(ratio: f64) -> String {
     format!("{:.2}", (ratio * 100.0).floor() / 100.0)
 }
 
@@ -336,13 +336,8 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
 /// The introspection cache's TTL in the built-in configuration, which the benchmark's
 /// servers do not override.
 fn default_introspection_cache_ttl() -> String {
-    config::Config::builder()
-        .add_source(config::File::from_str(
-            gatehouse::config::DEFAULT_CONFIG,
-            config::FileFormat::Toml,
-        ))
-        .build()
-        .and_then(|defaults| defaults.get_string("tokens.introspection_cache_ttl"))
+    gatehouse::config::RawSettings::load(None, std::iter::empty())
+        .map(|defaults| defaults.tokens.introspection_cache_ttl)
         .unwrap_or_else(|e| format!("unknown: {e}"))
 }
 

@@ -17,8 +17,9 @@
 #
 # Each pgbench client rotates its own chain of tokens (fam<client>, c<client>-<gen>), so
 # no two rotate the same token, among 100,000 families with one live token each, analyzed,
-# so that the planner sees tables the size of a small deployment's. Scratch database, dropped at the end; the schema is
-# gatehouse's PostgreSQL migration, plus the one_row table this script adds.
+# so that the planner sees tables the size of a small deployment's. Scratch database,
+# dropped at the end; the schema is gatehouse's PostgreSQL migration, plus the one_row table
+# this script adds.
 #
 #   bash benches/postgres/rotation.sh [clients=8] [seconds=8] [runs=3]
 #
@@ -83,8 +84,9 @@ UPDATE families_one_row SET current_hash = $successor, idle_expires_at = 9999999
 \set gen :gen + 1
 SQL
 
-# user nice system idle iowait irq softirq steal, in USER_HZ (100 per second)
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# user nice system idle iowait irq softirq steal, in USER_HZ (100 per second). Steal is the
+# hypervisor's time, not work done here, and the load benchmark's process CPU leaves it out.
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 
 printf '%-14s %4s %10s %12s %10s %14s\n' design run rotations "rotations/s" "busy cores" "CPU µs/rotation"
 for run in $(seq 1 "$runs"); do

@@ -40,7 +40,7 @@ const MAX_ENTRIES: usize = 10_000;
 pub struct TokenDigest([u8; 32]);
 
 impl TokenDigest {
-    pub fn of(token: &str) -> TokenDigest {
+    fn of(token: &str) -> TokenDigest {
         let mut bytes = [0; 32];
         bytes.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
         TokenDigest(bytes)
@@ -106,9 +106,14 @@ impl<Keys> IntrospectionCache<Keys> {
         }
     }
 
-    /// False with a TTL of zero: nothing is remembered, and nothing need be hashed for it.
-    pub fn enabled(&self) -> bool {
+    fn enabled(&self) -> bool {
         !self.ttl.is_zero()
+    }
+
+    /// The key `active` and `remember` take for `token`; `None` with a TTL of zero, when
+    /// nothing is remembered and so nothing need be hashed.
+    pub fn digest(&self, token: &str) -> Option<TokenDigest> {
+        self.enabled().then(|| TokenDigest::of(token))
     }
 
     /// What was remembered of the token with this digest if it was found active recently
@@ -331,6 +336,9 @@ mod tests {
         cache.remember(token(), claims(2_000), &keys, check);
         assert_eq!(cache.len(), 0);
         assert!(cache.active_at(token(), &keys, check.at, 1_000).is_none());
+        assert!(cache.digest("header.payload.signature").is_none());
+        let turned_on = self::cache(TTL);
+        assert!(turned_on.digest("header.payload.signature") == Some(token()));
     }
 
     #[test]

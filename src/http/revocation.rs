@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use super::credentials::{self, ClientCheck};
-use super::introspection_cache::{Remembered, TokenDigest};
+use super::introspection_cache::Remembered;
 use super::token::{answer, failure, rate_limited, read_request, rendered_answer};
 use super::AppState;
 use super::HttpError;
@@ -123,10 +123,7 @@ pub async fn introspect(
     // longer redeemable (Keycloak answers the same for a disabled client).
     let registered = |claims: &VerifiedClaims| state.clients.get(&claims.client_id).is_some();
     let keys = state.keys.current();
-    let digest = state
-        .introspections
-        .enabled()
-        .then(|| TokenDigest::of(&token));
+    let digest = state.introspections.digest(&token);
     let remembered = digest.and_then(|digest| state.introspections.active(digest, &keys));
     if let Some(remembered) = remembered {
         crate::metrics::global().introspection_answered_from_memory();
