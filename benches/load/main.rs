@@ -16,6 +16,7 @@
 mod client;
 mod floors;
 mod instructions;
+mod least_server;
 mod report;
 mod scenarios;
 mod server;
@@ -72,6 +73,13 @@ impl Options {
         Duration::from_secs_f64(self.seconds)
     }
 
+    /// Whether `--only` leaves `scenario` out.
+    fn leaves_out(&self, scenario: Scenario) -> bool {
+        self.only
+            .as_ref()
+            .is_some_and(|only| !scenario.name().contains(only.as_str()))
+    }
+
     pub fn warmup(&self) -> Duration {
         Duration::from_secs_f64((self.seconds / 5.0).min(1.0))
     }
@@ -104,6 +112,9 @@ pub struct RunResult {
     pub metrics_off_per_second: f64,
     /// The prices of the least work each scenario must do (see `floors`).
     pub floors: floors::Floors,
+    /// The scenarios that sign, against the least server (see `least_server`), each
+    /// beside its B1.
+    pub least: Vec<(Scenario, Measured)>,
     /// The share of the introspection scenario's answers that came from the introspection
     /// cache, by the server's /metrics; `None` when not measured.
     pub introspections_from_memory: Option<f64>,
@@ -117,6 +128,14 @@ pub struct BackendResult {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(least_server::FLAG) {
+        if let Err(e) = least_server::serve(&args[2..]) {
+            eprintln!("the least server: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let options = Options::parse();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut backends = vec![Backend::Sqlite];
@@ -225,11 +244,7 @@ fn run_backend(
     let mut scenarios = Vec::new();
     let mut introspections_from_memory = None;
     for scenario in Scenario::ALL {
-        if options
-            .only
-            .as_ref()
-            .is_some_and(|only| !scenario.name().contains(only.as_str()))
-        {
+        if options.leaves_out(scenario) {
             continue;
         }
         let server = Server::start(&workspace, port)?;
@@ -256,6 +271,11 @@ fn run_backend(
     }
 
     if options.only.is_some() {
+        let least = if options.baselines {
+            measure_least_server(options, cores, backend, &workspace, port, failures)?
+        } else {
+            Vec::new()
+        };
         return Ok(RunResult {
             scenarios,
             p99_half_rate_ms: 0.0,
@@ -263,6 +283,7 @@ fn run_backend(
             metrics_on_per_second: 0.0,
             metrics_off_per_second: 0.0,
             floors: floors::Floors::default(),
+            least,
             introspections_from_memory,
         });
     }
@@ -278,6 +299,7 @@ fn run_backend(
     if floors.writes_per_second <= 0.0 {
         failures.push(format!("{}: durable writes not measured", backend.name()));
     }
+    let least = measure_least_server(options, cores, backend, &workspace, port, failures)?;
     // p99 of /token at half the peak client-credentials rate, paced so a stall shows.
     let peak = scenarios
         .iter()
@@ -356,7 +378,34 @@ fn run_backend(
         metrics_off_per_second: metrics_off,
         introspections_from_memory,
         floors,
+        least,
     })
+}
+
+/// The scenarios that sign, each beside its B1, against the least server on this run's
+/// database; its tables are dropped afterwards.
+fn measure_least_server(
+    options: &Options,
+    cores: usize,
+    backend: &Backend,
+    workspace: &Workspace,
+    port: u16,
+    failures: &mut Vec<String>,
+) -> Result<Vec<(Scenario, Measured)>, String> {
+    let mut least = Vec::new();
+    for scenario in least_server::SCENARIOS {
+        if options.leaves_out(scenario) {
+            continue;
+        }
+        let server = Server::start_least(workspace, port)?;
+        let base = report::target(scenario).map(|(base, _)| base);
+        let (outcome, measured) = measure_beside_baseline(options, cores, &server, scenario, base);
+        let name = format!("{} (least server)", scenario.name());
+        report_outcome(backend, &name, &outcome, &measured, failures);
+        least.push((scenario, measured));
+    }
+    least_server::drop_tables(workspace.url())?;
+    Ok(least)
 }
 
 /// Slices of the measured time in which a scenario and its baseline take turns.

@@ -281,14 +281,28 @@ impl Server {
     ) -> Result<Server, String> {
         let log = std::fs::File::create(workspace.path().join("server.log"))
             .map_err(|e| e.to_string())?;
+        let mut command = workspace.command_under(wrapper);
+        command.arg("serve").stdout(log).stderr(Stdio::null());
+        Server::spawn("gatehouse", command, port)
+    }
+
+    /// The least server (see `least_server`) on the workspace's database.
+    pub fn start_least(workspace: &Workspace, port: u16) -> Result<Server, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut command = Command::new(exe);
+        command
+            .arg(crate::least_server::FLAG)
+            .arg(workspace.url())
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        Server::spawn("the least server", command, port)
+    }
+
+    /// Starts `command` and waits for its first 200 from /healthz.
+    fn spawn(name: &str, mut command: Command, port: u16) -> Result<Server, String> {
         let started = Instant::now();
-        let child = workspace
-            .command_under(wrapper)
-            .arg("serve")
-            .stdout(log)
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?;
+        let child = command.spawn().map_err(|e| e.to_string())?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut server = Server {
             child,
@@ -303,10 +317,10 @@ impl Server {
                 }
             }
             if started.elapsed() > Duration::from_secs(30) {
-                return Err("gatehouse did not become ready within 30 s".into());
+                return Err(format!("{name} did not become ready within 30 s"));
             }
             if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(format!("gatehouse exited: {status}"));
+                return Err(format!("{name} exited: {status}"));
             }
             std::thread::sleep(Duration::from_millis(1));
         }

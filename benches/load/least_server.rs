@@ -1,0 +1,268 @@
+//! The least server: a measured floor for the scenarios that sign. It answers the requests
+//! of the client_credentials, refresh and authorization-code scenarios with only the work
+//! `floors::bound` names for them, on gatehouse's own parts: actix-web with the same number
+//! of workers (and, on SQLite, of blocking threads), the blocking pool for every database
+//! step, gatehouse's connection pool and SQLite writer, aws-lc-rs with the key parsed once.
+//! It checks no credentials, keeps no audit trail, logs nothing, counts nothing, and its
+//! tokens are a bare signature.
+//!
+//! Where `bound` adds up prices measured at other work (a /healthz request at 100,000/s
+//! shares its wake-ups among many requests; one at a signature's pace does not), this is
+//! the same work done the way a server must do it, beside the same load generator. A target
+//! above what it reaches is out of reach for any server built on these parts on this
+//! machine.
+//!
+//! It runs as its own process (the benchmark's binary started again with
+//! `--least-server URL PORT`), so that its CPU is counted apart from the load generator's
+//! exactly as gatehouse's is.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use diesel::connection::SimpleConnection;
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, RunQueryDsl};
+use gatehouse::storage::{self, DbConnection, Pool, StorageError};
+
+use crate::scenarios::Scenario;
+
+/// The flag `main` recognises before any other.
+pub const FLAG: &str = "--least-server";
+
+diesel::table! {
+    least_families (id) {
+        id -> Text,
+        generation -> BigInt,
+    }
+}
+
+diesel::table! {
+    least_sessions (id) {
+        id -> Text,
+    }
+}
+
+const TABLES: &str = "CREATE TABLE IF NOT EXISTS least_families \
+    (id TEXT PRIMARY KEY NOT NULL, generation BIGINT NOT NULL); \
+    CREATE TABLE IF NOT EXISTS least_sessions (id TEXT PRIMARY KEY NOT NULL)";
+
+/// The scenarios it serves.
+pub const SCENARIOS: [Scenario; 3] = [
+    Scenario::ClientCredentials,
+    Scenario::Refresh,
+    Scenario::AuthorizationCode,
+];
+
+/// Leaves the database as the benchmark found it.
+pub fn drop_tables(url: &str) -> Result<(), String> {
+    storage::ConnectionManager::new(url)
+        .and_then(|manager| manager.connect())
+        .map_err(|e| e.to_string())?
+        .batch_execute("DROP TABLE IF EXISTS least_families; DROP TABLE IF EXISTS least_sessions")
+        .map_err(|e| e.to_string())
+}
+
+struct Shared {
+    pool: Pool,
+    key: RsaKeyPair,
+    rng: SystemRandom,
+    counter: AtomicU64,
+}
+
+impl Shared {
+    /// A signature over a message the size of an access token's signing input.
+    fn sign(&self) -> Result<String, String> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut message = format!("{n:020}").into_bytes();
+        message.resize(420, b'x');
+        let mut signature = vec![0u8; self.key.public_modulus_len()];
+        self.key
+            .sign(&RSA_PKCS1_SHA256, &self.rng, &message, &mut signature)
+            .map_err(|e| e.to_string())?;
+        Ok(URL_SAFE_NO_PAD.encode(signature))
+    }
+}
+
+/// Serves until killed. `args` are what follows the flag: the database URL and the port.
+pub fn serve(args: &[String]) -> Result<(), String> {
+    let [url, port] = args else {
+        return Err(format!("{FLAG} URL PORT"));
+    };
+    let port: u16 = port.parse().map_err(|e| format!("port: {e}"))?;
+    let sqlite = url.starts_with("sqlite:");
+    let pool = storage::open_pool(url, 16).map_err(|e| e.to_string())?;
+    pool.get()
+        .map_err(|e| e.to_string())?
+        .batch_execute(TABLES)
+        .map_err(|e| e.to_string())?;
+    let shared = web::Data::new(Shared {
+        pool,
+        key: RsaKeyPair::generate(KeySize::Rsa2048).map_err(|e| e.to_string())?,
+        rng: SystemRandom::new(),
+        counter: AtomicU64::new(0),
+    });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    actix_web::rt::System::new().block_on(async move {
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .route(
+                    "/healthz",
+                    web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+                )
+                .route("/login", web::get().to(login_page))
+                .route("/login", web::post().to(sign_in))
+                .route("/authorize", web::get().to(authorize))
+                .route("/token", web::post().to(token))
+        })
+        .workers(cores)
+        .bind(("127.0.0.1", port))
+        .map_err(|e| e.to_string())?;
+        // As gatehouse bounds them on SQLite with a worker per core
+        // (startup::blocking_threads_per_worker).
+        let server = if sqlite {
+            server.worker_max_blocking_threads(2)
+        } else {
+            server
+        };
+        server.run().await.map_err(|e| e.to_string())
+    })
+}
+
+fn failed(e: impl std::fmt::Display) -> HttpResponse {
+    HttpResponse::InternalServerError().body(e.to_string())
+}
+
+/// Runs `work` on the blocking pool with a pooled connection, its writes through the
+/// SQLite writer as gatehouse's go.
+async fn blocking<T: Send + 'static>(
+    shared: &web::Data<Shared>,
+    work: impl FnOnce(&Shared, &mut DbConnection) -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, String> {
+    let shared = shared.clone();
+    web::block(move || {
+        let mut conn = shared.pool.get().map_err(|e| e.to_string())?;
+        let _writes = storage::writes_through(&shared.pool);
+        work(&shared, &mut conn).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+async fn login_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("Set-Cookie", "csrf=least; Path=/"))
+        .body(r#"<form><input type="hidden" name="csrf_token" value="least"></form>"#)
+}
+
+/// Setup only: a session row for the authorization-code scenario to read.
+async fn sign_in(shared: web::Data<Shared>) -> HttpResponse {
+    let id = uuid::Uuid::new_v4().to_string();
+    let session = id.clone();
+    let stored = blocking(&shared, move |_, conn| {
+        storage::write(conn, |conn| {
+            diesel::insert_into(least_sessions::table)
+                .values(least_sessions::id.eq(session))
+                .execute(conn)
+                .map_err(StorageError::from)
+        })
+    })
+    .await;
+    match stored {
+        Ok(_) => HttpResponse::SeeOther()
+            .insert_header(("Set-Cookie", format!("session={id}; Path=/")))
+            .insert_header(("Location", "/"))
+            .finish(),
+        Err(e) => failed(e),
+    }
+}
+
+/// One read (the session); the code is not stored, as gatehouse's is sealed.
+async fn authorize(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    let session = req
+        .cookie("session")
+        .map(|c| c.value().to_owned())
+        .unwrap_or_default();
+    let found = blocking(&shared, move |_, conn| {
+        least_sessions::table
+            .find(session)
+            .select(least_sessions::id)
+            .first::<String>(conn)
+            .optional()
+            .map_err(StorageError::from)
+    })
+    .await;
+    match found {
+        Ok(Some(_)) => HttpResponse::SeeOther()
+            .insert_header((
+                "Location",
+                "https://app.example.com/callback?code=least&state=bench",
+            ))
+            .finish(),
+        Ok(None) => HttpResponse::Unauthorized().finish(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn token(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
+    let param = |name: &str| {
+        url::form_urlencoded::parse(&body)
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let answered = match param("grant_type").as_str() {
+        // No database: signed on the worker, as gatehouse does.
+        "client_credentials" => shared.sign().map(|token| (token, None)),
+        // A family made (the refresh scenario's setup, and every authorization code).
+        "password" | "authorization_code" => {
+            blocking(&shared, |shared, conn| {
+                let id = uuid::Uuid::new_v4().to_string();
+                storage::write(conn, |conn| {
+                    diesel::insert_into(least_families::table)
+                        .values((least_families::id.eq(&id), least_families::generation.eq(0)))
+                        .execute(conn)
+                        .map_err(StorageError::from)
+                })?;
+                let token = shared.sign().map_err(StorageError::Corrupt)?;
+                Ok((token, Some(id)))
+            })
+            .await
+        }
+        // The rotation as one statement that also reads what it replaces.
+        "refresh_token" => {
+            let id = param("refresh_token");
+            blocking(&shared, move |shared, conn| {
+                storage::write(conn, |conn| {
+                    diesel::update(least_families::table.find(&id))
+                        .set(least_families::generation.eq(least_families::generation + 1))
+                        .returning(least_families::generation)
+                        .get_result::<i64>(conn)
+                        .map_err(StorageError::from)
+                })?;
+                let token = shared.sign().map_err(StorageError::Corrupt)?;
+                Ok((token, Some(id)))
+            })
+            .await
+        }
+        other => return HttpResponse::BadRequest().body(format!("grant_type {other}")),
+    };
+    match answered {
+        Ok((token, refresh)) => {
+            let mut body = serde_json::json!({
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": 3600,
+            });
+            if let Some(refresh) = refresh {
+                body["refresh_token"] = refresh.into();
+            }
+            HttpResponse::Ok().json(body)
+        }
+        Err(e) => failed(e),
+    }
+}
