@@ -203,8 +203,9 @@ fn spawn_refresh(state: AppState) {
 /// only after ticks that could not restart the log: see `storage::Checkpoints`).
 const CHECKPOINT_PERIOD: Duration = Duration::from_millis(250);
 
-/// SQLite: checkpoints the WAL off the request path (the pool's connections do not).
-fn spawn_checkpoints(pool: storage::Pool) {
+/// SQLite: checkpoints the WAL off the request path (the pool's connections do not). Public
+/// for the load benchmark's least server, which must do the same.
+pub fn spawn_checkpoints(pool: storage::Pool) {
     actix_web::rt::spawn(async move {
         let checkpoints = Arc::new(storage::Checkpoints::default());
         let mut ticker = tokio::time::interval(CHECKPOINT_PERIOD);
