@@ -9,7 +9,8 @@
 //! `--sqlite-only`, `--smoke` (every scenario once for half a second, nothing written to
 //! the repository, failing on any error: what CI runs so the benchmark cannot rot),
 //! `--only NAME` (the scenarios whose name contains NAME, without baselines and without a
-//! report: for profiling), `--baselines` (with `--only`: their baselines and ratios too),
+//! report: for profiling), `--baselines` (with `--only`: their baselines and ratios too,
+//! and the least server's, see `least_server`),
 //! `--instructions --only NAME [--ops N]` (instructions per operation under callgrind; see
 //! `instructions`). `GATEHOUSE_BENCH_BIN=PATH` measures another build of the server.
 
