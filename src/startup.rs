@@ -31,7 +31,7 @@ use crate::telemetry::RequestSpan;
 /// authorization-code flows at 8 connections, 13-18% at 64. On PostgreSQL a task mostly
 /// waits for the network, the bound made no difference, and the pool's own limit
 /// (`database.pool_size`) is left to decide.
-fn blocking_threads_per_worker(sqlite: bool, cores: usize, workers: usize) -> Option<usize> {
+pub fn blocking_threads_per_worker(sqlite: bool, cores: usize, workers: usize) -> Option<usize> {
     sqlite.then(|| (2 * cores).div_ceil(workers.max(1)).max(2))
 }
 

@@ -1,17 +1,17 @@
 //! The least server: a measured floor for the scenarios that sign. It answers the requests
 //! of the client_credentials, refresh and authorization-code scenarios with only the work
 //! `floors::bound` names for them, on gatehouse's own parts: actix-web with the same number
-//! of workers (and, on SQLite, of blocking threads), the blocking pool for every database
-//! step, gatehouse's connection pool, SQLite writer and timed checkpoints, aws-lc-rs with the
-//! key parsed once.
-//! It checks no credentials, keeps no audit trail, logs nothing, counts nothing, and its
-//! tokens are a bare signature.
+//! of workers and blocking threads, the blocking pool for every database step, gatehouse's
+//! connection pool (its default size), SQLite writer and timed checkpoints, statements kept
+//! prepared on the native connection as gatehouse's hot paths keep theirs (see
+//! `storage::prepared`), aws-lc-rs with the key parsed once. It checks no credentials, keeps
+//! no audit trail, logs nothing, counts nothing, and its tokens are a bare signature.
 //!
 //! Where `bound` adds up prices measured at other work (a /healthz request at 100,000/s
 //! shares its wake-ups among many requests; one at a signature's pace does not), this is
-//! the same work done the way a server must do it, beside the same load generator. A target
-//! above what it reaches is out of reach for any server built on these parts on this
-//! machine.
+//! the same work done the way a server must do it, beside the same load generator at the
+//! same 8 connections. A target above what it reaches there is out of reach for a server
+//! built on these parts on this machine.
 //!
 //! It runs as its own process (the benchmark's binary started again with
 //! `--least-server URL PORT`), so that its CPU is counted apart from the load generator's
@@ -26,13 +26,23 @@ use aws_lc_rs::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use diesel::connection::SimpleConnection;
-use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, RunQueryDsl};
-use gatehouse::storage::{self, DbConnection, Pool, StorageError};
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sqlite::Sqlite;
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, QueryResult, RunQueryDsl};
+use gatehouse::storage::{self, DbConnection, Pool};
 
 use crate::scenarios::Scenario;
 
 /// The flag `main` recognises before any other.
 pub const FLAG: &str = "--least-server";
+
+/// The scenarios it serves.
+pub const SCENARIOS: [Scenario; 3] = [
+    Scenario::ClientCredentials,
+    Scenario::Refresh,
+    Scenario::AuthorizationCode,
+];
 
 diesel::table! {
     least_families (id) {
@@ -51,13 +61,6 @@ const TABLES: &str = "CREATE TABLE IF NOT EXISTS least_families \
     (id TEXT PRIMARY KEY NOT NULL, generation BIGINT NOT NULL); \
     CREATE TABLE IF NOT EXISTS least_sessions (id TEXT PRIMARY KEY NOT NULL)";
 
-/// The scenarios it serves.
-pub const SCENARIOS: [Scenario; 3] = [
-    Scenario::ClientCredentials,
-    Scenario::Refresh,
-    Scenario::AuthorizationCode,
-];
-
 /// Leaves the database as the benchmark found it.
 pub fn drop_tables(url: &str) -> Result<(), String> {
     storage::ConnectionManager::new(url)
@@ -66,6 +69,51 @@ pub fn drop_tables(url: &str) -> Result<(), String> {
         .batch_execute("DROP TABLE IF EXISTS least_families; DROP TABLE IF EXISTS least_sessions")
         .map_err(|e| e.to_string())
 }
+
+/// Runs a diesel query on the connection `DbConnection` wraps, where a statement with a
+/// static query id is found in the cache at once (through the wrapper diesel renders its
+/// SQL again on every execution; see `storage::on_native_connection`).
+macro_rules! native {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            DbConnection::Postgresql($c) => $body,
+            DbConnection::Sqlite($c) => $body,
+        }
+    };
+}
+
+/// The rotation: one statement that advances a family and reads what it replaces. diesel
+/// never keeps an UPDATE prepared, so it is written out with a static query id, as
+/// gatehouse's own rotation is.
+struct AdvanceFamily<'a> {
+    id: &'a str,
+}
+
+impl QueryId for AdvanceFamily<'_> {
+    type QueryId = AdvanceFamily<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for AdvanceFamily<'_> {
+    type SqlType = diesel::sql_types::BigInt;
+}
+
+impl<Conn> RunQueryDsl<Conn> for AdvanceFamily<'_> {}
+
+macro_rules! advance_family_on {
+    ($backend:ty) => {
+        impl QueryFragment<$backend> for AdvanceFamily<'_> {
+            fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, $backend>) -> QueryResult<()> {
+                out.push_sql("UPDATE least_families SET generation = generation + 1 WHERE id = ");
+                out.push_bind_param::<diesel::sql_types::Text, _>(self.id)?;
+                out.push_sql(" RETURNING generation");
+                Ok(())
+            }
+        }
+    };
+}
+advance_family_on!(Pg);
+advance_family_on!(Sqlite);
 
 struct Shared {
     pool: Pool,
@@ -94,12 +142,14 @@ pub fn serve(args: &[String]) -> Result<(), String> {
         return Err(format!("{FLAG} URL PORT"));
     };
     let port: u16 = port.parse().map_err(|e| format!("port: {e}"))?;
-    let sqlite = url.starts_with("sqlite:");
-    let pool = storage::open_pool(url, 16).map_err(|e| e.to_string())?;
-    pool.get()
-        .map_err(|e| e.to_string())?
-        .batch_execute(TABLES)
+    let defaults = gatehouse::config::RawSettings::load(None, std::iter::empty())
         .map_err(|e| e.to_string())?;
+    let pool = storage::open_pool(url, defaults.database.pool_size).map_err(|e| e.to_string())?;
+    let sqlite = {
+        let mut conn = pool.get().map_err(|e| e.to_string())?;
+        conn.batch_execute(TABLES).map_err(|e| e.to_string())?;
+        matches!(*conn, DbConnection::Sqlite(_))
+    };
     // A connection for each of the benchmark's, opened before it starts: opened on demand by
     // eight sign-ins at once (no argon2 staggers them here, as it does gatehouse's), they
     // held setups up by up to 240 ms on PostgreSQL, into the measured window.
@@ -136,12 +186,9 @@ pub fn serve(args: &[String]) -> Result<(), String> {
         .workers(cores)
         .bind(("127.0.0.1", port))
         .map_err(|e| e.to_string())?;
-        // As gatehouse bounds them on SQLite with a worker per core
-        // (startup::blocking_threads_per_worker).
-        let server = if sqlite {
-            server.worker_max_blocking_threads(2)
-        } else {
-            server
+        let server = match gatehouse::startup::blocking_threads_per_worker(sqlite, cores, cores) {
+            Some(threads) => server.worker_max_blocking_threads(threads),
+            None => server,
         };
         server.run().await.map_err(|e| e.to_string())
     })
@@ -155,16 +202,28 @@ fn failed(e: impl std::fmt::Display) -> HttpResponse {
 /// SQLite writer as gatehouse's go.
 async fn blocking<T: Send + 'static>(
     shared: &web::Data<Shared>,
-    work: impl FnOnce(&Shared, &mut DbConnection) -> Result<T, StorageError> + Send + 'static,
+    work: impl FnOnce(&Shared, &mut DbConnection) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     let shared = shared.clone();
     web::block(move || {
         let mut conn = shared.pool.get().map_err(|e| e.to_string())?;
         let _writes = storage::writes_through(&shared.pool);
-        work(&shared, &mut conn).map_err(|e| e.to_string())
+        work(&shared, &mut conn)
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+/// `write` (a statement through the SQLite writer gate), then a signature; the family's
+/// id is the refresh token.
+fn write_then_sign(
+    shared: &Shared,
+    conn: &mut DbConnection,
+    family: String,
+    write: impl FnOnce(&mut DbConnection, &str) -> QueryResult<()>,
+) -> Result<(String, Option<String>), String> {
+    storage::write(conn, |conn| Ok(write(conn, &family)?)).map_err(|e| e.to_string())?;
+    Ok((shared.sign()?, Some(family)))
 }
 
 async fn login_page() -> HttpResponse {
@@ -179,11 +238,12 @@ async fn sign_in(shared: web::Data<Shared>) -> HttpResponse {
     let session = id.clone();
     let stored = blocking(&shared, move |_, conn| {
         storage::write(conn, |conn| {
-            diesel::insert_into(least_sessions::table)
-                .values(least_sessions::id.eq(session))
-                .execute(conn)
-                .map_err(StorageError::from)
+            native!(conn, |c| diesel::insert_into(least_sessions::table)
+                .values(least_sessions::id.eq(&session))
+                .execute(c))
+            .map_err(Into::into)
         })
+        .map_err(|e| e.to_string())
     })
     .await;
     match stored {
@@ -202,12 +262,14 @@ async fn authorize(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse 
         .map(|c| c.value().to_owned())
         .unwrap_or_default();
     let found = blocking(&shared, move |_, conn| {
-        least_sessions::table
-            .find(session)
+        // get_result, not first: a LIMIT makes SQLite prepare the statement again on
+        // every execution (see `storage`).
+        native!(conn, |c| least_sessions::table
+            .find(&session)
             .select(least_sessions::id)
-            .first::<String>(conn)
-            .optional()
-            .map_err(StorageError::from)
+            .get_result::<String>(c)
+            .optional())
+        .map_err(|e| e.to_string())
     })
     .await;
     match found {
@@ -235,31 +297,23 @@ async fn token(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
         // A family made (the refresh scenario's setup, and every authorization code).
         "password" | "authorization_code" => {
             blocking(&shared, |shared, conn| {
-                let id = uuid::Uuid::new_v4().to_string();
-                storage::write(conn, |conn| {
-                    diesel::insert_into(least_families::table)
-                        .values((least_families::id.eq(&id), least_families::generation.eq(0)))
-                        .execute(conn)
-                        .map_err(StorageError::from)
-                })?;
-                let token = shared.sign().map_err(StorageError::Corrupt)?;
-                Ok((token, Some(id)))
+                let family = uuid::Uuid::new_v4().to_string();
+                write_then_sign(shared, conn, family, |conn, id| {
+                    native!(conn, |c| diesel::insert_into(least_families::table)
+                        .values((least_families::id.eq(id), least_families::generation.eq(0),))
+                        .execute(c))
+                    .map(drop)
+                })
             })
             .await
         }
         // The rotation as one statement that also reads what it replaces.
         "refresh_token" => {
-            let id = param("refresh_token");
+            let family = param("refresh_token");
             blocking(&shared, move |shared, conn| {
-                storage::write(conn, |conn| {
-                    diesel::update(least_families::table.find(&id))
-                        .set(least_families::generation.eq(least_families::generation + 1))
-                        .returning(least_families::generation)
-                        .get_result::<i64>(conn)
-                        .map_err(StorageError::from)
-                })?;
-                let token = shared.sign().map_err(StorageError::Corrupt)?;
-                Ok((token, Some(id)))
+                write_then_sign(shared, conn, family, |conn, id| {
+                    native!(conn, |c| AdvanceFamily { id }.get_result::<i64>(c)).map(drop)
+                })
             })
             .await
         }

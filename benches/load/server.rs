@@ -1,5 +1,6 @@
 //! The gatehouse under test: a release binary started on a fresh port against a prepared
-//! database, observed through /proc (CPU time, resident memory).
+//! database, observed through /proc (CPU time, resident memory); and, the same way, the
+//! least server (see `least_server`).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
