@@ -70,18 +70,6 @@ pub fn drop_tables(url: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Runs a diesel query on the connection `DbConnection` wraps, where a statement with a
-/// static query id is found in the cache at once (through the wrapper diesel renders its
-/// SQL again on every execution; see `storage::on_native_connection`).
-macro_rules! native {
-    ($conn:expr, |$c:ident| $body:expr) => {
-        match $conn {
-            DbConnection::Postgresql($c) => $body,
-            DbConnection::Sqlite($c) => $body,
-        }
-    };
-}
-
 /// The rotation: one statement that advances a family and reads what it replaces. diesel
 /// never keeps an UPDATE prepared, so it is written out with a static query id, as
 /// gatehouse's own rotation is.
@@ -238,7 +226,7 @@ async fn sign_in(shared: web::Data<Shared>) -> HttpResponse {
     let session = id.clone();
     let stored = blocking(&shared, move |_, conn| {
         storage::write(conn, |conn| {
-            native!(conn, |c| diesel::insert_into(least_sessions::table)
+            storage::on_native_connection!(conn, |c| diesel::insert_into(least_sessions::table)
                 .values(least_sessions::id.eq(&session))
                 .execute(c))
             .map_err(Into::into)
@@ -264,7 +252,7 @@ async fn authorize(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse 
     let found = blocking(&shared, move |_, conn| {
         // get_result, not first: a LIMIT makes SQLite prepare the statement again on
         // every execution (see `storage`).
-        native!(conn, |c| least_sessions::table
+        storage::on_native_connection!(conn, |c| least_sessions::table
             .find(&session)
             .select(least_sessions::id)
             .get_result::<String>(c)
@@ -299,9 +287,11 @@ async fn token(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
             blocking(&shared, |shared, conn| {
                 let family = uuid::Uuid::new_v4().to_string();
                 write_then_sign(shared, conn, family, |conn, id| {
-                    native!(conn, |c| diesel::insert_into(least_families::table)
-                        .values((least_families::id.eq(id), least_families::generation.eq(0),))
-                        .execute(c))
+                    storage::on_native_connection!(conn, |c| diesel::insert_into(
+                        least_families::table
+                    )
+                    .values((least_families::id.eq(id), least_families::generation.eq(0),))
+                    .execute(c))
                     .map(drop)
                 })
             })
@@ -312,7 +302,9 @@ async fn token(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
             let family = param("refresh_token");
             blocking(&shared, move |shared, conn| {
                 write_then_sign(shared, conn, family, |conn, id| {
-                    native!(conn, |c| AdvanceFamily { id }.get_result::<i64>(c)).map(drop)
+                    storage::on_native_connection!(conn, |c| AdvanceFamily { id }
+                        .get_result::<i64>(c))
+                    .map(drop)
                 })
             })
             .await

@@ -405,7 +405,10 @@ fn measure_least_server(
         report_outcome(backend, &name, &outcome, &measured, failures);
         least.push((scenario, measured));
     }
-    least_server::drop_tables(workspace.url())?;
+    // No least server ran (`--only` named none of its scenarios): nothing to drop.
+    if !least.is_empty() {
+        least_server::drop_tables(workspace.url())?;
+    }
     Ok(least)
 }
 
