@@ -1,11 +1,13 @@
 //! The least server: a measured floor for the scenarios that sign. It answers the requests
-//! of the client_credentials, refresh and authorization-code scenarios with only the work
-//! `floors::bound` names for them, on gatehouse's own parts: actix-web with the same number
-//! of workers and blocking threads, the blocking pool for every database step, gatehouse's
-//! connection pool (its default size), SQLite writer and timed checkpoints, statements kept
-//! prepared on the native connection as gatehouse's hot paths keep theirs (see
-//! `storage::prepared`), aws-lc-rs with the key parsed once. It checks no credentials, keeps
-//! no audit trail, logs nothing, counts nothing, and its tokens are a bare signature.
+//! of the client_credentials, refresh, authorization-code and password-grant scenarios with
+//! only the work `floors::bound` names for them, on gatehouse's own parts: actix-web with the
+//! same number of workers and blocking threads, the blocking pool for every database step,
+//! gatehouse's connection pool (its default size), SQLite writer and timed checkpoints,
+//! statements kept prepared on the native connection as gatehouse's hot paths keep theirs
+//! (see `storage::prepared`), aws-lc-rs with the key parsed once, and gatehouse's pool of
+//! argon2id hashers for the one password it checks per password grant. Besides that
+//! password it checks no credentials, counts no failed attempts, keeps no audit trail, logs
+//! nothing, counts nothing, and its tokens are a bare signature.
 //!
 //! Where `bound` adds up prices measured at other work (a /healthz request at 100,000/s
 //! shares its wake-ups among many requests; one at a signature's pace does not), this is
@@ -38,10 +40,11 @@ use crate::scenarios::Scenario;
 pub const FLAG: &str = "--least-server";
 
 /// The scenarios it serves.
-pub const SCENARIOS: [Scenario; 3] = [
+pub const SCENARIOS: [Scenario; 4] = [
     Scenario::ClientCredentials,
     Scenario::Refresh,
     Scenario::AuthorizationCode,
+    Scenario::Password,
 ];
 
 diesel::table! {
@@ -54,6 +57,15 @@ diesel::table! {
 diesel::table! {
     least_sessions (id) {
         id -> Text,
+    }
+}
+
+// gatehouse's own table, which the benchmark's user is already in: the columns read here.
+diesel::table! {
+    users (id) {
+        id -> Text,
+        username -> Text,
+        password_hash -> Text,
     }
 }
 
@@ -282,21 +294,13 @@ async fn token(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
     let answered = match param("grant_type").as_str() {
         // No database: signed on the worker, as gatehouse does.
         "client_credentials" => shared.sign().map(|token| (token, None)),
-        // A family made (the refresh scenario's setup, and every authorization code).
-        "password" | "authorization_code" => {
-            blocking(&shared, |shared, conn| {
-                let family = uuid::Uuid::new_v4().to_string();
-                write_then_sign(shared, conn, family, |conn, id| {
-                    storage::on_native_connection!(conn, |c| diesel::insert_into(
-                        least_families::table
-                    )
-                    .values((least_families::id.eq(id), least_families::generation.eq(0),))
-                    .execute(c))
-                    .map(drop)
-                })
-            })
-            .await
-        }
+        // The user read and the password checked first, on gatehouse's argon2id pool.
+        "password" => match password_checked(&shared, param("username"), param("password")).await {
+            Ok(true) => new_family(&shared).await,
+            Ok(false) => return HttpResponse::BadRequest().body("invalid_grant"),
+            Err(e) => return failed(e),
+        },
+        "authorization_code" => new_family(&shared).await,
         // The rotation as one statement that also reads what it replaces.
         "refresh_token" => {
             let family = param("refresh_token");
@@ -325,4 +329,42 @@ async fn token(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
         }
         Err(e) => failed(e),
     }
+}
+
+/// Whether `username` names a user whose password is `password`: one read on the blocking
+/// pool, then one argon2id verification on gatehouse's pool of hashers.
+async fn password_checked(
+    shared: &web::Data<Shared>,
+    username: String,
+    password: String,
+) -> Result<bool, String> {
+    let hash = blocking(shared, move |_, conn| {
+        // get_result, not first (see `authorize`).
+        storage::on_native_connection!(conn, |c| users::table
+            .filter(users::username.eq(&username))
+            .select(users::password_hash)
+            .get_result::<String>(c)
+            .optional())
+        .map_err(|e| e.to_string())
+    })
+    .await?;
+    Ok(match hash {
+        Some(hash) => gatehouse::crypto::password::verify_async(&password, &hash).await,
+        None => false,
+    })
+}
+
+/// A family made, its id the refresh token (a password grant, the refresh scenario's setup,
+/// and every authorization code).
+async fn new_family(shared: &web::Data<Shared>) -> Result<(String, Option<String>), String> {
+    blocking(shared, |shared, conn| {
+        let family = uuid::Uuid::new_v4().to_string();
+        write_then_sign(shared, conn, family, |conn, id| {
+            storage::on_native_connection!(conn, |c| diesel::insert_into(least_families::table)
+                .values((least_families::id.eq(id), least_families::generation.eq(0)))
+                .execute(c))
+            .map(drop)
+        })
+    })
+    .await
 }

@@ -114,7 +114,7 @@ pub struct RunResult {
     /// The prices of the least work each scenario must do (see `floors`).
     pub floors: floors::Floors,
     /// The scenarios that sign, against the least server (see `least_server`), each
-    /// beside its B1.
+    /// beside its baseline (B1; B3 for the password grant).
     pub least: Vec<(Scenario, Measured)>,
     /// The share of the introspection scenario's answers that came from the introspection
     /// cache, by the server's /metrics; `None` when not measured.
@@ -383,7 +383,7 @@ fn run_backend(
     })
 }
 
-/// The scenarios that sign, each beside its B1, against the least server on this run's
+/// The scenarios that sign, each beside its baseline, against the least server on this run's
 /// database; its tables are dropped afterwards.
 fn measure_least_server(
     options: &Options,
