@@ -7,7 +7,7 @@
 //! (see `storage::prepared`), aws-lc-rs with the key parsed once, and gatehouse's pool of
 //! argon2id hashers for the one password it checks per password grant. Besides that
 //! password it checks no credentials, counts no failed attempts, keeps no audit trail, logs
-//! nothing, counts nothing, and its tokens are a bare signature.
+//! nothing, keeps no metrics, and its tokens are a bare signature.
 //!
 //! Where `bound` adds up prices measured at other work (a /healthz request at 100,000/s
 //! shares its wake-ups among many requests; one at a signature's pace does not), this is
@@ -57,15 +57,6 @@ diesel::table! {
 diesel::table! {
     least_sessions (id) {
         id -> Text,
-    }
-}
-
-// gatehouse's own table, which the benchmark's user is already in: the columns read here.
-diesel::table! {
-    users (id) {
-        id -> Text,
-        username -> Text,
-        password_hash -> Text,
     }
 }
 
@@ -332,24 +323,22 @@ async fn token(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
 }
 
 /// Whether `username` names a user whose password is `password`: one read on the blocking
-/// pool, then one argon2id verification on gatehouse's pool of hashers.
+/// pool (the statement gatehouse runs for it), then one argon2id verification on
+/// gatehouse's pool of hashers.
 async fn password_checked(
     shared: &web::Data<Shared>,
     username: String,
     password: String,
 ) -> Result<bool, String> {
-    let hash = blocking(shared, move |_, conn| {
-        // get_result, not first (see `authorize`).
-        storage::on_native_connection!(conn, |c| users::table
-            .filter(users::username.eq(&username))
-            .select(users::password_hash)
-            .get_result::<String>(c)
-            .optional())
-        .map_err(|e| e.to_string())
+    // gatehouse's own read of the user, whom the benchmark added with `gatehouse users add`.
+    let user = blocking(shared, move |_, conn| {
+        storage::users::find_by_username(conn, &username).map_err(|e| e.to_string())
     })
     .await?;
-    Ok(match hash {
-        Some(hash) => gatehouse::crypto::password::verify_async(&password, &hash).await,
+    Ok(match user {
+        Some(user) => {
+            gatehouse::crypto::password::verify_async(&password, &user.password_hash).await
+        }
         None => false,
     })
 }
