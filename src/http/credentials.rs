@@ -9,8 +9,8 @@ use crate::crypto::password;
 use crate::oauth::client::Client;
 use crate::ratelimit::client_rate::Caller;
 use crate::ratelimit::{self, Attempt, Verdict};
-use crate::storage::users::{self as user_store, UserRow};
-use crate::storage::{now_unix, StorageError};
+use crate::storage::now_unix;
+use crate::storage::users::UserRow;
 
 pub enum PasswordCheck {
     Passed(UserRow),
@@ -35,21 +35,16 @@ pub async fn check_password(
 ) -> Result<PasswordCheck, HttpError> {
     let settings = state.settings.clone();
     let name = username.to_owned();
-    let (verdict, user) = super::run_blocking(&state.pool, move |conn| {
+    let verdict = super::run_blocking(&state.pool, move |conn| {
         let attempt = Attempt {
             username: &name,
             ip: ip.as_deref(),
         };
-        let verdict = ratelimit::begin(conn, &settings.limits, &attempt, now_unix())?;
-        let user = match verdict {
-            Verdict::Allowed(_) => user_store::find_by_username(conn, &name)?,
-            Verdict::Limited { .. } => None,
-        };
-        Ok::<_, StorageError>((verdict, user))
+        ratelimit::begin(conn, &settings.limits, &attempt, now_unix())
     })
     .await?;
-    let pending = match verdict {
-        Verdict::Allowed(pending) => pending,
+    let (pending, user) = match verdict {
+        Verdict::Allowed { pending, user } => (pending, user),
         Verdict::Limited { retry_after } => return Ok(PasswordCheck::Limited { retry_after }),
     };
     let verified = match &user {

@@ -9,6 +9,7 @@
 
 use crate::config::LimitSettings;
 use crate::storage::auth_failures;
+use crate::storage::users::UserRow;
 use crate::storage::{DbConnection, StorageResult};
 
 pub struct Attempt<'a> {
@@ -22,15 +23,19 @@ pub struct Pending {
     row_ids: Vec<String>,
 }
 
-#[derive(Debug)]
+/// No `Debug`: an allowed attempt carries the account's password hash.
 pub enum Verdict {
-    Allowed(Pending),
-    /// Refused without checking the password; retry after this many seconds.
-    Limited {
-        retry_after: u64,
+    /// Check the password against `user`, the account the username names (`None`: there is
+    /// none, and the check costs a verification all the same).
+    Allowed {
+        pending: Pending,
+        user: Option<UserRow>,
     },
+    /// Refused without checking the password; retry after this many seconds.
+    Limited { retry_after: u64 },
 }
 
+/// The username's bucket, then the address's when the attempt has one.
 fn buckets(attempt: &Attempt<'_>, limits: &LimitSettings) -> Vec<(String, u32)> {
     let mut buckets = vec![(
         format!("user:{}", attempt.username),
@@ -53,7 +58,13 @@ pub fn begin(
     let buckets = buckets(attempt, limits);
     let names: Vec<String> = buckets.iter().map(|(b, _)| b.clone()).collect();
     let row_ids = auth_failures::record(conn, &names, now)?;
-    let counts = auth_failures::counts_since(conn, &names, now - window)?;
+    let (counts, user) = auth_failures::counts_and_user(
+        conn,
+        attempt.username,
+        &names[0],
+        names.get(1).map(String::as_str),
+        now - window,
+    )?;
     let mut retry_after = 0u64;
     for ((bucket, budget), count) in buckets.iter().zip(counts) {
         if count > i64::from(*budget) {
@@ -69,7 +80,10 @@ pub fn begin(
         auth_failures::delete(conn, &row_ids)?;
         return Ok(Verdict::Limited { retry_after });
     }
-    Ok(Verdict::Allowed(Pending { row_ids }))
+    Ok(Verdict::Allowed {
+        pending: Pending { row_ids },
+        user,
+    })
 }
 
 /// The password was right: the provisional failure rows go.

@@ -1,35 +1,33 @@
 //! Failed password attempts, shared by every instance, for rate limiting. A bucket is a
 //! key such as `user:alice` or `ip:192.0.2.1`.
 
-use diesel::dsl::count_star;
 use diesel::prelude::*;
 
 use super::schema::auth_failures;
+use super::users::UserRow;
 use super::{DbConnection, StorageResult};
 
-/// How many failures each of `buckets` holds since `since`, in the order given: one query
-/// for all of them, a round trip less per bucket on PostgreSQL.
-pub fn counts_since(
+/// How many failures the username's bucket and the address's bucket (when the attempt has
+/// an address) hold since `since`, in that order, and the account `username` names: one
+/// statement, kept prepared (see `prepared::FailureCountsAndUser`).
+pub fn counts_and_user(
     conn: &mut DbConnection,
-    buckets: &[String],
+    username: &str,
+    user_bucket: &str,
+    ip_bucket: Option<&str>,
     since: i64,
-) -> StorageResult<Vec<i64>> {
-    let held: Vec<(String, i64)> = super::on_native_connection!(conn, |c| {
-        auth_failures::table
-            .filter(auth_failures::bucket.eq_any(buckets))
-            .filter(auth_failures::occurred_at.gt(since))
-            .group_by(auth_failures::bucket)
-            .select((auth_failures::bucket, count_star()))
-            .load(c)
-    })?;
-    Ok(buckets
-        .iter()
-        .map(|bucket| {
-            held.iter()
-                .find(|(held_bucket, _)| held_bucket == bucket)
-                .map_or(0, |(_, count)| *count)
-        })
-        .collect())
+) -> StorageResult<(Vec<i64>, Option<UserRow>)> {
+    let statement = super::prepared::FailureCountsAndUser {
+        username,
+        user_bucket,
+        ip_bucket: ip_bucket.unwrap_or(""),
+        since,
+    };
+    let (user, user_failures, ip_failures): (Option<UserRow>, i64, i64) =
+        super::on_native_connection!(conn, |c| statement.get_result(c))?;
+    let mut counts = vec![user_failures];
+    counts.extend(ip_bucket.map(|_| ip_failures));
+    Ok((counts, user))
 }
 
 /// When the `n`-th oldest (1-based) failure of a bucket since `since` happened.
@@ -49,16 +47,15 @@ pub fn nth_oldest_since(
         .optional()?)
 }
 
+/// Deletes the rows `record` returned: one statement for an attempt's one or two buckets.
 pub fn delete(conn: &mut DbConnection, ids: &[String]) -> StorageResult<()> {
     super::write(conn, |conn| {
-        match conn {
-            DbConnection::Postgresql(pg) => {
-                super::prepared::DeleteFailures { ids }.execute(pg)?;
-            }
-            DbConnection::Sqlite(_) => {
-                diesel::delete(auth_failures::table.filter(auth_failures::id.eq_any(ids)))
-                    .execute(conn)?;
-            }
+        for pair in ids.chunks(2) {
+            let statement = super::prepared::DeleteFailures {
+                first: &pair[0],
+                second: pair.get(1).map_or("", String::as_str),
+            };
+            super::prepared::execute(conn, statement)?;
         }
         Ok(())
     })

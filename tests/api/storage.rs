@@ -674,27 +674,94 @@ fn a_live_session_is_read_with_the_consent_for_the_named_client(db: TestDb) {
 
 on_both_backends!(failed_attempts_are_recorded_counted_and_withdrawn);
 
-/// The rate limiter's rows: one per bucket in one statement, counted per bucket, and
-/// withdrawn when the attempt succeeds. On PostgreSQL both writes skip the WAL flush for
-/// their own transaction only, never for the session that later writes tokens.
+/// The rate limiter's rows: one per bucket in one statement, counted per bucket together
+/// with the account the username names, and withdrawn when the attempt succeeds. On
+/// PostgreSQL both writes skip the WAL flush for their own transaction only, never for the
+/// session that later writes tokens.
 fn failed_attempts_are_recorded_counted_and_withdrawn(db: TestDb) {
     use gatehouse::storage::auth_failures;
 
-    let (_config, mut conn, _user_id, now) = with_user_and_demo_client(&db, "guesser");
+    let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "guesser");
     let buckets = ["user:guesser".to_owned(), "ip:192.0.2.7".to_owned()];
     let first = auth_failures::record(&mut conn, &buckets, now).unwrap();
     auth_failures::record(&mut conn, &buckets[..1], now).unwrap();
+    // One more, too old to count.
+    auth_failures::record(&mut conn, &buckets, now - 120).unwrap();
     assert_eq!(first.len(), 2);
+    let read = |conn: &mut _, username, ip_bucket| {
+        auth_failures::counts_and_user(conn, username, &buckets[0], ip_bucket, now - 60).unwrap()
+    };
+    let (counts, user) = read(&mut conn, "guesser", Some(buckets[1].as_str()));
+    assert_eq!(counts, [2, 1]);
     assert_eq!(
-        auth_failures::counts_since(&mut conn, &buckets, now - 60).unwrap(),
-        [2, 1]
+        user.map(|u| (u.id, u.username)),
+        Some((user_id, "guesser".into()))
     );
+    // Without an address there is no second count; an unknown name reads no account.
+    let (counts, user) = read(&mut conn, "nobody", None);
+    assert_eq!((counts, user), (vec![2], None));
     auth_failures::delete(&mut conn, &first).unwrap();
-    assert_eq!(
-        auth_failures::counts_since(&mut conn, &buckets, now - 60).unwrap(),
-        [1, 0]
-    );
+    let (counts, _) = read(&mut conn, "guesser", Some(buckets[1].as_str()));
+    assert_eq!(counts, [1, 0]);
     assert_session_waits_for_the_flush(&mut conn);
+}
+
+on_both_backends!(a_password_attempts_statements_keep_generic_plans);
+
+/// Every password attempt reads its budgets and, when it succeeds, deletes its provisional
+/// rows; PostgreSQL once planned both afresh at (nearly) each execution, a tenth of a
+/// millisecond each, since an array parameter made every generic plan look dearer than a
+/// custom one. After the five custom plans PostgreSQL always tries first, a statement it
+/// keeps prepared must run on a generic plan.
+fn a_password_attempts_statements_keep_generic_plans(db: TestDb) {
+    use diesel::sql_types::{BigInt, Text};
+    use gatehouse::storage::{auth_failures, DbConnection};
+
+    let (_config, mut conn, _user_id, now) = with_user_and_demo_client(&db, "planned");
+    let buckets = ["user:planned".to_owned(), "ip:192.0.2.8".to_owned()];
+    for _ in 0..8 {
+        let ids = auth_failures::record(&mut conn, &buckets, now).unwrap();
+        let (counts, user) = auth_failures::counts_and_user(
+            &mut conn,
+            "planned",
+            &buckets[0],
+            Some(&buckets[1]),
+            now - 60,
+        )
+        .unwrap();
+        assert_eq!((counts, user.is_some()), (vec![1, 1], true));
+        auth_failures::delete(&mut conn, &ids).unwrap();
+    }
+    let DbConnection::Postgresql(pg) = &mut conn else {
+        return; // SQLite compiles a statement once and has no plans to choose between.
+    };
+    #[derive(diesel::QueryableByName)]
+    struct Plans {
+        #[diesel(sql_type = BigInt)]
+        generic_plans: i64,
+        #[diesel(sql_type = BigInt)]
+        custom_plans: i64,
+        #[diesel(sql_type = Text)]
+        statement: String,
+    }
+    let plans: Vec<Plans> = diesel::sql_query(
+        "SELECT generic_plans, custom_plans, statement FROM pg_prepared_statements \
+         WHERE statement LIKE '%auth_failures%' AND statement NOT LIKE 'INSERT%' \
+         ORDER BY statement",
+    )
+    .load(pg)
+    .unwrap();
+    let kinds: Vec<&str> = plans.iter().map(|p| &p.statement[..6]).collect();
+    assert_eq!(kinds, ["DELETE", "SELECT"]);
+    for statement in &plans {
+        assert!(
+            statement.generic_plans >= 3 && statement.custom_plans <= 5,
+            "{} generic and {} custom plans for {}",
+            statement.generic_plans,
+            statement.custom_plans,
+            statement.statement
+        );
+    }
 }
 
 /// On PostgreSQL, the session still waits for the WAL flush on commit (`synchronous_commit`
