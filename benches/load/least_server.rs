@@ -322,15 +322,16 @@ async fn token(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
     }
 }
 
-/// Whether `username` names a user whose password is `password`: one read on the blocking
-/// pool (the statement gatehouse runs for it), then one argon2id verification on
-/// gatehouse's pool of hashers.
+/// Whether `username` names a user whose password is `password`: one read of the user on
+/// the blocking pool, then one argon2id verification on gatehouse's pool of hashers.
+/// (gatehouse reads the user in the statement that also counts the attempt's failures,
+/// `storage::prepared::FailureCountsAndUser`; a server that counts none reads just the row.)
 async fn password_checked(
     shared: &web::Data<Shared>,
     username: String,
     password: String,
 ) -> Result<bool, String> {
-    // gatehouse's own read of the user, whom the benchmark added with `gatehouse users add`.
+    // gatehouse's own lookup by username; the benchmark added the user with `gatehouse users add`.
     let user = blocking(shared, move |_, conn| {
         storage::users::find_by_username(conn, &username).map_err(|e| e.to_string())
     })

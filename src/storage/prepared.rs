@@ -464,6 +464,8 @@ pub struct FailureCountsAndUser<'a> {
 on_both_backends!(
     FailureCountsAndUser | statement,
     out | {
+        // The user's columns in `UserRow`'s field order, which `UserRow::as_select()` gives
+        // every other read of a user.
         out.push_sql(concat!(
             "SELECT users.id, users.username, users.password_hash, users.disabled,",
             " users.created_at, users.updated_at,",
