@@ -2,18 +2,18 @@
 # What one refresh-token rotation costs on PostgreSQL, in CPU of the whole machine per
 # rotation (PostgreSQL and pgbench, its client), for two ways of storing refresh tokens:
 #
-#   per_token  gatehouse's: a row per refresh token. The statements gatehouse sends, as
-#              they are: the SELECT that finds the presented token with its family and
-#              user, then RotateRefresh (lock the family row, mark the token rotated,
-#              insert its successor), each committed on its own.
+#   per_token  gatehouse's until migration 2026-12-06-000001: a row per refresh token. The
+#              statements it sent: the SELECT that found the presented token with its
+#              family and user, then RotateRefresh (lock the family row, mark the token
+#              rotated, insert its successor), each committed on its own.
 #   one_row    a row per family that holds the current token's hash: one UPDATE ...
 #              RETURNING that checks the presented hash, moves it on and returns the
 #              family and whether its user is disabled.
 #   one_row_lookup
 #              the same row per family, in the two steps oxide-auth's refresh flow takes
 #              (recover the grant, then issue): a SELECT of the family by its id (which
-#              the token would carry), then an UPDATE that moves the hash on only if it is
-#              still the presented one.
+#              the token carries), then an UPDATE that moves the hash on only if it is
+#              still the presented one. gatehouse's since that migration (RotateInFamily).
 #
 # Each pgbench client rotates its own chain of tokens (fam<client>, c<client>-<gen>), so
 # no two rotate the same token, among 100,000 families with one live token each, analyzed,

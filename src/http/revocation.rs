@@ -113,8 +113,9 @@ pub async fn introspect(
     };
     if !revocation::looks_like_jwt(&token) {
         let settings = state.settings.clone();
+        let keys = state.keys.current();
         let result = super::run_blocking(&state.pool, move |conn| {
-            revocation::introspect_refresh(conn, &settings, &caller.client_id, &token)
+            revocation::introspect_refresh(conn, &settings, &keys, &caller.client_id, &token)
         })
         .await;
         return respond(result);

@@ -2,6 +2,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::crypto::secret_box::SecretBox;
+use crate::oauth::refresh_token::{self, RefreshTokens};
 use crate::oauth::sealed_code::{self, CodeSealer};
 use crate::storage::keys::{self as key_store, PublicKeyRow};
 use crate::storage::{now_unix, DbConnection, StorageError};
@@ -41,6 +42,8 @@ pub struct KeyState {
     pub verifier: TokenVerifier,
     /// Read once at start; the same in every state.
     pub codes: Arc<CodeSealer>,
+    /// Likewise.
+    pub refresh_tokens: Arc<RefreshTokens>,
 }
 
 /// The keys this instance holds. Other instances (and `gatehouse keys rotate`) change the
@@ -49,11 +52,13 @@ pub struct KeyRing {
     state: RwLock<Arc<KeyState>>,
     seal: SecretBox,
     codes: Arc<CodeSealer>,
+    refresh_tokens: Arc<RefreshTokens>,
 }
 
 impl KeyRing {
     /// Loads the active key, generating and storing the first one when there is none, and
-    /// the key that seals `issuer`'s authorization codes, likewise.
+    /// the key that seals `issuer`'s authorization codes and the one that tags refresh
+    /// tokens, likewise.
     pub fn open(
         conn: &mut DbConnection,
         system_secret: &str,
@@ -72,11 +77,21 @@ impl KeyRing {
             }
         }
         let codes = Arc::new(open_code_sealer(conn, system_secret, issuer)?);
-        let state = load_state(conn, &seal, &codes, None)?;
+        let refresh_key = open_stored_key::<{ refresh_token::KEY_LEN }>(
+            conn,
+            system_secret,
+            refresh_token::PURPOSE,
+        )?;
+        let refresh_tokens = Arc::new(
+            RefreshTokens::new(&refresh_key)
+                .ok_or(KeyError::UnsealStored(refresh_token::PURPOSE))?,
+        );
+        let state = load_state(conn, &seal, &codes, &refresh_tokens, None)?;
         Ok(KeyRing {
             state: RwLock::new(Arc::new(state)),
             seal,
             codes,
+            refresh_tokens,
         })
     }
 
@@ -92,7 +107,13 @@ impl KeyRing {
     /// Returns whether anything changed.
     pub fn refresh(&self, conn: &mut DbConnection) -> Result<bool, KeyError> {
         let current = self.current();
-        let next = load_state(conn, &self.seal, &self.codes, Some(&current))?;
+        let next = load_state(
+            conn,
+            &self.seal,
+            &self.codes,
+            &self.refresh_tokens,
+            Some(&current),
+        )?;
         if next.signing.kid() == current.signing.kid() && next.jwks.kids == current.jwks.kids {
             return Ok(false);
         }
@@ -113,18 +134,25 @@ fn open_code_sealer(
     system_secret: &str,
     issuer: &str,
 ) -> Result<CodeSealer, KeyError> {
-    let vault = SecretBox::new(system_secret, super::SEALING_KEY_PURPOSE);
-    let context = sealed_code::PURPOSE.as_bytes();
-    let generated = vault.seal(
-        &crate::crypto::random::bytes::<{ sealed_code::KEY_LEN }>(),
-        context,
-    );
-    let stored =
-        key_store::sealing_key_or_insert(conn, sealed_code::PURPOSE, &generated, now_unix())?;
-    let key = vault
-        .open(&stored, context)
-        .map_err(|_| KeyError::UnsealStored(sealed_code::PURPOSE))?;
+    let key =
+        open_stored_key::<{ sealed_code::KEY_LEN }>(conn, system_secret, sealed_code::PURPOSE)?;
     CodeSealer::new(&key, issuer).ok_or(KeyError::UnsealStored(sealed_code::PURPOSE))
+}
+
+/// A deployment's random key for `purpose`, made by the first instance to start and stored
+/// sealed under `secrets.system` (the code-sealing key, the refresh-token tag key).
+fn open_stored_key<const N: usize>(
+    conn: &mut DbConnection,
+    system_secret: &str,
+    purpose: &'static str,
+) -> Result<Vec<u8>, KeyError> {
+    let vault = SecretBox::new(system_secret, super::SEALING_KEY_PURPOSE);
+    let context = purpose.as_bytes();
+    let generated = vault.seal(&crate::crypto::random::bytes::<N>(), context);
+    let stored = key_store::sealing_key_or_insert(conn, purpose, &generated, now_unix())?;
+    vault
+        .open(&stored, context)
+        .map_err(|_| KeyError::UnsealStored(purpose))
 }
 
 /// Generates a new active key and retires the others. A retired key stays published for
@@ -153,6 +181,7 @@ fn load_state(
     conn: &mut DbConnection,
     seal: &SecretBox,
     codes: &Arc<CodeSealer>,
+    refresh_tokens: &Arc<RefreshTokens>,
     previous: Option<&KeyState>,
 ) -> Result<KeyState, KeyError> {
     let now = now_unix();
@@ -175,5 +204,6 @@ fn load_state(
         jwks: PreparedJwks::build(&published),
         verifier: TokenVerifier::new(&published),
         codes: Arc::clone(codes),
+        refresh_tokens: Arc::clone(refresh_tokens),
     })
 }

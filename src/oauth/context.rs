@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::config::{GrantType, Settings};
 use crate::keys::KeyState;
 use crate::storage::codes::CodeRow;
-use crate::storage::tokens::{FamilyRow, RefreshRow};
+use crate::storage::tokens::PresentedRefresh;
 use crate::storage::{DbConnection, StorageError};
 
 use super::client::{Client, ClientRegistry};
@@ -64,8 +64,8 @@ pub struct Notes {
     pub redeemed_code: Option<CodeRow>,
     /// A confidential client's token was presented without that client's credentials.
     pub unauthenticated: bool,
-    /// The refresh token being exchanged and its family, found by `recover_refresh`.
-    pub presented_refresh: Option<(RefreshRow, FamilyRow)>,
+    /// The refresh token being exchanged, with its family, found by `recover_refresh`.
+    pub presented_refresh: Option<PresentedRefresh>,
     /// A storage failure behind a primitive's `Err(())`, kept for the log.
     pub failure: Option<StorageError>,
     /// The user the issuer minted tokens for, for the audit trail.

@@ -8,9 +8,9 @@ use oxide_auth::primitives::issuer::{IssuedToken, RefreshedToken, TokenType};
 
 use super::authorizer::refuse_code;
 use super::context::FlowContext;
+use super::refresh_token;
 use super::tokens::{issue_for_user, rotate_refresh, MintError};
 use crate::config::GrantType;
-use crate::crypto::mac::digest_secret;
 use crate::storage::tokens::{self as token_store, FamilyRow};
 
 pub struct DbIssuer<'a> {
@@ -60,14 +60,15 @@ impl Issuer for DbIssuer<'_> {
     /// with the grant's scope already narrowed to what the request asked for.
     fn refresh(&mut self, _refresh: &str, grant: Grant) -> Result<RefreshedToken, ()> {
         let ctx = self.ctx;
-        let (presented, family) = ctx.notes.borrow().presented_refresh.clone().ok_or(())?;
+        let presented = ctx.notes.borrow().presented_refresh.clone().ok_or(())?;
+        let family = &presented.family;
         let client = ctx.client(&grant.client_id)?.ok_or(())?;
         let scope = super::scope::to_string(&grant.scope);
-        let minted = match rotate_refresh(ctx, &client, &family, &presented, &scope) {
+        let minted = match rotate_refresh(ctx, &client, &presented, &scope) {
             Ok(Some(minted)) => minted,
             Ok(None) => {
                 // Another request rotated it a moment ago: the token was used twice.
-                self.reuse_detected(&family);
+                self.reuse_detected(family);
                 return Err(());
             }
             Err(e) => {
@@ -92,16 +93,12 @@ impl Issuer for DbIssuer<'_> {
     /// family is revoked, the newest tokens too.
     fn recover_refresh<'t>(&'t self, token: &'t str) -> Result<Option<Grant>, ()> {
         let ctx = self.ctx;
-        let found = token_store::find_refresh(&mut ctx.conn(), &digest_secret(token))
+        let found = refresh_token::find(&mut ctx.conn(), &ctx.keys.refresh_tokens, token)
             .map_err(|e| ctx.fail(e))?;
-        let Some(token_store::PresentedRefresh {
-            token: row,
-            family,
-            user_enabled,
-        }) = found
-        else {
+        let Some(presented) = found else {
             return Ok(self.refuse("the refresh token is invalid"));
         };
+        let (row, family) = (&presented.token, &presented.family);
         if ctx
             .claimed_client
             .as_deref()
@@ -125,7 +122,7 @@ impl Issuer for DbIssuer<'_> {
             }
         }
         if row.rotated_at.is_some() {
-            self.reuse_detected(&family);
+            self.reuse_detected(family);
             return Ok(None);
         }
         if family.revoked_at.is_some() {
@@ -137,7 +134,7 @@ impl Issuer for DbIssuer<'_> {
         if !client.is_some_and(|c| c.allows(GrantType::RefreshToken)) {
             return Ok(self.refuse("this client may no longer use refresh tokens"));
         }
-        if !user_enabled {
+        if !presented.user_enabled {
             token_store::revoke_family(&mut ctx.conn(), &family.id, ctx.now)
                 .map_err(|e| ctx.fail(e))?;
             return Ok(self.refuse("the user is disabled"));
@@ -156,7 +153,7 @@ impl Issuer for DbIssuer<'_> {
                 .ok_or(())?,
             extensions: Default::default(),
         };
-        ctx.notes.borrow_mut().presented_refresh = Some((row, family));
+        ctx.notes.borrow_mut().presented_refresh = Some(presented);
         Ok(Some(grant))
     }
 }
@@ -190,6 +187,7 @@ impl DbIssuer<'_> {
         match error {
             MintError::Storage(e) => self.ctx.fail(e),
             MintError::Key(e) => tracing::error!(error = %e, "cannot sign an access token"),
+            e @ MintError::RefreshToken(_) => tracing::error!(error = %e, "cannot mint"),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod context;
 mod endpoint;
 mod issuer;
 pub mod pkce;
+pub mod refresh_token;
 mod registrar;
 pub mod request;
 pub mod revocation;

@@ -4,9 +4,9 @@
 
 use serde_json::{json, Value};
 
+use super::refresh_token;
 use crate::audit::AuditEvent;
 use crate::config::Settings;
-use crate::crypto::mac::digest_secret;
 use crate::keys::{KeyState, VerifiedClaims};
 use crate::storage::tokens::{self as token_store, FamilyRow, RefreshRow};
 use crate::storage::{now_unix, DbConnection, StorageResult};
@@ -41,7 +41,7 @@ fn identify(
         });
     }
     Ok(
-        match token_store::find_refresh(conn, &digest_secret(token))? {
+        match refresh_token::find(conn, &keys.refresh_tokens, token)? {
             Some(found) => Presented::Refresh(found.token, found.family),
             None => Presented::Unknown,
         },
@@ -104,11 +104,12 @@ pub fn introspect_access(claims: &VerifiedClaims) -> Value {
 pub fn introspect_refresh(
     conn: &mut DbConnection,
     settings: &Settings,
+    keys: &KeyState,
     client_id: &str,
     token: &str,
 ) -> StorageResult<Value> {
     let now = now_unix();
-    let Some(found) = token_store::find_refresh(conn, &digest_secret(token))? else {
+    let Some(found) = refresh_token::find(conn, &keys.refresh_tokens, token)? else {
         return Ok(inactive());
     };
     let (row, family) = (found.token, found.family);

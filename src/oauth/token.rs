@@ -482,7 +482,7 @@ pub fn client_credentials(
     let minted = match super::tokens::issue_for_client(settings, keys, client, &scope) {
         Ok(minted) => minted,
         Err(super::tokens::MintError::Storage(e)) => return Err(e),
-        Err(super::tokens::MintError::Key(e)) => return Err(StorageError::Corrupt(e.to_string())),
+        Err(e) => return Err(StorageError::Corrupt(e.to_string())),
     };
     Ok(TokenAnswer::ok(json!({
         "access_token": minted.access_token,

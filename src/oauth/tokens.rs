@@ -1,5 +1,6 @@
-//! Minting: RS256 access tokens per RFC 9068 and opaque refresh tokens kept as digests in a
-//! family, so that revocation and reuse detection reach every token of one grant.
+//! Minting: RS256 access tokens per RFC 9068 and opaque refresh tokens kept as digests in
+//! their family's row (`refresh_token`), so that revocation and reuse detection reach every
+//! token of one grant.
 
 use serde::Serialize;
 
@@ -9,7 +10,8 @@ use crate::config::{GrantType, Settings};
 use crate::crypto::{mac::digest_secret, random};
 use crate::keys::KeyState;
 use crate::storage::codes::CodeRow;
-use crate::storage::tokens::{self as token_store, FamilyRow, RefreshRow};
+use crate::storage::tokens::{self as token_store, FamilyRow};
+use crate::storage::tokens::{LiveRefresh, PresentedRefresh};
 use crate::storage::StorageError;
 
 /// RFC 9068 section 2.2.
@@ -37,6 +39,9 @@ pub enum MintError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
+    /// Never for a family this server made: its id is a UUID.
+    #[error("cannot make a refresh token for family {0}")]
+    RefreshToken(String),
 }
 
 struct SignedAccess {
@@ -86,20 +91,26 @@ fn sign_access_with(
     Ok(SignedAccess { token, expires_at })
 }
 
-/// A new opaque refresh token of `family`, idle-limited but never beyond the family's end.
-fn new_refresh(ctx: &FlowContext<'_>, family: &FamilyRow, scope: &str) -> (String, RefreshRow) {
-    let token = random::token::<32>();
-    let row = RefreshRow {
+/// A new refresh token for `generation` of `family`, idle-limited but never beyond the
+/// family's end.
+fn new_refresh(
+    ctx: &FlowContext<'_>,
+    family: &FamilyRow,
+    generation: i64,
+) -> Result<(String, LiveRefresh), MintError> {
+    let token = ctx
+        .keys
+        .refresh_tokens
+        .issue(&family.id, generation)
+        .ok_or_else(|| MintError::RefreshToken(family.id.clone()))?;
+    let live = LiveRefresh {
         token_hash: digest_secret(&token),
-        family_id: family.id.clone(),
-        client_id: family.client_id.clone(),
-        scope: scope.to_owned(),
+        generation,
         created_at: ctx.now,
         idle_expires_at: (ctx.now + ctx.settings.tokens.refresh_idle_ttl.as_secs() as i64)
             .min(family.expires_at),
-        rotated_at: None,
     };
-    (token, row)
+    Ok((token, live))
 }
 
 /// Issues an access token (and a refresh token when the client may refresh) for a user's
@@ -124,39 +135,40 @@ pub fn issue_for_user(
         created_at: now,
         expires_at: now + ctx.settings.tokens.refresh_absolute_ttl.as_secs() as i64,
         revoked_at: None,
+        refresh_hash: None,
+        refresh_generation: 0,
+        refresh_created_at: None,
+        refresh_idle_expires_at: None,
     };
     let access = sign_access(ctx, client, user_id, scope, Some(&family.id))?;
-    let refresh = client
-        .allows(GrantType::RefreshToken)
-        .then(|| new_refresh(ctx, &family, scope));
-    let recorded = token_store::create_family(
-        &mut ctx.conn(),
-        &family,
-        refresh.as_ref().map(|(_, row)| row),
-        from_code,
-    )?;
-    Ok(recorded.then(|| Minted {
+    let (family, refresh_token) = if client.allows(GrantType::RefreshToken) {
+        let (token, live) = new_refresh(ctx, &family, 1)?;
+        (family.with_refresh(&live), Some(token))
+    } else {
+        (family, None)
+    };
+    let recorded = token_store::create_family(&mut ctx.conn(), &family, from_code)?;
+    Ok(recorded.then_some(Minted {
         access_token: access.token,
         expires_at: access.expires_at,
-        refresh_token: refresh.map(|(token, _)| token),
+        refresh_token,
     }))
 }
 
-/// Rotates `presented` (a live refresh token of `family`): it is marked used and a new one
-/// takes its place, with the same scope (RFC 6749 6), beside an access token for `scope`
-/// (which may be narrower). `None` when another request rotated it first: that is reuse.
+/// Rotates `presented` (its family's live refresh token): the next generation takes its
+/// place, with the family's scope (RFC 6749 6), beside an access token for `scope` (which
+/// may be narrower). `None` when another request rotated it first: that is reuse.
 pub fn rotate_refresh(
     ctx: &FlowContext<'_>,
     client: &Client,
-    family: &FamilyRow,
-    presented: &RefreshRow,
+    presented: &PresentedRefresh,
     scope: &str,
 ) -> Result<Option<Minted>, MintError> {
+    let family = &presented.family;
     let subject = family.user_id.as_deref().unwrap_or(&client.id);
     let access = sign_access(ctx, client, subject, scope, Some(&family.id))?;
-    let (token, row) = new_refresh(ctx, family, &presented.scope);
-    let rotated =
-        token_store::rotate_refresh(&mut ctx.conn(), &presented.token_hash, ctx.now, &row)?;
+    let (token, successor) = new_refresh(ctx, family, family.refresh_generation + 1)?;
+    let rotated = token_store::rotate_refresh(&mut ctx.conn(), presented, ctx.now, &successor)?;
     Ok(rotated.then_some(Minted {
         access_token: access.token,
         expires_at: access.expires_at,

@@ -8,9 +8,9 @@
 //!
 //! PostgreSQL shares the cores with gatehouse in most deployments, and what it spends per
 //! round trip (a wake-up, a parse of the message, a plan lookup, a reply) is more than
-//! what the statement itself does. As diesel transactions, rotating a refresh token took
-//! six round trips and creating a family six; as single statements with data-modifying
-//! CTEs (which SQLite does not have), each takes one.
+//! what the statement itself does. As a diesel transaction, creating a family took six round
+//! trips; as one statement with data-modifying CTEs (which SQLite does not have), it takes
+//! one. Rotating a refresh token is one UPDATE on both.
 //!
 //! Within one statement every part sees the same snapshot, and foreign keys are checked
 //! when the statement ends, so the order of the parts does not matter, with two exceptions
@@ -28,7 +28,7 @@ use diesel::{PgConnection, QueryResult, RunQueryDsl, SqliteConnection};
 
 use super::audit::AuditRow;
 use super::codes::CodeRow;
-use super::tokens::{FamilyRow, RefreshRow};
+use super::tokens::{FamilyRow, LiveRefresh};
 use super::DbConnection;
 
 /// Pushes values as comma-separated bind parameters: `push_binds!(out; Text => &a, ...)`.
@@ -54,40 +54,27 @@ macro_rules! push_family_values {
             Text => &family.scope,
             BigInt => &family.created_at,
             BigInt => &family.expires_at,
+            Nullable<Text> => &family.refresh_hash,
+            BigInt => &family.refresh_generation,
+            Nullable<BigInt> => &family.refresh_created_at,
+            Nullable<BigInt> => &family.refresh_idle_expires_at,
         );
     }};
 }
 
-/// A new refresh token's values, in the order of `refresh_columns!`.
-macro_rules! push_refresh_values {
-    ($out:ident, $refresh:expr) => {{
-        let refresh: &RefreshRow = $refresh;
-        push_binds!($out;
-            Text => &refresh.token_hash,
-            Text => &refresh.family_id,
-            Text => &refresh.client_id,
-            Text => &refresh.scope,
-            BigInt => &refresh.created_at,
-            BigInt => &refresh.idle_expires_at,
-        );
-    }};
-}
-
-/// The columns a new row sets (the others, `revoked_at` and `rotated_at`, start NULL), as
-/// literals for `concat!`.
+/// The columns a new row sets (the other, `revoked_at`, starts NULL), as literals for
+/// `concat!`.
 macro_rules! family_columns {
     () => {
-        "id, client_id, user_id, grant_type, scope, created_at, expires_at"
+        concat!(
+            "id, client_id, user_id, grant_type, scope, created_at, expires_at, ",
+            "refresh_hash, refresh_generation, refresh_created_at, refresh_idle_expires_at"
+        )
     };
 }
 macro_rules! audit_columns {
     () => {
         "id, occurred_at, event, outcome, user_id, client_id, ip, detail"
-    };
-}
-macro_rules! refresh_columns {
-    () => {
-        "token_hash, family_id, client_id, scope, created_at, idle_expires_at"
     };
 }
 
@@ -107,40 +94,45 @@ macro_rules! on_both_backends {
     };
 }
 
-/// Marks `old_hash` rotated and inserts its successor, only while the family is live and the
-/// old token unrotated. Locking the family row first orders a rotation and a revocation of
-/// the same family: `FOR NO KEY UPDATE` is the lock a revocation's UPDATE of that row waits
-/// for, and re-checks `revoked_at` after waiting. (It replaced an UPDATE that changed
-/// nothing, which took the same lock but wrote a new version of the row on every rotation:
-/// 6% more PostgreSQL CPU per refresh.) Of two rotations of the same token, the second finds
-/// `rotated_at` set on re-check and does nothing. Returns 1 when this statement rotated the
-/// token, else 0.
-pub struct RotateRefresh<'a> {
+/// Replaces a family's live refresh token (digest `old_hash`, `generation`) with
+/// `successor`, unless the family was revoked: the rotation, on both databases. The family's
+/// row is the lock a revocation takes too, and under READ COMMITTED an UPDATE that waited
+/// for a concurrent one re-checks its WHERE against the new row: of two rotations of the
+/// same token the second finds another digest, and one that waited for a revocation finds
+/// `revoked_at` set. No indexed column changes, so PostgreSQL can write it as a heap-only
+/// tuple: one WAL record where marking the old token and inserting its successor (with two
+/// index entries) and locking the family took five.
+pub struct RotateInFamily<'a> {
+    pub family_id: &'a str,
+    pub generation: i64,
     pub old_hash: &'a str,
-    pub now: i64,
-    pub successor: &'a RefreshRow,
+    pub successor: &'a LiveRefresh,
 }
 
-impl QueryFragment<Pg> for RotateRefresh<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let successor = self.successor;
-        out.push_sql("WITH family AS (SELECT id FROM token_families WHERE id = ");
-        out.push_bind_param::<Text, _>(&successor.family_id)?;
-        out.push_sql(" AND revoked_at IS NULL FOR NO KEY UPDATE), rotated AS (UPDATE refresh_tokens SET rotated_at = ");
-        out.push_bind_param::<BigInt, _>(&self.now)?;
-        out.push_sql(" WHERE token_hash = ");
-        out.push_bind_param::<Text, _>(self.old_hash)?;
+on_both_backends!(
+    RotateInFamily | statement,
+    out | {
+        let successor = statement.successor;
         out.push_sql(concat!(
-            " AND rotated_at IS NULL AND EXISTS (SELECT 1 FROM family) RETURNING token_hash), \
-             successor AS (INSERT INTO refresh_tokens (",
-            refresh_columns!(),
-            ") SELECT ",
+            "UPDATE token_families SET (refresh_hash, refresh_generation, refresh_created_at,",
+            " refresh_idle_expires_at) = ("
         ));
-        push_refresh_values!(out, successor);
-        out.push_sql(" WHERE EXISTS (SELECT 1 FROM rotated)) SELECT count(*) FROM rotated");
+        push_binds!(out;
+            Text => &successor.token_hash,
+            BigInt => &successor.generation,
+            BigInt => &successor.created_at,
+            BigInt => &successor.idle_expires_at,
+        );
+        out.push_sql(") WHERE id = ");
+        out.push_bind_param::<Text, _>(statement.family_id)?;
+        out.push_sql(" AND refresh_generation = ");
+        out.push_bind_param::<BigInt, _>(&statement.generation)?;
+        out.push_sql(" AND refresh_hash = ");
+        out.push_bind_param::<Text, _>(statement.old_hash)?;
+        out.push_sql(" AND revoked_at IS NULL");
         Ok(())
     }
-}
+);
 
 /// The columns of `authorization_codes`, in the order of the table and of `CodeRow`.
 const CODE_COLUMNS: &str = "code_hash, client_id, user_id, redirect_uri, redirect_uri_sent, \
@@ -193,7 +185,7 @@ macro_rules! insert_code {
     }};
 }
 
-/// Inserts a new family and, when the client may refresh, its first refresh token. With a
+/// Inserts a new family (with its first refresh token, when the client may refresh). With a
 /// code, the same statement records the code redeemed for the family, and inserts nothing
 /// unless it was this statement that recorded it: of two concurrent redemptions the second
 /// waits for the first's uncommitted row, then finds the conflict and does nothing. Returns
@@ -201,7 +193,6 @@ macro_rules! insert_code {
 /// the code's user was disabled or no longer exists, or no code was given).
 pub struct CreateFamily<'a> {
     pub family: &'a FamilyRow,
-    pub refresh: Option<&'a RefreshRow>,
     /// The code's row as it is to be recorded: redeemed, for `family`.
     pub code: Option<&'a CodeRow>,
 }
@@ -210,7 +201,7 @@ impl QueryFragment<Pg> for CreateFamily<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let family = self.family;
         // The statement's text must not depend on the values, or it could not be prepared
-        // once: a missing code or refresh token is a bind that a WHERE clause tests.
+        // once: a missing code is a bind that a WHERE clause tests.
         let flag = |set: bool| -> &'static bool {
             if set {
                 &true
@@ -238,29 +229,10 @@ impl QueryFragment<Pg> for CreateFamily<'_> {
             ") SELECT ",
         ));
         push_family_values!(out, family);
-        out.push_sql(concat!(
-            " FROM proceed), refresh AS (INSERT INTO refresh_tokens (",
-            refresh_columns!(),
-            ") SELECT ",
-        ));
-        push_refresh_values!(out, self.refresh.unwrap_or(&NO_REFRESH));
-        out.push_sql(" FROM proceed WHERE ");
-        out.push_bind_param::<Bool, _>(flag(self.refresh.is_some()))?;
-        out.push_sql(") SELECT count(*) FROM redeemed");
+        out.push_sql(" FROM proceed) SELECT count(*) FROM redeemed");
         Ok(())
     }
 }
-
-/// Stands in for the refresh token a family without one does not insert.
-static NO_REFRESH: RefreshRow = RefreshRow {
-    token_hash: String::new(),
-    family_id: String::new(),
-    client_id: String::new(),
-    scope: String::new(),
-    created_at: 0,
-    idle_expires_at: 0,
-    rotated_at: None,
-};
 
 /// Records a presented code as given (redeemed, and for SQLite's family creation linked to
 /// its family) unless a row for it exists: of two concurrent presentations exactly one
@@ -288,34 +260,6 @@ on_both_backends!(
     }
 );
 
-/// Marks a refresh token rotated unless it was rotated already or its family is revoked
-/// (SQLite's rotation; PostgreSQL's is `RotateRefresh`). It is the transaction's first
-/// statement and a write, so it takes SQLite's write lock before it reads the family: a
-/// revocation commits wholly before it (and it rotates nothing) or after the rotation's new
-/// rows (and revokes them too). It replaced a no-op UPDATE of the family row that took the
-/// lock the same way, one statement more per rotation (6k instructions; bytes written to
-/// the log did not change).
-pub struct MarkRotatedInLiveFamily<'a> {
-    pub token_hash: &'a str,
-    pub now: i64,
-}
-
-on_both_backends!(
-    MarkRotatedInLiveFamily | statement,
-    out | {
-        out.push_sql("UPDATE refresh_tokens SET rotated_at = ");
-        out.push_bind_param::<BigInt, _>(&statement.now)?;
-        out.push_sql(" WHERE token_hash = ");
-        out.push_bind_param::<Text, _>(statement.token_hash)?;
-        out.push_sql(concat!(
-            " AND rotated_at IS NULL AND EXISTS (SELECT 1 FROM token_families",
-            " WHERE token_families.id = refresh_tokens.family_id",
-            " AND token_families.revoked_at IS NULL)"
-        ));
-        Ok(())
-    }
-);
-
 /// Inserts a new family (SQLite's family creation is a transaction of several statements;
 /// PostgreSQL's is `CreateFamily`). diesel renders an insert of a row with optional fields
 /// afresh each time on SQLite, which may leave a NULL field out, and never keeps it
@@ -333,25 +277,6 @@ on_both_backends!(
             ") VALUES ("
         ));
         push_family_values!(out, statement.family);
-        out.push_sql(")");
-        Ok(())
-    }
-);
-
-/// Inserts a new refresh token (SQLite's rotation and family creation).
-pub struct InsertRefresh<'a> {
-    pub refresh: &'a RefreshRow,
-}
-
-on_both_backends!(
-    InsertRefresh | statement,
-    out | {
-        out.push_sql(concat!(
-            "INSERT INTO refresh_tokens (",
-            refresh_columns!(),
-            ") VALUES ("
-        ));
-        push_refresh_values!(out, statement.refresh);
         out.push_sql(")");
         Ok(())
     }
@@ -596,12 +521,10 @@ macro_rules! prepared_once {
 }
 
 prepared_once!(
-    RotateRefresh -> BigInt,
+    RotateInFamily,
     CreateFamily -> BigInt,
     InsertRedeemedCode,
-    MarkRotatedInLiveFamily,
     InsertFamily,
-    InsertRefresh,
     AccessRevoked -> Bool,
     InsertFailures,
     DeleteFailures,

@@ -58,6 +58,10 @@ diesel::table! {
         created_at -> BigInt,
         expires_at -> BigInt,
         revoked_at -> Nullable<BigInt>,
+        refresh_hash -> Nullable<Text>,
+        refresh_generation -> BigInt,
+        refresh_created_at -> Nullable<BigInt>,
+        refresh_idle_expires_at -> Nullable<BigInt>,
     }
 }
 

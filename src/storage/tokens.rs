@@ -1,5 +1,10 @@
 //! Token families, refresh tokens (digests only), and the access tokens revoked one by one.
 //!
+//! A family's row holds its one live refresh token (`oauth::refresh_token`), so that a
+//! rotation is one UPDATE of that row; `refresh_tokens` keeps only tokens of the earlier
+//! format, a row each, until they have rotated once (and, marked rotated, for reuse
+//! detection until their family ends).
+//!
 //! An access token of a family names the family in its `jti` (`access_jti`), so revoking
 //! the family reaches every access token descended from one grant without a row per token:
 //! introspection checks the token's own revocation and its family's. Issuing writes no
@@ -28,8 +33,40 @@ pub struct FamilyRow {
     /// The absolute limit: no refresh token of the family outlives it.
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
+    /// The digest of the family's live refresh token (`oauth::refresh_token`), or `None`
+    /// when the client may not refresh or the live token is of the earlier format (a row of
+    /// `refresh_tokens`).
+    pub refresh_hash: Option<String>,
+    /// The generation of the live refresh token; the first is 1, none 0.
+    pub refresh_generation: i64,
+    pub refresh_created_at: Option<i64>,
+    pub refresh_idle_expires_at: Option<i64>,
 }
 
+impl FamilyRow {
+    /// The family with `refresh` as its live refresh token.
+    pub fn with_refresh(self, refresh: &LiveRefresh) -> FamilyRow {
+        FamilyRow {
+            refresh_hash: Some(refresh.token_hash.clone()),
+            refresh_generation: refresh.generation,
+            refresh_created_at: Some(refresh.created_at),
+            refresh_idle_expires_at: Some(refresh.idle_expires_at),
+            ..self
+        }
+    }
+}
+
+/// A family's live refresh token, as the family's row holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRefresh {
+    pub token_hash: String,
+    pub generation: i64,
+    pub created_at: i64,
+    pub idle_expires_at: i64,
+}
+
+/// A refresh token as presented. A row of `refresh_tokens` for a token of the earlier
+/// format; for a token of a family's row (`find_refresh`), what that row says of it.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = refresh_tokens)]
 pub struct RefreshRow {
@@ -70,18 +107,18 @@ pub fn family_of_jti(jti: &str) -> Option<&str> {
     jti.split_once('.').map(|(family, _)| family)
 }
 
-/// Records a new family with its first tokens, atomically. With `from_code` (the code as
-/// opened from its seal), the same transaction records that code redeemed for the family:
-/// one commit per redemption. Returns false, writing nothing, when the code had been
-/// presented already (a concurrent redemption, or a failed one, came first) or its user
-/// was disabled (or erased) since it was issued: the caller must refuse the code
-/// (`codes::spend` tells which).
+/// Records a new family (with its live refresh token, if any), atomically. With
+/// `from_code` (the code as opened from its seal), the same transaction records that code
+/// redeemed for the family: one commit per redemption. Returns false, writing nothing, when
+/// the code had been presented already (a concurrent redemption, or a failed one, came
+/// first) or its user was disabled (or erased) since it was issued: the caller must refuse
+/// the code (`codes::spend` tells which).
 pub fn create_family(
     conn: &mut DbConnection,
     family: &FamilyRow,
-    refresh: Option<&RefreshRow>,
     from_code: Option<&CodeRow>,
 ) -> StorageResult<bool> {
+    debug_assert!(family.revoked_at.is_none());
     let redeemed = from_code.map(|code| CodeRow {
         redeemed_at: Some(family.created_at),
         replayed_at: None,
@@ -91,7 +128,6 @@ pub fn create_family(
     let recorded = if let DbConnection::Postgresql(pg) = conn {
         let statement = super::prepared::CreateFamily {
             family,
-            refresh,
             code: redeemed.as_ref(),
         };
         statement
@@ -100,7 +136,7 @@ pub fn create_family(
             .map_err(StorageError::from)
     } else {
         let inserted = super::write_transaction(conn, |conn| {
-            insert_new_rows(conn, Some(family), refresh)?;
+            super::prepared::execute(conn, super::prepared::InsertFamily { family })?;
             match &redeemed {
                 Some(code) if !super::codes::record_redeemed(conn, code, true)? => {
                     // Another presentation came first, or the user was disabled: none of
@@ -130,57 +166,67 @@ pub fn create_family(
     }
 }
 
-/// Marks `old_hash` rotated and records its successor, atomically.
-/// Returns false, writing nothing, when the token had been rotated already (by a concurrent
-/// request, or long ago) or its family was revoked meanwhile: the caller must refuse.
+/// Replaces the presented refresh token, the family's live one, with `successor`. Returns
+/// false, writing nothing, when it is no longer the live one (a concurrent request rotated
+/// it) or the family was revoked meanwhile: the caller must refuse.
+///
+/// One UPDATE of the family's row: a revocation updates the same row, so the two are
+/// ordered, and of two rotations of the same token the second finds another digest there
+/// when it re-checks. A token of the earlier format is marked rotated in its own row, in
+/// the transaction that moves its successor into the family's row.
 pub fn rotate_refresh(
     conn: &mut DbConnection,
-    old_hash: &str,
+    presented: &PresentedRefresh,
     now: i64,
-    successor: &RefreshRow,
+    successor: &LiveRefresh,
 ) -> StorageResult<bool> {
-    if let DbConnection::Postgresql(pg) = conn {
-        let statement = super::prepared::RotateRefresh {
+    let family_id = presented.family.id.as_str();
+    let old_hash = presented.token.token_hash.as_str();
+    if let Some(generation) = presented.generation {
+        let statement = super::prepared::RotateInFamily {
+            family_id,
+            generation,
             old_hash,
-            now,
             successor,
         };
-        let rotated: i64 = statement.get_result(pg)?;
+        let rotated = super::write(conn, |conn| Ok(super::prepared::execute(conn, statement)?))?;
         return Ok(rotated == 1);
     }
-    super::write_transaction(conn, |conn| {
-        // Never rotates into a revoked family, and orders itself against a revocation (see
-        // the statement).
-        let mark_rotated = super::prepared::MarkRotatedInLiveFamily {
-            token_hash: old_hash,
-            now,
-        };
-        if super::prepared::execute(conn, mark_rotated)? == 0 {
-            return Ok(false);
+    let rotated = super::write_transaction(conn, |conn| {
+        let moved = diesel::update(
+            token_families::table
+                .find(family_id)
+                .filter(token_families::revoked_at.is_null())
+                .filter(token_families::refresh_hash.is_null()),
+        )
+        .set((
+            token_families::refresh_hash.eq(&successor.token_hash),
+            token_families::refresh_generation.eq(successor.generation),
+            token_families::refresh_created_at.eq(successor.created_at),
+            token_families::refresh_idle_expires_at.eq(successor.idle_expires_at),
+        ))
+        .execute(conn)?;
+        // After the family's row: that UPDATE is the lock a revocation takes.
+        let marked = moved == 1
+            && diesel::update(
+                refresh_tokens::table
+                    .find(old_hash)
+                    .filter(refresh_tokens::rotated_at.is_null()),
+            )
+            .set(refresh_tokens::rotated_at.eq(now))
+            .execute(conn)?
+                == 1;
+        if marked {
+            Ok(())
+        } else {
+            Err(diesel::result::Error::RollbackTransaction.into())
         }
-        insert_new_rows(conn, None, Some(successor))?;
-        Ok(true)
-    })
-}
-
-/// SQLite's inserts of new rows, inside the caller's transaction (on PostgreSQL they are
-/// parts of `RotateRefresh` and `CreateFamily`). The statements leave `revoked_at` and
-/// `rotated_at` NULL, as a new row has them.
-fn insert_new_rows(
-    conn: &mut DbConnection,
-    family: Option<&FamilyRow>,
-    refresh: Option<&RefreshRow>,
-) -> StorageResult<()> {
-    use super::prepared::{execute, InsertFamily, InsertRefresh};
-    if let Some(family) = family {
-        debug_assert!(family.revoked_at.is_none());
-        execute(conn, InsertFamily { family })?;
+    });
+    match rotated {
+        Ok(()) => Ok(true),
+        Err(StorageError::Query(diesel::result::Error::RollbackTransaction)) => Ok(false),
+        Err(e) => Err(e),
     }
-    if let Some(refresh) = refresh {
-        debug_assert!(refresh.rotated_at.is_none());
-        execute(conn, InsertRefresh { refresh })?;
-    }
-    Ok(())
 }
 
 /// Records what a call revoked in the process's revocation log (see `revocation_log`) once
@@ -305,8 +351,8 @@ pub fn revoked_among(conn: &mut DbConnection, jtis: &[&str]) -> StorageResult<Ha
     Ok(revoked)
 }
 
-/// A refresh token as presented: its row, its family, and whether the family's user may
-/// still sign in, read in one query (a refresh grant used to make three round trips).
+/// A refresh token as presented: what is known of it, its family, and whether the family's
+/// user may still sign in, read in one query.
 #[derive(Debug, Clone)]
 pub struct PresentedRefresh {
     pub token: RefreshRow,
@@ -314,9 +360,89 @@ pub struct PresentedRefresh {
     /// `false` when the family belongs to a user who was disabled or deleted; `true` for a
     /// live user and for a family with no user.
     pub user_enabled: bool,
+    /// The token's generation, for a token of the family's row; `None` for a token of the
+    /// earlier format (a row of `refresh_tokens`).
+    pub generation: Option<i64>,
+}
+
+/// How to find a presented refresh token (see `oauth::refresh_token`).
+#[derive(Debug, Clone, Copy)]
+pub enum RefreshLookup<'a> {
+    /// A token that names its family and generation.
+    InFamily {
+        family_id: &'a str,
+        generation: i64,
+        token_hash: &'a str,
+    },
+    /// A token of the earlier format, found by its digest.
+    Legacy { token_hash: &'a str },
 }
 
 pub fn find_refresh(
+    conn: &mut DbConnection,
+    lookup: RefreshLookup<'_>,
+) -> StorageResult<Option<PresentedRefresh>> {
+    match lookup {
+        RefreshLookup::InFamily {
+            family_id,
+            generation,
+            token_hash,
+        } => find_in_family(conn, family_id, generation, token_hash),
+        RefreshLookup::Legacy { token_hash } => find_legacy(conn, token_hash),
+    }
+}
+
+fn user_enabled(family: &FamilyRow, disabled: Option<bool>) -> bool {
+    match (&family.user_id, disabled) {
+        (None, _) => true,
+        (Some(_), Some(disabled)) => !disabled,
+        (Some(_), None) => false,
+    }
+}
+
+/// The family's row tells whether the token is its live one (digest and generation match)
+/// or one it has rotated (an older generation: the tag showed it was issued). Anything else
+/// is not a token of the family.
+fn find_in_family(
+    conn: &mut DbConnection,
+    family_id: &str,
+    generation: i64,
+    token_hash: &str,
+) -> StorageResult<Option<PresentedRefresh>> {
+    let found: Option<(FamilyRow, Option<bool>)> =
+        super::on_native_connection!(conn, |c| token_families::table
+            .left_join(users::table.on(token_families::user_id.eq(users::id.nullable())))
+            .filter(token_families::id.eq(family_id))
+            .select((FamilyRow::as_select(), users::disabled.nullable()))
+            .get_result(c)
+            .optional())?;
+    let Some((family, disabled)) = found else {
+        return Ok(None);
+    };
+    let live = generation == family.refresh_generation
+        && family.refresh_hash.as_deref() == Some(token_hash);
+    if !live && generation >= family.refresh_generation {
+        return Ok(None);
+    }
+    let token = RefreshRow {
+        token_hash: token_hash.to_owned(),
+        family_id: family.id.clone(),
+        client_id: family.client_id.clone(),
+        scope: family.scope.clone(),
+        created_at: family.refresh_created_at.unwrap_or(family.created_at),
+        idle_expires_at: family.refresh_idle_expires_at.unwrap_or(family.expires_at),
+        // A rotated token's successor was issued when it was rotated (an older one's, later).
+        rotated_at: (!live).then(|| family.refresh_created_at.unwrap_or(family.created_at)),
+    };
+    Ok(Some(PresentedRefresh {
+        user_enabled: user_enabled(&family, disabled),
+        token,
+        family,
+        generation: Some(generation),
+    }))
+}
+
+fn find_legacy(
     conn: &mut DbConnection,
     token_hash: &str,
 ) -> StorageResult<Option<PresentedRefresh>> {
@@ -333,13 +459,10 @@ pub fn find_refresh(
             .get_result(c)
             .optional())?;
     Ok(found.map(|(token, family, disabled)| PresentedRefresh {
-        user_enabled: match (&family.user_id, disabled) {
-            (None, _) => true,
-            (Some(_), Some(disabled)) => !disabled,
-            (Some(_), None) => false,
-        },
+        user_enabled: user_enabled(&family, disabled),
         token,
         family,
+        generation: None,
     }))
 }
 

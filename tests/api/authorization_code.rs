@@ -161,12 +161,17 @@ fn the_whole_flow_issues_an_rfc9068_token(db: TestDb) {
         .load(&mut conn)
         .unwrap();
     assert!(!codes.contains(&code));
-    let refreshes: Vec<String> = gatehouse::storage::schema::refresh_tokens::table
-        .select(gatehouse::storage::schema::refresh_tokens::token_hash)
+    use gatehouse::storage::schema::token_families;
+    let refreshes: Vec<Option<String>> = token_families::table
+        .select(token_families::refresh_hash)
         .load(&mut conn)
         .unwrap();
     assert_eq!(refreshes.len(), 1);
-    assert_ne!(refreshes[0], refresh);
+    let stored = refreshes[0]
+        .as_deref()
+        .expect("the family holds its refresh token");
+    assert_ne!(stored, refresh);
+    assert_eq!(stored, gatehouse::crypto::mac::digest_secret(refresh));
 }
 
 fn assert_html_400(response: &Response, why: &str) {

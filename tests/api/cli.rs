@@ -111,7 +111,7 @@ fn migrate_then_serve_without_auto_migration(db: TestDb) {
     let migrate = run_cli(&db, &manual, &["migrate"]);
     assert!(migrate.status.success(), "{}", stderr(&migrate));
     assert!(
-        stdout(&migrate).contains("2 migrations applied"),
+        stdout(&migrate).contains("3 migrations applied"),
         "{}",
         stdout(&migrate)
     );

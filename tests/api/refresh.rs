@@ -1,5 +1,5 @@
 use diesel::prelude::*;
-use gatehouse::storage::schema::{access_tokens, refresh_tokens, token_families};
+use gatehouse::storage::schema::{access_tokens, token_families};
 use serde_json::Value;
 
 use crate::on_both_backends;
@@ -12,6 +12,8 @@ on_both_backends!(
     concurrent_refreshes_cannot_both_succeed,
     idle_lifetime_is_enforced,
     absolute_lifetime_is_enforced,
+    a_forged_token_naming_a_live_family_revokes_nothing,
+    a_refresh_token_of_the_earlier_format_still_rotates,
 );
 
 fn refresh_of(body: &Value) -> String {
@@ -19,6 +21,92 @@ fn refresh_of(body: &Value) -> String {
         .as_str()
         .expect("a refresh token")
         .to_owned()
+}
+
+/// A refresh token names its family, and an access token's `jti` names it too, so anyone who
+/// saw an access token could make a token of the family's id claiming an older generation.
+/// Were that taken for a rotated token presented again, it would revoke the family. The
+/// token's tag tells it apart: every such token is refused as unknown, and nothing changes.
+fn a_forged_token_naming_a_live_family_revokes_nothing(db: TestDb) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
+    let app = OAuthServer::start(db);
+    let token = refresh_of(&app.webapp_tokens("read"));
+    let rotated = app.refresh(&token, None);
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    let live = refresh_of(&rotated.json());
+    let bytes = URL_SAFE_NO_PAD.decode(&live).unwrap();
+    assert_eq!(bytes.len(), 72, "family, generation, random part, tag");
+    assert_eq!(bytes[16..24], 2u64.to_be_bytes(), "the second generation");
+    let altered = |position: usize, value: u8| {
+        let mut forged = bytes.clone();
+        forged[position] = value;
+        URL_SAFE_NO_PAD.encode(forged)
+    };
+    // An older generation, a changed random part, a changed tag.
+    for forged in [
+        altered(23, 1),
+        altered(40, bytes[40] ^ 1),
+        altered(71, bytes[71] ^ 1),
+    ] {
+        let refused = app.refresh(&forged, None);
+        assert_eq!(refused.status, 400, "{}", refused.body);
+        assert_eq!(refused.json()["error"], "invalid_grant");
+        assert_eq!(app.live_families(), 1, "a forged token revoked its family");
+    }
+    let still = app.refresh(&live, None);
+    assert_eq!(still.status, 200, "{}", still.body);
+}
+
+/// A refresh token issued before tokens named their family (32 random bytes with a row of
+/// its own) keeps working after an upgrade: it rotates once into the new format, and
+/// presented again it is reuse, as any rotated token is.
+fn a_refresh_token_of_the_earlier_format_still_rotates(db: TestDb) {
+    use gatehouse::storage::schema::refresh_tokens;
+
+    let app = OAuthServer::start(db);
+    app.webapp_tokens("read");
+    // The family as an earlier version left it: its live token in refresh_tokens.
+    let legacy = gatehouse::crypto::random::token::<32>();
+    let mut conn = app.db.connect();
+    let (family_id, idle): (String, Option<i64>) = token_families::table
+        .select((token_families::id, token_families::refresh_idle_expires_at))
+        .first(&mut conn)
+        .unwrap();
+    diesel::update(token_families::table)
+        .set((
+            token_families::refresh_hash.eq(None::<String>),
+            token_families::refresh_generation.eq(0),
+            token_families::refresh_created_at.eq(None::<i64>),
+            token_families::refresh_idle_expires_at.eq(None::<i64>),
+        ))
+        .execute(&mut conn)
+        .unwrap();
+    diesel::insert_into(refresh_tokens::table)
+        .values(gatehouse::storage::tokens::RefreshRow {
+            token_hash: gatehouse::crypto::mac::digest_secret(&legacy),
+            family_id,
+            client_id: WEBAPP.to_owned(),
+            scope: "read".to_owned(),
+            created_at: gatehouse::storage::now_unix(),
+            idle_expires_at: idle.unwrap(),
+            rotated_at: None,
+        })
+        .execute(&mut conn)
+        .unwrap();
+
+    let rotated = app.refresh(&legacy, None);
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    assert_eq!(rotated.json()["scope"], "read");
+    let next = refresh_of(&rotated.json());
+    assert_ne!(next.len(), legacy.len(), "rotated into the new format");
+    let again = app.refresh(&next, None);
+    assert_eq!(again.status, 200, "{}", again.body);
+
+    let reuse = app.refresh(&legacy, None);
+    assert_eq!(reuse.json()["error"], "invalid_grant", "{}", reuse.body);
+    assert_eq!(app.live_families(), 0, "reuse of the earlier token revokes");
 }
 
 fn refresh_tokens_rotate_and_reuse_revokes_the_family(db: TestDb) {
@@ -182,14 +270,21 @@ fn idle_lifetime_is_enforced(db: TestDb) {
     let app = OAuthServer::start_with(db, "refresh_idle_ttl = \"2h\"");
     let token = refresh_of(&app.webapp_tokens("read"));
     let mut conn = app.db.connect();
-    let (created, idle): (i64, i64) = refresh_tokens::table
-        .select((refresh_tokens::created_at, refresh_tokens::idle_expires_at))
+    let (created, idle): (Option<i64>, Option<i64>) = token_families::table
+        .select((
+            token_families::refresh_created_at,
+            token_families::refresh_idle_expires_at,
+        ))
         .first(&mut conn)
         .unwrap();
-    assert_eq!(idle - created, 2 * 3600, "tokens.refresh_idle_ttl applies");
+    assert_eq!(
+        idle.unwrap() - created.unwrap(),
+        2 * 3600,
+        "tokens.refresh_idle_ttl applies"
+    );
 
-    diesel::update(refresh_tokens::table)
-        .set(refresh_tokens::idle_expires_at.eq(gatehouse::storage::now_unix() - 1))
+    diesel::update(token_families::table)
+        .set(token_families::refresh_idle_expires_at.eq(gatehouse::storage::now_unix() - 1))
         .execute(&mut conn)
         .unwrap();
     let idle = app.refresh(&token, None);

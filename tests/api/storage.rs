@@ -93,7 +93,37 @@ fn demo_family(
         created_at,
         expires_at,
         revoked_at: None,
+        refresh_hash: None,
+        refresh_generation: 0,
+        refresh_created_at: None,
+        refresh_idle_expires_at: None,
     }
+}
+
+/// A family's live refresh token of digest `hash`.
+fn live_refresh(hash: &str, generation: i64, now: i64) -> gatehouse::storage::tokens::LiveRefresh {
+    gatehouse::storage::tokens::LiveRefresh {
+        token_hash: hash.to_owned(),
+        generation,
+        created_at: now,
+        idle_expires_at: now + 600,
+    }
+}
+
+/// The family's token of digest `hash` and `generation`, as the issuer finds it.
+fn presented_in_family(
+    conn: &mut gatehouse::storage::DbConnection,
+    family_id: &str,
+    generation: i64,
+    hash: &str,
+) -> Option<gatehouse::storage::tokens::PresentedRefresh> {
+    use gatehouse::storage::tokens::{find_refresh, RefreshLookup};
+    let lookup = RefreshLookup::InFamily {
+        family_id,
+        generation,
+        token_hash: hash,
+    };
+    find_refresh(conn, lookup).unwrap()
 }
 
 /// A code of the demo client for `user_id`, as opened from its seal: not yet recorded.
@@ -118,35 +148,102 @@ fn demo_code(hash: &str, user_id: &str, expires_at: i64) -> gatehouse::storage::
 
 on_both_backends!(a_refresh_token_never_rotates_into_a_revoked_family);
 
-/// The storage layer's own guard, below the issuer's checks: between reading a token and
-/// rotating it, its family may be revoked; the rotation must then write nothing.
+/// The storage layer's own guards, below the issuer's checks: between reading a token and
+/// rotating it, its family may be revoked, or the token rotated by another request; the
+/// rotation must then write nothing.
 fn a_refresh_token_never_rotates_into_a_revoked_family(db: TestDb) {
-    use gatehouse::storage::tokens::{self, RefreshRow};
+    use gatehouse::storage::tokens;
 
     let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "rotator");
-    let family = demo_family("family", &user_id, now, now + 3600);
-    let refresh = |hash: &str| RefreshRow {
+    let family = demo_family("family", &user_id, now, now + 3600)
+        .with_refresh(&live_refresh("first", 1, now));
+    assert!(tokens::create_family(&mut conn, &family, None).unwrap());
+    let first = presented_in_family(&mut conn, "family", 1, "first").unwrap();
+    assert_eq!((first.token.rotated_at, first.generation), (None, Some(1)));
+    assert!(
+        tokens::rotate_refresh(&mut conn, &first, now, &live_refresh("second", 2, now)).unwrap(),
+        "a live family rotates"
+    );
+    // The same token again, as a concurrent request read it before the rotation.
+    assert!(
+        !tokens::rotate_refresh(&mut conn, &first, now, &live_refresh("other", 2, now)).unwrap(),
+        "a rotated token rotated again"
+    );
+    let first_again = presented_in_family(&mut conn, "family", 1, "first").unwrap();
+    assert!(
+        first_again.token.rotated_at.is_some(),
+        "an older generation is a rotated token"
+    );
+    // A token the family never had: a live generation with another digest, or a later one.
+    assert!(presented_in_family(&mut conn, "family", 2, "other").is_none());
+    assert!(presented_in_family(&mut conn, "family", 3, "third").is_none());
+
+    let second = presented_in_family(&mut conn, "family", 2, "second").unwrap();
+    assert!(tokens::revoke_family(&mut conn, &family.id, now).unwrap());
+    assert!(
+        !tokens::rotate_refresh(&mut conn, &second, now, &live_refresh("third", 3, now)).unwrap(),
+        "a revoked family rotated"
+    );
+    let second = presented_in_family(&mut conn, "family", 2, "second").unwrap();
+    assert_eq!(second.token.rotated_at, None, "the refused rotation wrote");
+    assert!(presented_in_family(&mut conn, "family", 3, "third").is_none());
+}
+
+on_both_backends!(a_token_of_the_earlier_format_rotates_into_its_family_once);
+
+/// A refresh token issued before tokens named their family has a row of its own. Its first
+/// rotation marks that row and moves the successor into the family's row, once: presented
+/// again it is a rotated token, and a revoked family does not rotate it.
+fn a_token_of_the_earlier_format_rotates_into_its_family_once(db: TestDb) {
+    use gatehouse::storage::tokens::{self, find_refresh, RefreshLookup, RefreshRow};
+
+    let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "veteran");
+    let legacy_row = |hash: &str, family: &str| RefreshRow {
         token_hash: hash.to_owned(),
-        family_id: family.id.clone(),
+        family_id: family.to_owned(),
         client_id: "demo".to_owned(),
         scope: "read".to_owned(),
-        created_at: now,
+        created_at: now - 60,
         idle_expires_at: now + 600,
         rotated_at: None,
     };
-    assert!(tokens::create_family(&mut conn, &family, Some(&refresh("first")), None).unwrap());
+    for family in ["kept", "revoked"] {
+        let row = demo_family(family, &user_id, now - 60, now + 3600);
+        assert!(tokens::create_family(&mut conn, &row, None).unwrap());
+        diesel::insert_into(refresh_tokens::table)
+            .values(legacy_row(&format!("{family}-legacy"), family))
+            .execute(&mut conn)
+            .unwrap();
+    }
+    let legacy = |conn: &mut _, hash: &str| {
+        find_refresh(conn, RefreshLookup::Legacy { token_hash: hash })
+            .unwrap()
+            .unwrap()
+    };
+    let presented = legacy(&mut conn, "kept-legacy");
+    assert_eq!(presented.token, legacy_row("kept-legacy", "kept"));
+    assert_eq!(presented.generation, None);
     assert!(
-        tokens::rotate_refresh(&mut conn, "first", now, &refresh("second")).unwrap(),
-        "a live family rotates"
+        tokens::rotate_refresh(&mut conn, &presented, now, &live_refresh("next", 1, now)).unwrap()
     );
-    assert!(tokens::revoke_family(&mut conn, &family.id, now).unwrap());
+    assert!(legacy(&mut conn, "kept-legacy").token.rotated_at.is_some());
+    let next = presented_in_family(&mut conn, "kept", 1, "next").unwrap();
+    assert_eq!(next.token.rotated_at, None);
+    assert_eq!(next.token.idle_expires_at, now + 600);
     assert!(
-        !tokens::rotate_refresh(&mut conn, "second", now, &refresh("third")).unwrap(),
-        "a revoked family rotated"
+        !tokens::rotate_refresh(&mut conn, &presented, now, &live_refresh("twice", 1, now))
+            .unwrap(),
+        "the earlier token rotated twice"
     );
-    let second = tokens::find_refresh(&mut conn, "second").unwrap().unwrap();
-    assert_eq!(second.token.rotated_at, None, "the refused rotation wrote");
-    assert!(tokens::find_refresh(&mut conn, "third").unwrap().is_none());
+    assert!(presented_in_family(&mut conn, "kept", 1, "next").is_some());
+
+    let doomed = legacy(&mut conn, "revoked-legacy");
+    assert!(tokens::revoke_family(&mut conn, "revoked", now).unwrap());
+    assert!(
+        !tokens::rotate_refresh(&mut conn, &doomed, now, &live_refresh("late", 1, now)).unwrap()
+    );
+    assert_eq!(legacy(&mut conn, "revoked-legacy").token.rotated_at, None);
+    assert!(presented_in_family(&mut conn, "revoked", 1, "late").is_none());
 }
 
 on_both_backends!(a_family_revocation_reaches_its_access_tokens_without_a_row_each);
@@ -155,28 +252,24 @@ on_both_backends!(a_family_revocation_reaches_its_access_tokens_without_a_row_ea
 /// whose jti names it, alone or in a batch, beside tokens revoked one by one and tokens of
 /// other families.
 fn a_family_revocation_reaches_its_access_tokens_without_a_row_each(db: TestDb) {
-    use gatehouse::storage::tokens::{self, access_jti, RefreshRow};
+    use gatehouse::storage::tokens::{self, access_jti};
     use std::collections::HashSet;
 
     let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "revoker");
-    let family = |id: &str| demo_family(id, &user_id, now, now + 3600);
-    let refresh = |hash: &str, family: &str| RefreshRow {
-        token_hash: hash.to_owned(),
-        family_id: family.to_owned(),
-        client_id: "demo".to_owned(),
-        scope: "read".to_owned(),
-        created_at: now,
-        idle_expires_at: now + 600,
-        rotated_at: None,
+    let family = |id: &str| {
+        demo_family(id, &user_id, now, now + 3600).with_refresh(&live_refresh(id, 1, now))
     };
     for id in ["doomed", "spared"] {
-        assert!(
-            tokens::create_family(&mut conn, &family(id), Some(&refresh(id, id)), None).unwrap()
-        );
+        assert!(tokens::create_family(&mut conn, &family(id), None).unwrap());
     }
-    assert!(
-        tokens::rotate_refresh(&mut conn, "doomed", now, &refresh("doomed-2", "doomed")).unwrap()
-    );
+    let doomed_token = presented_in_family(&mut conn, "doomed", 1, "doomed").unwrap();
+    assert!(tokens::rotate_refresh(
+        &mut conn,
+        &doomed_token,
+        now,
+        &live_refresh("doomed-2", 2, now)
+    )
+    .unwrap());
     let rows: i64 = access_tokens::table.count().get_result(&mut conn).unwrap();
     assert_eq!(rows, 0, "issuing wrote access-token rows");
 
@@ -262,7 +355,7 @@ fn a_presented_code_is_recorded_once(db: TestDb) {
 
     // Exchanged first: recorded with its family. A failed presentation later is a replay of
     // that redemption, and a second exchange records nothing.
-    assert!(create_family(&mut conn, &family("f1"), None, Some(&code("exchanged"))).unwrap());
+    assert!(create_family(&mut conn, &family("f1"), Some(&code("exchanged"))).unwrap());
     match codes::spend(&mut conn, &code("exchanged"), now + 1).unwrap() {
         Redemption::Replay(row) => assert_eq!(
             *row,
@@ -275,7 +368,7 @@ fn a_presented_code_is_recorded_once(db: TestDb) {
         ),
         other => panic!("not a replay: {other:?}"),
     }
-    assert!(!create_family(&mut conn, &family("f2"), None, Some(&code("exchanged"))).unwrap());
+    assert!(!create_family(&mut conn, &family("f2"), Some(&code("exchanged"))).unwrap());
     assert_eq!(
         families(&mut conn),
         ["f1"],
@@ -287,7 +380,7 @@ fn a_presented_code_is_recorded_once(db: TestDb) {
         codes::spend(&mut conn, &code("spent"), now).unwrap(),
         Redemption::First
     );
-    assert!(!create_family(&mut conn, &family("f3"), None, Some(&code("spent"))).unwrap());
+    assert!(!create_family(&mut conn, &family("f3"), Some(&code("spent"))).unwrap());
     assert_eq!(families(&mut conn), ["f1"]);
 
     // The same digest presented as another client's marks nothing.
@@ -316,7 +409,7 @@ fn a_presented_code_is_recorded_once(db: TestDb) {
         user_id: Some("erased-user".to_owned()),
         ..family("f4")
     };
-    assert!(!create_family(&mut conn, &orphan_family, None, Some(&orphan)).unwrap());
+    assert!(!create_family(&mut conn, &orphan_family, Some(&orphan)).unwrap());
     assert_eq!(
         codes::spend(&mut conn, &orphan, now + 3).unwrap(),
         Redemption::Unrecorded
@@ -356,16 +449,19 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
     }
 
     let old_family = demo_family("old-family", &user_id, now - 100 * 86400, now - 86400);
-    let old_refresh = gatehouse::storage::tokens::RefreshRow {
-        token_hash: "old-refresh".into(),
-        family_id: "old-family".into(),
-        client_id: "demo".into(),
-        scope: "read".into(),
-        created_at: now - 2 * 86400,
-        idle_expires_at: now - 86400,
-        rotated_at: None,
-    };
-    gatehouse::storage::tokens::create_family(&mut conn, &old_family, Some(&old_refresh), None)
+    gatehouse::storage::tokens::create_family(&mut conn, &old_family, None).unwrap();
+    // A refresh token of the earlier format: a row of its own, which goes with its family.
+    diesel::insert_into(refresh_tokens::table)
+        .values(gatehouse::storage::tokens::RefreshRow {
+            token_hash: "old-refresh".into(),
+            family_id: "old-family".into(),
+            client_id: "demo".into(),
+            scope: "read".into(),
+            created_at: now - 2 * 86400,
+            idle_expires_at: now - 86400,
+            rotated_at: None,
+        })
+        .execute(&mut conn)
         .unwrap();
     // A row as versions before family-scoped jtis wrote for every token: it goes with its
     // family.
