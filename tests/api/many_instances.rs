@@ -36,13 +36,7 @@ fn webapp_params(p: &Pkce) -> Vec<(&str, &str)> {
 }
 
 fn introspect(at: &OAuthServer, token: &str) -> Value {
-    let response = at.post_form(
-        "/introspect",
-        &[("token", token)],
-        Some((SERVICE, SERVICE_SECRET)),
-    );
-    assert_eq!(response.status, 200, "{}", response.body);
-    response.json()
+    at.introspect(token)
 }
 
 #[test]

@@ -96,13 +96,22 @@ fn a_refresh_token_of_the_earlier_format_still_rotates(db: TestDb) {
         .execute(&mut conn)
         .unwrap();
 
+    // Introspected by its own client, as RFC 7662 allows for a refresh token.
+    let introspect = |token: &str| app.introspect_as(token, (WEBAPP, WEBAPP_SECRET));
+    assert_eq!(introspect(&legacy)["active"], true);
+    assert_eq!(introspect(&legacy)["token_type"], "refresh_token");
+
     let rotated = app.refresh(&legacy, None);
     assert_eq!(rotated.status, 200, "{}", rotated.body);
     assert_eq!(rotated.json()["scope"], "read");
     let next = refresh_of(&rotated.json());
     assert_ne!(next.len(), legacy.len(), "rotated into the new format");
+    assert_eq!(introspect(&legacy), serde_json::json!({"active": false}));
+    assert_eq!(introspect(&next)["active"], true);
     let again = app.refresh(&next, None);
     assert_eq!(again.status, 200, "{}", again.body);
+    // An older generation of the new format is inactive too.
+    assert_eq!(introspect(&next), serde_json::json!({"active": false}));
 
     let reuse = app.refresh(&legacy, None);
     assert_eq!(reuse.json()["error"], "invalid_grant", "{}", reuse.body);

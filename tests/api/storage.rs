@@ -246,6 +246,53 @@ fn a_token_of_the_earlier_format_rotates_into_its_family_once(db: TestDb) {
     assert!(presented_in_family(&mut conn, "revoked", 1, "late").is_none());
 }
 
+on_both_backends!(reverting_the_refresh_migration_keeps_the_live_tokens);
+
+/// Rolling the migration back gives each family's live refresh token a row of its own
+/// again, which a version before it redeems (it finds a token by its digest alone).
+fn reverting_the_refresh_migration_keeps_the_live_tokens(db: TestDb) {
+    use diesel::connection::SimpleConnection;
+    use gatehouse::storage::tokens;
+
+    let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "downgrader");
+    let live = demo_family("live", &user_id, now, now + 3600).with_refresh(&live_refresh(
+        "live-digest",
+        4,
+        now,
+    ));
+    assert!(tokens::create_family(&mut conn, &live, None).unwrap());
+    let without = demo_family("without", &user_id, now, now + 3600);
+    assert!(tokens::create_family(&mut conn, &without, None).unwrap());
+
+    let backend = if db.url.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "postgresql"
+    };
+    let down = std::fs::read_to_string(format!(
+        "{}/migrations/{backend}/2026-12-06-000001_refresh_in_family/down.sql",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    conn.batch_execute(&down).unwrap();
+    let rows: Vec<tokens::RefreshRow> = refresh_tokens::table
+        .select(tokens::RefreshRow::as_select())
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(
+        rows,
+        [tokens::RefreshRow {
+            token_hash: "live-digest".to_owned(),
+            family_id: "live".to_owned(),
+            client_id: "demo".to_owned(),
+            scope: "read".to_owned(),
+            created_at: now,
+            idle_expires_at: now + 600,
+            rotated_at: None,
+        }]
+    );
+}
+
 on_both_backends!(a_family_revocation_reaches_its_access_tokens_without_a_row_each);
 
 /// Issuing writes no access-token row; revoking a family still reaches every access token

@@ -295,11 +295,12 @@ impl OAuthServer {
 impl OAuthServer {
     /// What a resource server (the service client) learns from /introspect about `token`.
     pub fn introspect(&self, token: &str) -> serde_json::Value {
-        let response = self.post_form(
-            "/introspect",
-            &[("token", token)],
-            Some((SERVICE, SERVICE_SECRET)),
-        );
+        self.introspect_as(token, (SERVICE, SERVICE_SECRET))
+    }
+
+    /// /introspect's answer to `client` (id and secret).
+    pub fn introspect_as(&self, token: &str, client: (&str, &str)) -> serde_json::Value {
+        let response = self.post_form("/introspect", &[("token", token)], Some(client));
         assert_eq!(response.status, 200, "{}", response.body);
         assert_eq!(response.header("cache-control"), Some("no-store"));
         response.json()
