@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::config::{GrantType, Settings};
 use crate::keys::KeyState;
 use crate::storage::codes::CodeRow;
-use crate::storage::tokens::PresentedRefresh;
+use crate::storage::tokens::{FamilyRow, PresentedRefresh};
 use crate::storage::{DbConnection, StorageError};
 
 use super::client::{Client, ClientRegistry};
@@ -66,6 +66,9 @@ pub struct Notes {
     pub unauthenticated: bool,
     /// The refresh token being exchanged, with its family, found by `recover_refresh`.
     pub presented_refresh: Option<PresentedRefresh>,
+    /// The successor `recover_refresh` already stored, when it rotated the token itself,
+    /// with the family's row as that rotation left it.
+    pub rotated_refresh: Option<(String, FamilyRow)>,
     /// A storage failure behind a primitive's `Err(())`, kept for the log.
     pub failure: Option<StorageError>,
     /// The user the issuer minted tokens for, for the audit trail.
@@ -88,6 +91,10 @@ pub struct FlowContext<'c> {
     pub claimed_client: Option<String>,
     /// The grant the Issuer records a new family under.
     pub grant_type: GrantType,
+    /// A refresh request that asks for no narrower scope: nothing oxide-auth checks after
+    /// `recover_refresh` can refuse it once the token's client is known, so the token may
+    /// be rotated as it is read (see `DbIssuer::recover_rotating`).
+    pub rotate_on_recovery: bool,
     /// The caller's address, for the audit trail.
     pub client_ip: Option<String>,
     pub notes: RefCell<Notes>,
@@ -111,6 +118,7 @@ impl<'c> FlowContext<'c> {
             verified_secret: None,
             claimed_client: None,
             grant_type: GrantType::AuthorizationCode,
+            rotate_on_recovery: false,
             client_ip: None,
             notes: RefCell::new(Notes::default()),
         }

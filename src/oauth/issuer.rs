@@ -9,8 +9,12 @@ use oxide_auth::primitives::issuer::{IssuedToken, RefreshedToken, TokenType};
 use super::authorizer::refuse_code;
 use super::context::FlowContext;
 use super::refresh_token;
-use super::tokens::{issue_for_user, rotate_refresh, MintError};
+use super::refresh_token::Presented;
+use super::tokens::{
+    access_for_rotated, issue_for_user, rotate_redeemable, rotate_refresh, MintError,
+};
 use crate::config::GrantType;
+use crate::crypto::mac::digest_secret;
 use crate::storage::tokens::{self as token_store, FamilyRow};
 
 pub struct DbIssuer<'a> {
@@ -60,6 +64,16 @@ impl Issuer for DbIssuer<'_> {
     /// with the grant's scope already narrowed to what the request asked for.
     fn refresh(&mut self, _refresh: &str, grant: Grant) -> Result<RefreshedToken, ()> {
         let ctx = self.ctx;
+        let rotated = ctx.notes.borrow_mut().rotated_refresh.take();
+        if let Some((refresh_token, family)) = rotated {
+            // `recover_refresh` rotated the token already.
+            let client = ctx.client(&grant.client_id)?.ok_or(())?;
+            let scope = super::scope::to_string(&grant.scope);
+            let minted = access_for_rotated(ctx, &client, &family, &scope, refresh_token)
+                .map_err(|e| self.mint_failed(e))?;
+            ctx.notes.borrow_mut().issued_to = family.user_id.clone();
+            return refreshed(minted);
+        }
         let presented = ctx.notes.borrow().presented_refresh.clone().ok_or(())?;
         let family = &presented.family;
         let client = ctx.client(&grant.client_id)?.ok_or(())?;
@@ -77,12 +91,7 @@ impl Issuer for DbIssuer<'_> {
             }
         };
         ctx.notes.borrow_mut().issued_to = family.user_id.clone();
-        Ok(RefreshedToken {
-            token: minted.access_token,
-            refresh: minted.refresh_token,
-            until: Utc.timestamp_opt(minted.expires_at, 0).single().ok_or(())?,
-            token_type: TokenType::Bearer,
-        })
+        refreshed(minted)
     }
 
     fn recover_token<'t>(&'t self, _token: &'t str) -> Result<Option<Grant>, ()> {
@@ -93,6 +102,9 @@ impl Issuer for DbIssuer<'_> {
     /// family is revoked, the newest tokens too.
     fn recover_refresh<'t>(&'t self, token: &'t str) -> Result<Option<Grant>, ()> {
         let ctx = self.ctx;
+        if let Some(grant) = self.recover_rotating(token)? {
+            return Ok(Some(grant));
+        }
         let found = refresh_token::find(&mut ctx.conn(), &ctx.keys.refresh_tokens, token)
             .map_err(|e| ctx.fail(e))?;
         let Some(presented) = found else {
@@ -139,26 +151,90 @@ impl Issuer for DbIssuer<'_> {
                 .map_err(|e| ctx.fail(e))?;
             return Ok(self.refuse("the user is disabled"));
         }
-        let grant = Grant {
-            owner_id: family
-                .user_id
-                .clone()
-                .unwrap_or_else(|| family.client_id.clone()),
-            client_id: row.client_id.clone(),
-            scope: super::scope::parse(&row.scope).ok_or(())?,
-            redirect_uri: url::Url::parse(&ctx.settings.issuer).map_err(|_| ())?,
-            until: Utc
-                .timestamp_opt(row.idle_expires_at.min(family.expires_at), 0)
-                .single()
-                .ok_or(())?,
-            extensions: Default::default(),
-        };
+        let until = row.idle_expires_at.min(family.expires_at);
+        let grant = grant_of(ctx, family, &row.client_id, &row.scope, until)?;
         ctx.notes.borrow_mut().presented_refresh = Some(presented);
         Ok(Some(grant))
     }
 }
 
+fn refreshed(minted: super::tokens::Minted) -> Result<RefreshedToken, ()> {
+    Ok(RefreshedToken {
+        token: minted.access_token,
+        refresh: minted.refresh_token,
+        until: Utc.timestamp_opt(minted.expires_at, 0).single().ok_or(())?,
+        token_type: TokenType::Bearer,
+    })
+}
+
+/// oxide-auth's grant for a token of `family`.
+fn grant_of(
+    ctx: &FlowContext<'_>,
+    family: &FamilyRow,
+    client_id: &str,
+    scope: &str,
+    until: i64,
+) -> Result<Grant, ()> {
+    Ok(Grant {
+        owner_id: family
+            .user_id
+            .clone()
+            .unwrap_or_else(|| family.client_id.clone()),
+        client_id: client_id.to_owned(),
+        scope: super::scope::parse(scope).ok_or(())?,
+        redirect_uri: url::Url::parse(&ctx.settings.issuer).map_err(|_| ())?,
+        until: Utc.timestamp_opt(until, 0).single().ok_or(())?,
+        extensions: Default::default(),
+    })
+}
+
 impl DbIssuer<'_> {
+    /// The common refresh in one statement: when the request asks for no narrower scope
+    /// and its client is known (authenticated, or a public client by its `client_id`), a
+    /// token of a family's row is rotated as it is read, with every check the grant makes
+    /// of it in the statement. After that nothing in oxide-auth's flow refuses: the client
+    /// is the token's, the scope the grant's, the grant valid for a minute more. When a
+    /// check fails nothing is written and the token is read as usual, which tells why
+    /// (reuse, revoked, expired, another client's, a disabled user).
+    fn recover_rotating(&self, token: &str) -> Result<Option<Grant>, ()> {
+        let ctx = self.ctx;
+        if !ctx.rotate_on_recovery {
+            return Ok(None);
+        }
+        let Presented::InFamily {
+            family_id,
+            generation,
+        } = ctx.keys.refresh_tokens.open(token)
+        else {
+            return Ok(None);
+        };
+        let client = match (&ctx.verified_secret, &ctx.claimed_client) {
+            (Some((id, _)), _) => ctx.client(id)?,
+            (None, Some(id)) => ctx.client(id)?.filter(|c| c.is_public()),
+            (None, None) => None,
+        };
+        let Some(client) = client.filter(|c| c.allows(GrantType::RefreshToken)) else {
+            return Ok(None);
+        };
+        let rotated =
+            match rotate_redeemable(ctx, &client, &family_id, generation, &digest_secret(token)) {
+                Ok(Some(rotated)) => rotated,
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    self.mint_failed(e);
+                    return Err(());
+                }
+            };
+        let (_, family) = &rotated;
+        let until = family
+            .refresh_idle_expires_at
+            .unwrap_or(family.expires_at)
+            .min(family.expires_at);
+        let grant = grant_of(ctx, family, &family.client_id, &family.scope, until)?;
+        ctx.notes.borrow_mut().rotated_refresh = Some(rotated);
+        Ok(Some(grant))
+    }
+
     fn refuse(&self, description: &'static str) -> Option<Grant> {
         self.ctx.notes.borrow_mut().invalid_grant = Some(description);
         None

@@ -359,6 +359,7 @@ fn refresh_token(
         body
     };
     let mut ctx = grant.context();
+    ctx.rotate_on_recovery = body.get("scope").is_none();
     let (basic, body) = match posted {
         Some(posted) => (Some(posted), body.without(&["client_id", "client_secret"])),
         None => {

@@ -11,7 +11,7 @@ use crate::crypto::{mac::digest_secret, random};
 use crate::keys::KeyState;
 use crate::storage::codes::CodeRow;
 use crate::storage::tokens::{self as token_store, FamilyRow};
-use crate::storage::tokens::{LiveRefresh, PresentedRefresh};
+use crate::storage::tokens::{LiveRefresh, PresentedRefresh, RedeemableToken};
 use crate::storage::StorageError;
 
 /// RFC 9068 section 2.2.
@@ -91,24 +91,25 @@ fn sign_access_with(
     Ok(SignedAccess { token, expires_at })
 }
 
-/// A new refresh token for `generation` of `family`, idle-limited but never beyond the
-/// family's end.
+/// A new refresh token for `generation` of the family `family_id`, idle-limited but never
+/// beyond `family_ends`.
 fn new_refresh(
     ctx: &FlowContext<'_>,
-    family: &FamilyRow,
+    family_id: &str,
     generation: i64,
+    family_ends: i64,
 ) -> Result<(String, LiveRefresh), MintError> {
     let token = ctx
         .keys
         .refresh_tokens
-        .issue(&family.id, generation)
-        .ok_or_else(|| MintError::RefreshToken(family.id.clone()))?;
+        .issue(family_id, generation)
+        .ok_or_else(|| MintError::RefreshToken(family_id.to_owned()))?;
     let live = LiveRefresh {
         token_hash: digest_secret(&token),
         generation,
         created_at: ctx.now,
         idle_expires_at: (ctx.now + ctx.settings.tokens.refresh_idle_ttl.as_secs() as i64)
-            .min(family.expires_at),
+            .min(family_ends),
     };
     Ok((token, live))
 }
@@ -142,7 +143,7 @@ pub fn issue_for_user(
     };
     let access = sign_access(ctx, client, user_id, scope, Some(&family.id))?;
     let (family, refresh_token) = if client.allows(GrantType::RefreshToken) {
-        let (token, live) = new_refresh(ctx, &family, 1)?;
+        let (token, live) = new_refresh(ctx, &family.id, 1, family.expires_at)?;
         (family.with_refresh(&live), Some(token))
     } else {
         (family, None)
@@ -167,13 +168,64 @@ pub fn rotate_refresh(
     let family = &presented.family;
     let subject = family.user_id.as_deref().unwrap_or(&client.id);
     let access = sign_access(ctx, client, subject, scope, Some(&family.id))?;
-    let (token, successor) = new_refresh(ctx, family, family.refresh_generation + 1)?;
+    let (token, successor) = new_refresh(
+        ctx,
+        &family.id,
+        family.refresh_generation + 1,
+        family.expires_at,
+    )?;
     let rotated = token_store::rotate_refresh(&mut ctx.conn(), presented, ctx.now, &successor)?;
     Ok(rotated.then_some(Minted {
         access_token: access.token,
         expires_at: access.expires_at,
         refresh_token: Some(token),
     }))
+}
+
+/// Rotates a token of a family's row as it is read (`token_store::rotate_redeemable`), when
+/// everything a refresh grant checks of it holds for `client`. The family must outlive the
+/// grant oxide-auth checks next by a minute, so that nothing refuses the request after the
+/// token is spent. Returns the successor and the family's row; `None` when a check failed.
+pub fn rotate_redeemable(
+    ctx: &FlowContext<'_>,
+    client: &Client,
+    family_id: &str,
+    generation: i64,
+    token_hash: &str,
+) -> Result<Option<(String, FamilyRow)>, MintError> {
+    // The statement caps the successor's idle limit at the family's end.
+    let (token, successor) = new_refresh(ctx, family_id, generation + 1, i64::MAX)?;
+    let presented = RedeemableToken {
+        family_id,
+        generation,
+        token_hash,
+        client_id: &client.id,
+    };
+    let rotated = token_store::rotate_redeemable(
+        &mut ctx.conn(),
+        presented,
+        &successor,
+        ctx.now,
+        ctx.now + 60,
+    )?;
+    Ok(rotated.map(|family| (token, family)))
+}
+
+/// The access token that goes with a refresh token `rotate_redeemable` stored.
+pub fn access_for_rotated(
+    ctx: &FlowContext<'_>,
+    client: &Client,
+    family: &FamilyRow,
+    scope: &str,
+    refresh_token: String,
+) -> Result<Minted, MintError> {
+    let subject = family.user_id.as_deref().unwrap_or(&client.id);
+    let access = sign_access(ctx, client, subject, scope, Some(&family.id))?;
+    Ok(Minted {
+        access_token: access.token,
+        expires_at: access.expires_at,
+        refresh_token: Some(refresh_token),
+    })
 }
 
 /// An access token for a client acting on its own behalf (client credentials): `sub` is the

@@ -109,27 +109,75 @@ pub struct RotateInFamily<'a> {
     pub successor: &'a LiveRefresh,
 }
 
-on_both_backends!(
-    RotateInFamily | statement,
-    out | {
-        let successor = statement.successor;
-        out.push_sql(concat!(
+/// `RotateInFamily`'s statement: `UPDATE ... SET ... WHERE`, its guards, and nothing after.
+macro_rules! push_rotation {
+    ($out:ident, $rotation:expr) => {{
+        let rotation: &RotateInFamily = $rotation;
+        let successor = rotation.successor;
+        $out.push_sql(concat!(
             "UPDATE token_families SET (refresh_hash, refresh_generation, refresh_created_at,",
             " refresh_idle_expires_at) = ("
         ));
-        push_binds!(out;
+        push_binds!($out;
             Text => &successor.token_hash,
             BigInt => &successor.generation,
             BigInt => &successor.created_at,
-            BigInt => &successor.idle_expires_at,
         );
-        out.push_sql(") WHERE id = ");
-        out.push_bind_param::<Text, _>(statement.family_id)?;
-        out.push_sql(" AND refresh_generation = ");
-        out.push_bind_param::<BigInt, _>(&statement.generation)?;
-        out.push_sql(" AND refresh_hash = ");
-        out.push_bind_param::<Text, _>(statement.old_hash)?;
-        out.push_sql(" AND revoked_at IS NULL");
+        // Never past the family's end (`RotateRedeemable`'s caller has not read it).
+        $out.push_sql(", CASE WHEN ");
+        $out.push_bind_param::<BigInt, _>(&successor.idle_expires_at)?;
+        $out.push_sql(" < expires_at THEN ");
+        $out.push_bind_param::<BigInt, _>(&successor.idle_expires_at)?;
+        $out.push_sql(" ELSE expires_at END) WHERE id = ");
+        $out.push_bind_param::<Text, _>(rotation.family_id)?;
+        $out.push_sql(" AND refresh_generation = ");
+        $out.push_bind_param::<BigInt, _>(&rotation.generation)?;
+        $out.push_sql(" AND refresh_hash = ");
+        $out.push_bind_param::<Text, _>(rotation.old_hash)?;
+        $out.push_sql(" AND revoked_at IS NULL");
+    }};
+}
+
+on_both_backends!(
+    RotateInFamily | statement,
+    out | {
+        push_rotation!(out, statement);
+        Ok(())
+    }
+);
+
+/// `RotateInFamily` with every check a refresh grant makes of the token itself, for the
+/// rotation that reads the token as it rotates it: the token's client is `client_id`, the
+/// family is live and its user enabled, the token has not idled out, and the family ends no
+/// sooner than `until` (so that the grant is still valid when oxide-auth looks). The
+/// successor's idle limit is capped at the family's end by the statement, since the caller
+/// has not read it. Returns the family's row as the rotation left it, or nothing when any
+/// check failed.
+pub struct RotateRedeemable<'a> {
+    pub rotation: RotateInFamily<'a>,
+    pub client_id: &'a str,
+    pub now: i64,
+    pub until: i64,
+}
+
+on_both_backends!(
+    RotateRedeemable | statement,
+    out | {
+        push_rotation!(out, &statement.rotation);
+        out.push_sql(" AND client_id = ");
+        out.push_bind_param::<Text, _>(statement.client_id)?;
+        out.push_sql(" AND refresh_idle_expires_at > ");
+        out.push_bind_param::<BigInt, _>(&statement.now)?;
+        out.push_sql(" AND expires_at > ");
+        out.push_bind_param::<BigInt, _>(&statement.until)?;
+        out.push_sql(concat!(
+            " AND (user_id IS NULL OR EXISTS (SELECT 1 FROM users",
+            " WHERE users.id = token_families.user_id AND NOT users.disabled))",
+            // In `FamilyRow`'s field order.
+            " RETURNING id, client_id, user_id, grant_type, scope, created_at, expires_at,",
+            " revoked_at, refresh_hash, refresh_generation, refresh_created_at,",
+            " refresh_idle_expires_at"
+        ));
         Ok(())
     }
 );
@@ -522,6 +570,20 @@ macro_rules! prepared_once {
 
 prepared_once!(
     RotateInFamily,
+    RotateRedeemable -> (
+        Text,
+        Text,
+        Nullable<Text>,
+        Text,
+        Text,
+        BigInt,
+        BigInt,
+        Nullable<BigInt>,
+        Nullable<Text>,
+        BigInt,
+        Nullable<BigInt>,
+        Nullable<BigInt>
+    ),
     CreateFamily -> BigInt,
     InsertRedeemedCode,
     InsertFamily,

@@ -229,6 +229,44 @@ pub fn rotate_refresh(
     }
 }
 
+/// A token of a family's row as presented by `client_id`, for `rotate_redeemable`.
+#[derive(Debug, Clone, Copy)]
+pub struct RedeemableToken<'a> {
+    pub family_id: &'a str,
+    pub generation: i64,
+    pub token_hash: &'a str,
+    pub client_id: &'a str,
+}
+
+/// Rotates a token of the family's row as it reads it, if everything a refresh grant checks
+/// of the token holds (see `prepared::RotateRedeemable`): one statement where reading and
+/// rotating took two. Returns the family's row as the rotation left it; `None`, writing
+/// nothing, when any check failed, for the caller to read the token and tell why.
+pub fn rotate_redeemable(
+    conn: &mut DbConnection,
+    presented: RedeemableToken<'_>,
+    successor: &LiveRefresh,
+    now: i64,
+    until: i64,
+) -> StorageResult<Option<FamilyRow>> {
+    let statement = super::prepared::RotateRedeemable {
+        rotation: super::prepared::RotateInFamily {
+            family_id: presented.family_id,
+            generation: presented.generation,
+            old_hash: presented.token_hash,
+            successor,
+        },
+        client_id: presented.client_id,
+        now,
+        until,
+    };
+    super::write(conn, |conn| {
+        Ok(super::on_native_connection!(conn, |c| statement
+            .get_result::<FamilyRow>(c)
+            .optional())?)
+    })
+}
+
 /// Records what a call revoked in the process's revocation log (see `revocation_log`) once
 /// it has returned: when it changed anything, or failed (it may have committed first). So
 /// none of these functions may run inside a transaction the caller holds open, or the record

@@ -189,6 +189,117 @@ fn a_refresh_token_never_rotates_into_a_revoked_family(db: TestDb) {
     assert!(presented_in_family(&mut conn, "family", 3, "third").is_none());
 }
 
+on_both_backends!(a_token_is_rotated_as_it_is_read_only_if_every_check_holds);
+
+/// The rotation that reads the token as it rotates it (`rotate_redeemable`) carries every
+/// check a refresh grant makes of the token: each one failing alone leaves the family as it
+/// was, and when all hold the family's row comes back as the rotation left it, the
+/// successor's idle limit capped at the family's end.
+fn a_token_is_rotated_as_it_is_read_only_if_every_check_holds(db: TestDb) {
+    use gatehouse::storage::tokens::{self, RedeemableToken};
+
+    let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "one-step");
+    let ends = now + 3600;
+    let family = demo_family("family", &user_id, now - 60, ends).with_refresh(&live_refresh(
+        "first",
+        1,
+        now - 60,
+    ));
+    assert!(tokens::create_family(&mut conn, &family, None).unwrap());
+    let presented = RedeemableToken {
+        family_id: "family",
+        generation: 1,
+        token_hash: "first",
+        client_id: "demo",
+    };
+    // The successor would idle out after the family's end: capped.
+    let successor = gatehouse::storage::tokens::LiveRefresh {
+        idle_expires_at: ends + 1000,
+        ..live_refresh("second", 2, now)
+    };
+    let rotate = |conn: &mut _, presented: RedeemableToken<'_>, now: i64, until: i64| {
+        tokens::rotate_redeemable(conn, presented, &successor, now, until).unwrap()
+    };
+    let refused = [
+        (
+            "another client",
+            RedeemableToken {
+                client_id: "webapp",
+                ..presented
+            },
+            now,
+            now,
+        ),
+        (
+            "another generation",
+            RedeemableToken {
+                generation: 2,
+                ..presented
+            },
+            now,
+            now,
+        ),
+        (
+            "another digest",
+            RedeemableToken {
+                token_hash: "other",
+                ..presented
+            },
+            now,
+            now,
+        ),
+        ("idled out", presented, now + 600, now),
+        ("the family ends too soon", presented, now, ends),
+    ];
+    for (why, presented, now, until) in refused {
+        assert_eq!(rotate(&mut conn, presented, now, until), None, "{why}");
+        assert_eq!(
+            presented_in_family(&mut conn, "family", 1, "first")
+                .unwrap()
+                .family,
+            family
+        );
+    }
+    gatehouse::storage::users::set_disabled(&mut conn, "one-step", true, now).unwrap();
+    assert_eq!(
+        rotate(&mut conn, presented, now, now),
+        None,
+        "a disabled user"
+    );
+    gatehouse::storage::users::set_disabled(&mut conn, "one-step", false, now).unwrap();
+
+    let rotated = rotate(&mut conn, presented, now, now + 60).expect("every check holds");
+    let expected = family.clone().with_refresh(&live_refresh("second", 2, now));
+    let expected = gatehouse::storage::tokens::FamilyRow {
+        refresh_idle_expires_at: Some(ends),
+        ..expected
+    };
+    assert_eq!(rotated, expected);
+    assert_eq!(
+        presented_in_family(&mut conn, "family", 2, "second")
+            .unwrap()
+            .family,
+        expected
+    );
+    assert_eq!(
+        rotate(&mut conn, presented, now, now),
+        None,
+        "rotated twice"
+    );
+
+    assert!(tokens::revoke_family(&mut conn, "family", now).unwrap());
+    let second = RedeemableToken {
+        generation: 2,
+        token_hash: "second",
+        ..presented
+    };
+    assert_eq!(
+        rotate(&mut conn, second, now, now),
+        None,
+        "a revoked family"
+    );
+}
+
 on_both_backends!(a_token_of_the_earlier_format_rotates_into_its_family_once);
 
 /// A refresh token issued before tokens named their family has a row of its own. Its first
