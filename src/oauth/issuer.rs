@@ -8,13 +8,11 @@ use oxide_auth::primitives::issuer::{IssuedToken, RefreshedToken, TokenType};
 
 use super::authorizer::refuse_code;
 use super::context::FlowContext;
-use super::refresh_token;
-use super::refresh_token::Presented;
+use super::refresh_token::ReadToken;
 use super::tokens::{
     access_for_rotated, issue_for_user, rotate_redeemable, rotate_refresh, MintError,
 };
 use crate::config::GrantType;
-use crate::crypto::mac::digest_secret;
 use crate::storage::tokens::{self as token_store, FamilyRow};
 
 pub struct DbIssuer<'a> {
@@ -102,11 +100,13 @@ impl Issuer for DbIssuer<'_> {
     /// family is revoked, the newest tokens too.
     fn recover_refresh<'t>(&'t self, token: &'t str) -> Result<Option<Grant>, ()> {
         let ctx = self.ctx;
-        if let Some(grant) = self.recover_rotating(token)? {
+        let Some(read) = ctx.keys.refresh_tokens.read(token) else {
+            return Ok(self.refuse("the refresh token is invalid"));
+        };
+        if let Some(grant) = self.recover_rotating(&read)? {
             return Ok(Some(grant));
         }
-        let found = refresh_token::find(&mut ctx.conn(), &ctx.keys.refresh_tokens, token)
-            .map_err(|e| ctx.fail(e))?;
+        let found = read.find(&mut ctx.conn()).map_err(|e| ctx.fail(e))?;
         let Some(presented) = found else {
             return Ok(self.refuse("the refresh token is invalid"));
         };
@@ -196,16 +196,12 @@ impl DbIssuer<'_> {
     /// is the token's, the scope the grant's, the grant valid for a minute more. When a
     /// check fails nothing is written and the token is read as usual, which tells why
     /// (reuse, revoked, expired, another client's, a disabled user).
-    fn recover_rotating(&self, token: &str) -> Result<Option<Grant>, ()> {
+    fn recover_rotating(&self, token: &ReadToken) -> Result<Option<Grant>, ()> {
         let ctx = self.ctx;
         if !ctx.rotate_on_recovery {
             return Ok(None);
         }
-        let Presented::InFamily {
-            family_id,
-            generation,
-        } = ctx.keys.refresh_tokens.open(token)
-        else {
+        let Some((family_id, generation)) = token.in_family() else {
             return Ok(None);
         };
         let client = match (&ctx.verified_secret, &ctx.claimed_client) {
@@ -217,7 +213,7 @@ impl DbIssuer<'_> {
             return Ok(None);
         };
         let rotated =
-            match rotate_redeemable(ctx, &client, &family_id, generation, &digest_secret(token)) {
+            match rotate_redeemable(ctx, &client, family_id, generation, token.token_hash()) {
                 Ok(Some(rotated)) => rotated,
                 Ok(None) => return Ok(None),
                 Err(e) => {

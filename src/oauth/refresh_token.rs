@@ -38,6 +38,8 @@ const RANDOM_LEN: usize = 32;
 const TAG_LEN: usize = 16;
 const SIGNED_LEN: usize = FAMILY_LEN + GENERATION_LEN + RANDOM_LEN;
 const TOKEN_LEN: usize = SIGNED_LEN + TAG_LEN;
+/// Characters of a token: base64 without padding.
+const TOKEN_CHARS: usize = (TOKEN_LEN * 4).div_ceil(3);
 /// A token of the earlier format: random bytes only.
 const LEGACY_LEN: usize = 32;
 
@@ -86,7 +88,7 @@ impl RefreshTokens {
 
     pub fn open(&self, token: &str) -> Presented {
         // Decoding a long string costs memory: anything longer than a token is refused first.
-        if token.len() > URL_SAFE_NO_PAD.encode([0u8; TOKEN_LEN]).len() {
+        if token.len() > TOKEN_CHARS {
             return Presented::Invalid;
         }
         let Ok(bytes) = URL_SAFE_NO_PAD.decode(token) else {
@@ -118,8 +120,59 @@ impl RefreshTokens {
         }
     }
 
+    /// `token` opened and digested, once for every lookup a request makes of it; `None` for
+    /// a token this deployment did not issue, which needs no lookup.
+    pub fn read(&self, token: &str) -> Option<ReadToken> {
+        let family = match self.open(token) {
+            Presented::InFamily {
+                family_id,
+                generation,
+            } => Some((family_id, generation)),
+            Presented::Legacy => None,
+            Presented::Invalid => return None,
+        };
+        Some(ReadToken {
+            family,
+            token_hash: digest_secret(token),
+        })
+    }
+
     fn tag(&self, signed: &[u8]) -> hmac::Tag {
         hmac::sign(&self.key, signed)
+    }
+}
+
+/// A presented token this deployment may have issued (`RefreshTokens::read`).
+pub struct ReadToken {
+    /// The family and generation it names; `None` for a token of the earlier format.
+    family: Option<(String, i64)>,
+    token_hash: String,
+}
+
+impl ReadToken {
+    pub fn in_family(&self) -> Option<(&str, i64)> {
+        self.family
+            .as_ref()
+            .map(|(family_id, generation)| (family_id.as_str(), *generation))
+    }
+
+    pub fn token_hash(&self) -> &str {
+        &self.token_hash
+    }
+
+    /// The token as the database knows it: `None` when it no longer knows it.
+    pub fn find(&self, conn: &mut DbConnection) -> StorageResult<Option<PresentedRefresh>> {
+        let lookup = match self.in_family() {
+            Some((family_id, generation)) => RefreshLookup::InFamily {
+                family_id,
+                generation,
+                token_hash: &self.token_hash,
+            },
+            None => RefreshLookup::Legacy {
+                token_hash: &self.token_hash,
+            },
+        };
+        token_store::find_refresh(conn, lookup)
     }
 }
 
@@ -130,30 +183,10 @@ pub fn find(
     tokens: &RefreshTokens,
     token: &str,
 ) -> StorageResult<Option<PresentedRefresh>> {
-    let lookup = match tokens.open(token) {
-        Presented::InFamily {
-            family_id,
-            generation,
-        } => {
-            let token_hash = digest_secret(token);
-            return token_store::find_refresh(
-                conn,
-                RefreshLookup::InFamily {
-                    family_id: &family_id,
-                    generation,
-                    token_hash: &token_hash,
-                },
-            );
-        }
-        Presented::Legacy => digest_secret(token),
-        Presented::Invalid => return Ok(None),
-    };
-    token_store::find_refresh(
-        conn,
-        RefreshLookup::Legacy {
-            token_hash: &lookup,
-        },
-    )
+    match tokens.read(token) {
+        Some(read) => read.find(conn),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]

@@ -166,8 +166,7 @@ pub fn rotate_refresh(
     scope: &str,
 ) -> Result<Option<Minted>, MintError> {
     let family = &presented.family;
-    let subject = family.user_id.as_deref().unwrap_or(&client.id);
-    let access = sign_access(ctx, client, subject, scope, Some(&family.id))?;
+    let access = sign_for_family(ctx, client, family, scope)?;
     let (token, successor) = new_refresh(
         ctx,
         &family.id,
@@ -182,10 +181,14 @@ pub fn rotate_refresh(
     }))
 }
 
+/// How long a family must still live for its token to be rotated as it is read: more than
+/// the moment between the rotation and oxide-auth's check that the grant has not ended.
+const ROTATE_ON_READ_MARGIN_SECS: i64 = 60;
+
 /// Rotates a token of a family's row as it is read (`token_store::rotate_redeemable`), when
 /// everything a refresh grant checks of it holds for `client`. The family must outlive the
-/// grant oxide-auth checks next by a minute, so that nothing refuses the request after the
-/// token is spent. Returns the successor and the family's row; `None` when a check failed.
+/// grant oxide-auth checks next by `ROTATE_ON_READ_MARGIN_SECS`, so that nothing refuses
+/// the request after the token is spent. Returns the successor and the family's row; `None` when a check failed.
 pub fn rotate_redeemable(
     ctx: &FlowContext<'_>,
     client: &Client,
@@ -206,7 +209,7 @@ pub fn rotate_redeemable(
         presented,
         &successor,
         ctx.now,
-        ctx.now + 60,
+        ctx.now + ROTATE_ON_READ_MARGIN_SECS,
     )?;
     Ok(rotated.map(|family| (token, family)))
 }
@@ -219,13 +222,24 @@ pub fn access_for_rotated(
     scope: &str,
     refresh_token: String,
 ) -> Result<Minted, MintError> {
-    let subject = family.user_id.as_deref().unwrap_or(&client.id);
-    let access = sign_access(ctx, client, subject, scope, Some(&family.id))?;
+    let access = sign_for_family(ctx, client, family, scope)?;
     Ok(Minted {
         access_token: access.token,
         expires_at: access.expires_at,
         refresh_token: Some(refresh_token),
     })
+}
+
+/// The access token of a refresh of `family`: for its user, or for the client when the
+/// family has none.
+fn sign_for_family(
+    ctx: &FlowContext<'_>,
+    client: &Client,
+    family: &FamilyRow,
+    scope: &str,
+) -> Result<SignedAccess, MintError> {
+    let subject = family.user_id.as_deref().unwrap_or(&client.id);
+    sign_access(ctx, client, subject, scope, Some(&family.id))
 }
 
 /// An access token for a client acting on its own behalf (client credentials): `sub` is the

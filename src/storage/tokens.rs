@@ -146,11 +146,7 @@ pub fn create_family(
                 _ => Ok(()),
             }
         });
-        match inserted {
-            Ok(()) => Ok(true),
-            Err(StorageError::Query(diesel::result::Error::RollbackTransaction)) => Ok(false),
-            Err(e) => Err(e),
-        }
+        committed(inserted)
     };
     match recorded {
         // The code's user was erased by hand since it was issued: refused as a disabled
@@ -222,7 +218,13 @@ pub fn rotate_refresh(
             Err(diesel::result::Error::RollbackTransaction.into())
         }
     });
-    match rotated {
+    committed(rotated)
+}
+
+/// A write transaction's outcome as whether it committed: `RollbackTransaction` is the
+/// transaction's own way of writing nothing (a check inside it failed), not an error.
+fn committed(outcome: StorageResult<()>) -> StorageResult<bool> {
+    match outcome {
         Ok(()) => Ok(true),
         Err(StorageError::Query(diesel::result::Error::RollbackTransaction)) => Ok(false),
         Err(e) => Err(e),
