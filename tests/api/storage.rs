@@ -357,6 +357,77 @@ fn a_token_of_the_earlier_format_rotates_into_its_family_once(db: TestDb) {
     assert!(presented_in_family(&mut conn, "revoked", 1, "late").is_none());
 }
 
+on_both_backends!(concurrent_rotations_of_a_token_of_the_earlier_format_succeed_once);
+
+/// Two clients (or an attacker and its victim) presenting the same token of the earlier
+/// format at once, each on its own connection: exactly one rotation commits, the family's
+/// row holds that one's successor and no other, and the earlier token's row is marked. On
+/// PostgreSQL the losers wait on the winner's row lock and find the row changed; SQLite
+/// runs them one after another.
+fn concurrent_rotations_of_a_token_of_the_earlier_format_succeed_once(db: TestDb) {
+    use gatehouse::storage::tokens::{self, find_refresh, RefreshLookup, RefreshRow};
+    use std::sync::Barrier;
+
+    const RACERS: usize = 6;
+    let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "racer");
+    let family = demo_family("contested", &user_id, now - 60, now + 3600);
+    assert!(tokens::create_family(&mut conn, &family, None).unwrap());
+    diesel::insert_into(refresh_tokens::table)
+        .values(RefreshRow {
+            token_hash: "contested-legacy".to_owned(),
+            family_id: "contested".to_owned(),
+            client_id: "demo".to_owned(),
+            scope: "read".to_owned(),
+            created_at: now - 60,
+            idle_expires_at: now + 600,
+            rotated_at: None,
+        })
+        .execute(&mut conn)
+        .unwrap();
+    let presented = find_refresh(
+        &mut conn,
+        RefreshLookup::Legacy {
+            token_hash: "contested-legacy",
+        },
+    )
+    .unwrap()
+    .unwrap();
+
+    let barrier = Barrier::new(RACERS);
+    let rotated: Vec<bool> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..RACERS)
+            .map(|racer| {
+                let (db, presented, barrier) = (&db, &presented, &barrier);
+                s.spawn(move || {
+                    let mut own = db.connect();
+                    let successor = live_refresh(&format!("successor-{racer}"), 1, now);
+                    barrier.wait();
+                    tokens::rotate_refresh(&mut own, presented, now, &successor).unwrap()
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let winners: Vec<usize> = (0..RACERS).filter(|&r| rotated[r]).collect();
+    assert_eq!(winners.len(), 1, "rotations that committed: {rotated:?}");
+
+    let live: (Option<String>, i64) = token_families::table
+        .find("contested")
+        .select((
+            token_families::refresh_hash,
+            token_families::refresh_generation,
+        ))
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(live, (Some(format!("successor-{}", winners[0])), 1));
+    let marked: Option<i64> = refresh_tokens::table
+        .find("contested-legacy")
+        .select(refresh_tokens::rotated_at)
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(marked, Some(now));
+}
+
 on_both_backends!(reverting_the_refresh_migration_keeps_the_live_tokens);
 
 /// Rolling the migration back gives each family's live refresh token a row of its own
