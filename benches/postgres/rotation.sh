@@ -8,12 +8,14 @@
 #              rotated, insert its successor), each committed on its own.
 #   one_row    a row per family that holds the current token's hash: one UPDATE ...
 #              RETURNING that checks the presented hash, moves it on and returns the
-#              family and whether its user is disabled.
+#              family and whether its user is disabled. gatehouse's common refresh since
+#              5274720 (RotateRedeemable, which checks the user in the same statement).
 #   one_row_lookup
 #              the same row per family, in the two steps oxide-auth's refresh flow takes
 #              (recover the grant, then issue): a SELECT of the family by its id (which
 #              the token carries), then an UPDATE that moves the hash on only if it is
-#              still the presented one. gatehouse's since that migration (RotateInFamily).
+#              still the presented one. gatehouse's fallback (RotateInFamily), when the
+#              request narrows the scope or a check of the one-statement rotation fails.
 #
 # Each pgbench client rotates its own chain of tokens (fam<client>, c<client>-<gen>), so
 # no two rotate the same token, among 100,000 families with one live token each, analyzed,

@@ -62,11 +62,11 @@ impl Issuer for DbIssuer<'_> {
     /// with the grant's scope already narrowed to what the request asked for.
     fn refresh(&mut self, _refresh: &str, grant: Grant) -> Result<RefreshedToken, ()> {
         let ctx = self.ctx;
+        let client = ctx.client(&grant.client_id)?.ok_or(())?;
+        let scope = super::scope::to_string(&grant.scope);
         let rotated = ctx.notes.borrow_mut().rotated_refresh.take();
         if let Some((refresh_token, family)) = rotated {
             // `recover_refresh` rotated the token already.
-            let client = ctx.client(&grant.client_id)?.ok_or(())?;
-            let scope = super::scope::to_string(&grant.scope);
             let minted = access_for_rotated(ctx, &client, &family, &scope, refresh_token)
                 .map_err(|e| self.mint_failed(e))?;
             ctx.notes.borrow_mut().issued_to = family.user_id.clone();
@@ -74,8 +74,6 @@ impl Issuer for DbIssuer<'_> {
         }
         let presented = ctx.notes.borrow().presented_refresh.clone().ok_or(())?;
         let family = &presented.family;
-        let client = ctx.client(&grant.client_id)?.ok_or(())?;
-        let scope = super::scope::to_string(&grant.scope);
         let minted = match rotate_refresh(ctx, &client, &presented, &scope) {
             Ok(Some(minted)) => minted,
             Ok(None) => {

@@ -45,7 +45,7 @@ const LEGACY_LEN: usize = 32;
 
 /// What a presented refresh token is, before any database lookup.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Presented {
+enum Presented {
     /// Issued by this deployment for `generation` of `family_id` (the tag verified).
     InFamily { family_id: String, generation: i64 },
     /// The earlier format, looked up by its digest alone.
@@ -86,7 +86,7 @@ impl RefreshTokens {
         Some(URL_SAFE_NO_PAD.encode(token))
     }
 
-    pub fn open(&self, token: &str) -> Presented {
+    fn open(&self, token: &str) -> Presented {
         // Decoding a long string costs memory: anything longer than a token is refused first.
         if token.len() > TOKEN_CHARS {
             return Presented::Invalid;

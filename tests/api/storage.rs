@@ -126,6 +126,19 @@ fn presented_in_family(
     find_refresh(conn, lookup).unwrap()
 }
 
+/// A refresh token of the earlier format for the demo client: its own row, by digest `hash`.
+fn legacy_refresh(hash: &str, family_id: &str, now: i64) -> gatehouse::storage::tokens::RefreshRow {
+    gatehouse::storage::tokens::RefreshRow {
+        token_hash: hash.to_owned(),
+        family_id: family_id.to_owned(),
+        client_id: "demo".to_owned(),
+        scope: "read".to_owned(),
+        created_at: now - 60,
+        idle_expires_at: now + 600,
+        rotated_at: None,
+    }
+}
+
 /// A code of the demo client for `user_id`, as opened from its seal: not yet recorded.
 fn demo_code(hash: &str, user_id: &str, expires_at: i64) -> gatehouse::storage::codes::CodeRow {
     gatehouse::storage::codes::CodeRow {
@@ -306,18 +319,10 @@ on_both_backends!(a_token_of_the_earlier_format_rotates_into_its_family_once);
 /// rotation marks that row and moves the successor into the family's row, once: presented
 /// again it is a rotated token, and a revoked family does not rotate it.
 fn a_token_of_the_earlier_format_rotates_into_its_family_once(db: TestDb) {
-    use gatehouse::storage::tokens::{self, find_refresh, RefreshLookup, RefreshRow};
+    use gatehouse::storage::tokens::{self, find_refresh, RefreshLookup};
 
     let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "veteran");
-    let legacy_row = |hash: &str, family: &str| RefreshRow {
-        token_hash: hash.to_owned(),
-        family_id: family.to_owned(),
-        client_id: "demo".to_owned(),
-        scope: "read".to_owned(),
-        created_at: now - 60,
-        idle_expires_at: now + 600,
-        rotated_at: None,
-    };
+    let legacy_row = |hash: &str, family: &str| legacy_refresh(hash, family, now);
     for family in ["kept", "revoked"] {
         let row = demo_family(family, &user_id, now - 60, now + 3600);
         assert!(tokens::create_family(&mut conn, &row, None).unwrap());
@@ -365,7 +370,7 @@ on_both_backends!(concurrent_rotations_of_a_token_of_the_earlier_format_succeed_
 /// PostgreSQL the losers wait on the winner's row lock and find the row changed; SQLite
 /// runs them one after another.
 fn concurrent_rotations_of_a_token_of_the_earlier_format_succeed_once(db: TestDb) {
-    use gatehouse::storage::tokens::{self, find_refresh, RefreshLookup, RefreshRow};
+    use gatehouse::storage::tokens::{self, find_refresh, RefreshLookup};
     use std::sync::Barrier;
 
     const RACERS: usize = 6;
@@ -373,15 +378,7 @@ fn concurrent_rotations_of_a_token_of_the_earlier_format_succeed_once(db: TestDb
     let family = demo_family("contested", &user_id, now - 60, now + 3600);
     assert!(tokens::create_family(&mut conn, &family, None).unwrap());
     diesel::insert_into(refresh_tokens::table)
-        .values(RefreshRow {
-            token_hash: "contested-legacy".to_owned(),
-            family_id: "contested".to_owned(),
-            client_id: "demo".to_owned(),
-            scope: "read".to_owned(),
-            created_at: now - 60,
-            idle_expires_at: now + 600,
-            rotated_at: None,
-        })
+        .values(legacy_refresh("contested-legacy", "contested", now))
         .execute(&mut conn)
         .unwrap();
     let presented = find_refresh(
@@ -464,13 +461,8 @@ fn reverting_the_refresh_migration_keeps_the_live_tokens(db: TestDb) {
     assert_eq!(
         rows,
         [tokens::RefreshRow {
-            token_hash: "live-digest".to_owned(),
-            family_id: "live".to_owned(),
-            client_id: "demo".to_owned(),
-            scope: "read".to_owned(),
             created_at: now,
-            idle_expires_at: now + 600,
-            rotated_at: None,
+            ..legacy_refresh("live-digest", "live", now)
         }]
     );
 }
@@ -682,13 +674,9 @@ fn expired_sessions_and_old_codes_are_swept(db: TestDb) {
     // A refresh token of the earlier format: a row of its own, which goes with its family.
     diesel::insert_into(refresh_tokens::table)
         .values(gatehouse::storage::tokens::RefreshRow {
-            token_hash: "old-refresh".into(),
-            family_id: "old-family".into(),
-            client_id: "demo".into(),
-            scope: "read".into(),
             created_at: now - 2 * 86400,
             idle_expires_at: now - 86400,
-            rotated_at: None,
+            ..legacy_refresh("old-refresh", "old-family", now)
         })
         .execute(&mut conn)
         .unwrap();
