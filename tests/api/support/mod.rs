@@ -83,6 +83,12 @@ impl SqliteWriteLock {
         use diesel::{Connection, RunQueryDsl};
         let path = db.url.strip_prefix("sqlite://").expect("a SQLite database");
         let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+        // The server may be mid-write (its audit thread batches the rows of the request
+        // just served): wait for that write, as `sqlite3` or a backup would, instead of
+        // failing at once with SQLite's default busy timeout of zero.
+        diesel::sql_query("PRAGMA busy_timeout = 10000")
+            .execute(&mut conn)
+            .unwrap();
         diesel::sql_query("BEGIN EXCLUSIVE")
             .execute(&mut conn)
             .unwrap();
