@@ -249,6 +249,19 @@ impl Outcome {
         self.ops as f64 / self.seconds
     }
 
+    /// Several measurements of the same thing as one: operations over the time of all.
+    pub fn merged(parts: impl IntoIterator<Item = Outcome>) -> Outcome {
+        let mut outcome = Outcome::default();
+        for part in parts {
+            outcome.ops += part.ops;
+            outcome.errors += part.errors;
+            outcome.seconds += part.seconds;
+            outcome.first_error = outcome.first_error.or(part.first_error);
+            outcome.latencies_us.extend(part.latencies_us);
+        }
+        outcome
+    }
+
     pub fn percentile_ms(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
             return 0.0;
