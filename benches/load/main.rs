@@ -315,19 +315,20 @@ fn run_backend(
     // one that is gatehouse's. They take turns, gatehouse first, then the least server,
     // then gatehouse again and the least server again, each on a fresh process; the p99 of
     // each is over both of its turns.
+    let with_least = !least.is_empty();
     let mut gatehouse_paced = Vec::new();
     let mut least_paced = Vec::new();
     for _ in 0..2 {
         let server = Server::start(&workspace, port)?;
         gatehouse_paced.push(paced_client_credentials(options, &server, half_rate));
         drop(server);
-        if !least.is_empty() {
+        if with_least {
             let server = Server::start_least(&workspace, port)?;
             least_paced.push(paced_client_credentials(options, &server, half_rate));
             drop(server);
         }
     }
-    if !least.is_empty() {
+    if with_least {
         least_server::drop_tables(workspace.url())?;
     }
     let measured_p99 = report_paced(
@@ -336,7 +337,7 @@ fn run_backend(
         gatehouse_paced,
         failures,
     );
-    let least_p99 = (!least_paced.is_empty()).then(|| {
+    let least_p99 = with_least.then(|| {
         report_paced(
             backend,
             "client_credentials at half rate (least server)",

@@ -322,12 +322,11 @@ fn a_token_of_the_earlier_format_rotates_into_its_family_once(db: TestDb) {
     use gatehouse::storage::tokens::{self, find_refresh, RefreshLookup};
 
     let (_config, mut conn, user_id, now) = with_user_and_demo_client(&db, "veteran");
-    let legacy_row = |hash: &str, family: &str| legacy_refresh(hash, family, now);
     for family in ["kept", "revoked"] {
         let row = demo_family(family, &user_id, now - 60, now + 3600);
         assert!(tokens::create_family(&mut conn, &row, None).unwrap());
         diesel::insert_into(refresh_tokens::table)
-            .values(legacy_row(&format!("{family}-legacy"), family))
+            .values(legacy_refresh(&format!("{family}-legacy"), family, now))
             .execute(&mut conn)
             .unwrap();
     }
@@ -337,7 +336,7 @@ fn a_token_of_the_earlier_format_rotates_into_its_family_once(db: TestDb) {
             .unwrap()
     };
     let presented = legacy(&mut conn, "kept-legacy");
-    assert_eq!(presented.token, legacy_row("kept-legacy", "kept"));
+    assert_eq!(presented.token, legacy_refresh("kept-legacy", "kept", now));
     assert_eq!(presented.generation, None);
     assert!(
         tokens::rotate_refresh(&mut conn, &presented, now, &live_refresh("next", 1, now)).unwrap()

@@ -75,31 +75,28 @@ fn announce_skip(reason: &str) {
 }
 
 /// SQLite's write lock, held from another connection as a backup or a hand-run `sqlite3`
-/// session would hold it, until dropped.
-pub struct SqliteWriteLock(diesel::SqliteConnection);
+/// session would hold it, until dropped. The connection is set up as the server's are, so
+/// its busy timeout waits out a write the server is making (an audit batch, a checkpoint),
+/// as `sqlite3` or a backup would, instead of failing at once.
+pub struct SqliteWriteLock(gatehouse::storage::DbConnection);
 
 impl SqliteWriteLock {
     pub fn take(db: &TestDb) -> SqliteWriteLock {
-        use diesel::{Connection, RunQueryDsl};
-        let path = db.url.strip_prefix("sqlite://").expect("a SQLite database");
-        let mut conn = diesel::SqliteConnection::establish(path).unwrap();
-        // The server may be mid-write (its audit thread batches the rows of the request
-        // just served): wait for that write, as `sqlite3` or a backup would, instead of
-        // failing at once with SQLite's default busy timeout of zero.
-        diesel::sql_query("PRAGMA busy_timeout = 10000")
-            .execute(&mut conn)
-            .unwrap();
-        diesel::sql_query("BEGIN EXCLUSIVE")
-            .execute(&mut conn)
-            .unwrap();
+        use diesel::connection::SimpleConnection;
+        let mut conn = db.connect();
+        assert!(
+            matches!(conn, gatehouse::storage::DbConnection::Sqlite(_)),
+            "a SQLite database"
+        );
+        conn.batch_execute("BEGIN EXCLUSIVE").unwrap();
         SqliteWriteLock(conn)
     }
 }
 
 impl Drop for SqliteWriteLock {
     fn drop(&mut self) {
-        use diesel::RunQueryDsl;
-        let _ = diesel::sql_query("COMMIT").execute(&mut self.0);
+        use diesel::connection::SimpleConnection;
+        let _ = self.0.batch_execute("COMMIT");
     }
 }
 
