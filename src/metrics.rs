@@ -79,6 +79,7 @@ pub struct Metrics {
     pool_waiting: Gauge,
     hashes_running: Gauge,
     hashes_queued: Gauge,
+    hashes_computed: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -109,6 +110,7 @@ impl Metrics {
             pool_waiting: Gauge::default(),
             hashes_running: Gauge::default(),
             hashes_queued: Gauge::default(),
+            hashes_computed: Counter::default(),
             registry: Registry::with_prefix("gatehouse"),
         };
         metrics.registry.register(
@@ -171,6 +173,12 @@ impl Metrics {
             "argon2id hashes or verifications waiting for a core",
             metrics.hashes_queued.clone(),
         );
+        metrics.registry.register(
+            "password_hashes",
+            "argon2id hashes or verifications computed (of passwords, client secrets, and the \
+             dummy ones that hide an unknown name)",
+            metrics.hashes_computed.clone(),
+        );
         metrics
     }
 
@@ -218,6 +226,10 @@ impl Metrics {
 
     pub fn code_replay_detected(&self) {
         self.code_replay.inc();
+    }
+
+    pub fn password_hash_computed(&self) {
+        self.hashes_computed.inc();
     }
 
     pub fn pool_wait_started(&self) {

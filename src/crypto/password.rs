@@ -77,7 +77,9 @@ impl HashPool {
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Option<T> {
         if self.threads == 0 {
-            return Some(work(&mut Vec::new()));
+            let result = work(&mut Vec::new());
+            crate::metrics::global().password_hash_computed();
+            return Some(result);
         }
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
         self.enqueue(Box::new(move |memory| {
@@ -135,6 +137,7 @@ impl Shared {
             self.running.fetch_add(1, Ordering::Relaxed);
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut memory)));
             self.running.fetch_sub(1, Ordering::Relaxed);
+            crate::metrics::global().password_hash_computed();
         }
     }
 }

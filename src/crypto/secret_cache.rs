@@ -8,20 +8,38 @@
 //! client) falls through to a full argon2 verification, so guessing costs an attacker
 //! exactly what it did before; the HMAC key never leaves memory, so a memory-less observer
 //! learns nothing, and the cache holds no secret in a form that can be replayed elsewhere.
+//!
+//! Requests that miss together share one verification: after a restart, every connection
+//! of a busy client misses at once, and each running its own argon2 stalled the hash
+//! threads (and every password login queued behind them) for as many hashes as the client
+//! had connections. A request waits only for a verification of the very secret it
+//! presents, so a stream of wrong guesses never delays the right one.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
 use aws_lc_rs::hmac;
+use tokio::sync::OnceCell;
 
 pub struct SecretCache {
     key: hmac::Key,
     entries: RwLock<HashMap<String, Entry>>,
+    /// Verifications running now, each with its answer once known.
+    in_flight: Mutex<HashMap<Flight, Arc<OnceCell<bool>>>>,
 }
 
 struct Entry {
     phc: String,
     tag: hmac::Tag,
+}
+
+/// What one verification checks. The secret appears only as its HMAC under the process's
+/// key, so comparing keys (not in constant time) tells a timing observer nothing about it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Flight {
+    client_id: String,
+    phc: String,
+    tag: Vec<u8>,
 }
 
 /// More clients than this and the cache starts over; a deployment has tens of clients.
@@ -38,6 +56,7 @@ impl SecretCache {
         SecretCache {
             key: hmac::Key::new(hmac::HMAC_SHA256, &super::random::bytes::<32>()),
             entries: RwLock::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -51,17 +70,22 @@ impl SecretCache {
 
     /// Whether `secret` is the one verified before against this very `phc`.
     pub fn recognises(&self, client_id: &str, secret: &str, phc: &str) -> bool {
+        self.recognises_tag(client_id, &self.tag(client_id, secret), phc)
+    }
+
+    fn recognises_tag(&self, client_id: &str, tag: &hmac::Tag, phc: &str) -> bool {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = entries.get(client_id).filter(|e| e.phc == phc) else {
-            return false;
-        };
-        let tag = self.tag(client_id, secret);
-        aws_lc_rs::constant_time::verify_slices_are_equal(tag.as_ref(), entry.tag.as_ref()).is_ok()
+        entries
+            .get(client_id)
+            .filter(|e| e.phc == phc)
+            .is_some_and(|entry| {
+                aws_lc_rs::constant_time::verify_slices_are_equal(tag.as_ref(), entry.tag.as_ref())
+                    .is_ok()
+            })
     }
 
     /// Records a secret that argon2 just verified against `phc`.
-    pub fn remember(&self, client_id: &str, secret: &str, phc: &str) {
-        let tag = self.tag(client_id, secret);
+    fn remember(&self, client_id: &str, tag: hmac::Tag, phc: &str) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(client_id) {
             entries.clear();
@@ -76,18 +100,91 @@ impl SecretCache {
     }
 
     /// Verifies `secret` against `phc`: from the cache when it was verified before, else
-    /// with argon2 (and remembered when right). `None` for `phc` costs a dummy verification.
+    /// with argon2 (and remembered when right), sharing the argon2 of any request verifying
+    /// the same secret at this moment. `None` for `phc` costs a dummy verification.
     pub async fn verify(&self, client_id: &str, secret: &str, phc: Option<&str>) -> bool {
-        match phc {
-            Some(phc) if self.recognises(client_id, secret, phc) => true,
-            Some(phc) => {
-                let ok = super::password::verify_async(secret, phc).await;
-                if ok {
-                    self.remember(client_id, secret, phc);
+        let Some(phc) = phc else {
+            return super::password::verify_dummy_async(secret).await;
+        };
+        let tag = self.tag(client_id, secret);
+        let flight = self.join(Flight {
+            client_id: client_id.to_owned(),
+            phc: phc.to_owned(),
+            tag: tag.as_ref().to_vec(),
+        });
+        *flight
+            .answer()
+            .get_or_init(|| async {
+                // Checked once in the flight: a flight that ended just before this one
+                // began remembered its right secret before it ended.
+                if self.recognises_tag(client_id, &tag, phc) {
+                    return true;
                 }
-                ok
-            }
-            None => super::password::verify_dummy_async(secret).await,
+                let right = super::password::verify_async(secret, phc).await;
+                if right {
+                    self.remember(client_id, tag, phc);
+                }
+                right
+            })
+            .await
+    }
+
+    fn join(&self, flight: Flight) -> FlightGuard<'_> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let answer = Arc::clone(in_flight.entry(flight.clone()).or_default());
+        FlightGuard {
+            cache: self,
+            flight,
+            answer: Some(answer),
+        }
+    }
+
+    #[cfg(test)]
+    fn flights(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+}
+
+/// One request's part in a verification. When the last request leaves it (answered, or
+/// dropped because its client went away), the verification is forgotten, so the map holds
+/// only what is running and a later wrong guess pays its own argon2 again. A request that
+/// is dropped while others wait leaves it to them: tokio's `OnceCell` lets the next waiter
+/// run the verification instead.
+struct FlightGuard<'a> {
+    cache: &'a SecretCache,
+    flight: Flight,
+    answer: Option<Arc<OnceCell<bool>>>,
+}
+
+impl FlightGuard<'_> {
+    fn answer(&self) -> &OnceCell<bool> {
+        self.answer
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .cache
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Our reference is released under the lock, so of two requests leaving at once
+        // the second sees itself as the last.
+        let Some(answer) = self.answer.take() else {
+            return;
+        };
+        let last = in_flight
+            .get(&self.flight)
+            .is_some_and(|held| Arc::ptr_eq(held, &answer) && Arc::strong_count(&answer) == 2);
+        drop(answer);
+        if last {
+            in_flight.remove(&self.flight);
         }
     }
 }
@@ -125,5 +222,73 @@ mod tests {
             !SecretCache::new().recognises("c", "the right secret", &phc),
             "per process key"
         );
+        assert_eq!(cache.flights(), 0, "answered verifications are forgotten");
+    }
+
+    #[test]
+    fn requests_verifying_together_each_get_their_own_answer() {
+        actix_web::rt::System::new().block_on(concurrent_verifications());
+    }
+
+    async fn concurrent_verifications() {
+        let cache = Arc::new(SecretCache::new());
+        let phc = Arc::new(super::super::password::hash("the right secret"));
+        let presented: [&'static str; 6] = [
+            "the right secret",
+            "a wrong secret",
+            "the right secret",
+            "another wrong secret",
+            "the right secret",
+            "a wrong secret",
+        ];
+        let tasks: Vec<_> = presented
+            .into_iter()
+            .map(|secret| {
+                let (cache, phc) = (Arc::clone(&cache), Arc::clone(&phc));
+                actix_web::rt::spawn(async move { cache.verify("c", secret, Some(&phc)).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        assert_eq!(answers, [true, false, true, false, true, false]);
+        assert!(cache.recognises("c", "the right secret", &phc));
+        assert!(!cache.recognises("c", "a wrong secret", &phc));
+        assert_eq!(cache.flights(), 0);
+    }
+
+    #[test]
+    fn a_request_that_goes_away_midway_leaves_no_verification_behind() {
+        actix_web::rt::System::new().block_on(abandoned_verifications());
+    }
+
+    async fn abandoned_verifications() {
+        let cache = Arc::new(SecretCache::new());
+        let phc = Arc::new(super::super::password::hash("the right secret"));
+        // Alone: it started the verification and nobody else wants its answer.
+        let abandoned = tokio::time::timeout(
+            std::time::Duration::ZERO,
+            cache.verify("c", "a wrong secret", Some(&phc)),
+        )
+        .await;
+        assert!(abandoned.is_err(), "dropped before argon2 answered");
+        assert_eq!(cache.flights(), 0);
+
+        // With company: the one that started it goes away, the other still gets an answer.
+        let waiter = {
+            let (cache, phc) = (Arc::clone(&cache), Arc::clone(&phc));
+            actix_web::rt::spawn(
+                async move { cache.verify("c", "the right secret", Some(&phc)).await },
+            )
+        };
+        let starter = tokio::time::timeout(
+            std::time::Duration::from_millis(1),
+            cache.verify("c", "the right secret", Some(&phc)),
+        )
+        .await;
+        assert!(waiter.await.unwrap());
+        assert!(matches!(starter, Err(_) | Ok(true)));
+        assert_eq!(cache.flights(), 0);
     }
 }

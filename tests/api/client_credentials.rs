@@ -143,3 +143,43 @@ fn only_authenticated_clients_with_the_grant(db: TestDb) {
         "the refresh token was not touched"
     );
 }
+
+/// After a restart every connection of a busy client misses the cache of verified secrets at
+/// once. They share one argon2 verification of the secret they present (each wrong secret
+/// still costs its own), instead of each stalling the hash threads, and with them every
+/// password login, for one hash more.
+#[test]
+fn requests_that_present_the_same_secret_together_share_one_hash() {
+    let app = OAuthServer::start(TestDb::create(Backend::Sqlite).unwrap());
+    let hashes = || {
+        let text = get(&app.url("/metrics"), &[]).body;
+        sample(&text, "gatehouse_password_hashes_total")
+            .unwrap_or_else(|| panic!("gatehouse_password_hashes_total in\n{text}"))
+    };
+    let before = hashes();
+    // Every third racer presents a wrong secret of its own.
+    let wrong = |n: usize| (n % 3 == 0).then(|| format!("wrong-secret-{n}"));
+    let statuses = race(12, |n| {
+        let secret = wrong(n).unwrap_or_else(|| SERVICE_SECRET.to_owned());
+        app.token(
+            &[("grant_type", "client_credentials")],
+            Some((SERVICE, &secret)),
+        )
+        .status
+    });
+    let expected: Vec<u16> = (0..12)
+        .map(|n| if wrong(n).is_some() { 401 } else { 200 })
+        .collect();
+    assert_eq!(statuses, expected);
+    assert_eq!(
+        hashes() - before,
+        5.0,
+        "one hash for the 8 right secrets, one for each of the 4 wrong ones"
+    );
+    let again = app.token(
+        &[("grant_type", "client_credentials")],
+        Some((SERVICE, SERVICE_SECRET)),
+    );
+    assert_eq!(again.status, 200);
+    assert_eq!(hashes() - before, 5.0, "the right secret is remembered");
+}
