@@ -77,11 +77,10 @@ impl HashPool {
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Option<T> {
         if self.threads == 0 {
-            let result = work(&mut Vec::new());
-            crate::metrics::global().password_hash_computed();
-            return Some(result);
+            return Some(counted(work)(&mut Vec::new()));
         }
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let work = counted(work);
         self.enqueue(Box::new(move |memory| {
             let _ = sender.send(work(memory));
         }));
@@ -100,10 +99,21 @@ impl HashPool {
             return None;
         }
         let (sender, receiver) = tokio::sync::oneshot::channel();
+        let work = counted(work);
         self.enqueue(Box::new(move |memory| {
             let _ = sender.send(work(memory));
         }));
         receiver.await.ok()
+    }
+
+    /// Queues `work` and returns at once; `false` (and `work` dropped) without any hash
+    /// thread.
+    fn detach(&self, work: impl FnOnce(&mut Vec<Block>) + Send + 'static) -> bool {
+        if self.threads == 0 {
+            return false;
+        }
+        self.enqueue(Box::new(work));
+        true
     }
 
     fn enqueue(&self, job: Job) {
@@ -113,6 +123,16 @@ impl HashPool {
             .unwrap_or_else(|p| p.into_inner())
             .push_back(job);
         self.shared.queued_or_freed.notify_one();
+    }
+}
+
+/// `work`, counted in the metrics once it has computed and before anyone hears its answer,
+/// so that whoever was answered sees the count already include it.
+fn counted<T>(work: impl FnOnce(&mut Vec<Block>) -> T) -> impl FnOnce(&mut Vec<Block>) -> T {
+    move |memory| {
+        let answer = work(memory);
+        crate::metrics::global().password_hash_computed();
+        answer
     }
 }
 
@@ -137,7 +157,6 @@ impl Shared {
             self.running.fetch_add(1, Ordering::Relaxed);
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut memory)));
             self.running.fetch_sub(1, Ordering::Relaxed);
-            crate::metrics::global().password_hash_computed();
         }
     }
 }
@@ -185,6 +204,19 @@ pub fn verify(secret: &str, phc: &str) -> bool {
 pub async fn verify_async(secret: &str, phc: &str) -> bool {
     match verification(secret, phc) {
         Some(job) => HashPool::global().run_async(job).await.unwrap_or(false),
+        None => false,
+    }
+}
+
+/// Queues a verification of `secret` against `phc` that no caller waits on: `then` gets its
+/// answer on the hash thread, whether or not whoever asked for it is still there. `false`,
+/// with `then` dropped unrun, for a string that is no hash or without any hash thread.
+pub fn verify_detached(secret: &str, phc: &str, then: impl FnOnce(bool) + Send + 'static) -> bool {
+    match verification(secret, phc) {
+        Some(job) => {
+            let job = counted(job);
+            HashPool::global().detach(move |memory| then(job(memory)))
+        }
         None => false,
     }
 }

@@ -12,21 +12,26 @@
 //! Requests that miss together share one verification: after a restart, every connection
 //! of a busy client misses at once, and each running its own argon2 stalled the hash
 //! threads (and every password login queued behind them) for as many hashes as the client
-//! had connections. A request waits only for a verification of the very secret it
-//! presents, so a stream of wrong guesses never delays the right one.
+//! had connections. A request joins only a verification of the very secret it presents, so
+//! none is answered from a hash of another secret. The verification belongs to no request:
+//! one that goes away (its client timed out) neither wastes the hash nor sends the others
+//! to the back of the queue, and a right secret is remembered regardless.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use aws_lc_rs::hmac;
-use tokio::sync::OnceCell;
+use tokio::sync::watch;
 
 pub struct SecretCache {
     key: hmac::Key,
     entries: RwLock<HashMap<String, Entry>>,
-    /// Verifications running now, each with its answer once known.
-    in_flight: Mutex<HashMap<Flight, Arc<OnceCell<bool>>>>,
+    /// Verifications queued or running, each with where its answer will appear.
+    in_flight: Mutex<HashMap<Flight, Answer>>,
 }
+
+/// `None` until the verification has answered. Closed without an answer when it failed.
+type Answer = watch::Receiver<Option<bool>>;
 
 struct Entry {
     phc: String,
@@ -102,41 +107,54 @@ impl SecretCache {
     /// Verifies `secret` against `phc`: from the cache when it was verified before, else
     /// with argon2 (and remembered when right), sharing the argon2 of any request verifying
     /// the same secret at this moment. `None` for `phc` costs a dummy verification.
-    pub async fn verify(&self, client_id: &str, secret: &str, phc: Option<&str>) -> bool {
+    pub async fn verify(
+        self: &Arc<Self>,
+        client_id: &str,
+        secret: &str,
+        phc: Option<&str>,
+    ) -> bool {
         let Some(phc) = phc else {
             return super::password::verify_dummy_async(secret).await;
         };
         let tag = self.tag(client_id, secret);
-        let flight = self.join(Flight {
+        let flight = Flight {
             client_id: client_id.to_owned(),
             phc: phc.to_owned(),
             tag: tag.as_ref().to_vec(),
-        });
-        *flight
-            .answer()
-            .get_or_init(|| async {
-                // Checked once in the flight: a flight that ended just before this one
-                // began remembered its right secret before it ended.
-                if self.recognises_tag(client_id, &tag, phc) {
-                    return true;
+        };
+        let mut answer = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            match in_flight.get(&flight) {
+                Some(answer) => answer.clone(),
+                // Checked under the lock: a verification remembers its right secret before
+                // it leaves the map, so none that ended just now is run again.
+                None if self.recognises_tag(client_id, &tag, phc) => return true,
+                None => {
+                    let (sender, answer) = watch::channel(None);
+                    in_flight.insert(flight.clone(), answer.clone());
+                    let landing = Landing {
+                        cache: Arc::clone(self),
+                        flight,
+                        tag,
+                        sender,
+                        left: false,
+                    };
+                    // Queued after the lock is released: a landing that cannot be queued
+                    // is dropped, and its drop takes the lock.
+                    drop(in_flight);
+                    if !super::password::verify_detached(secret, phc, move |right| {
+                        landing.land(right)
+                    }) {
+                        return false;
+                    }
+                    answer
                 }
-                let right = super::password::verify_async(secret, phc).await;
-                if right {
-                    self.remember(client_id, tag, phc);
-                }
-                right
-            })
+            }
+        };
+        answer
+            .wait_for(Option::is_some)
             .await
-    }
-
-    fn join(&self, flight: Flight) -> FlightGuard<'_> {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let answer = Arc::clone(in_flight.entry(flight.clone()).or_default());
-        FlightGuard {
-            cache: self,
-            flight,
-            answer: Some(answer),
-        }
+            .is_ok_and(|right| *right == Some(true))
     }
 
     #[cfg(test)]
@@ -148,44 +166,42 @@ impl SecretCache {
     }
 }
 
-/// One request's part in a verification. When the last request leaves it (answered, or
-/// dropped because its client went away), the verification is forgotten, so the map holds
-/// only what is running and a later wrong guess pays its own argon2 again. A request that
-/// is dropped while others wait leaves it to them: tokio's `OnceCell` lets the next waiter
-/// run the verification instead.
-struct FlightGuard<'a> {
-    cache: &'a SecretCache,
+/// Where a verification's answer goes, on the hash thread that computed it. However it ends
+/// (answered, panicked, or never queued), the verification leaves the map, before anyone
+/// hears its answer; its waiters hear `false` if it ended without one.
+struct Landing {
+    cache: Arc<SecretCache>,
     flight: Flight,
-    answer: Option<Arc<OnceCell<bool>>>,
+    tag: hmac::Tag,
+    sender: watch::Sender<Option<bool>>,
+    left: bool,
 }
 
-impl FlightGuard<'_> {
-    fn answer(&self) -> &OnceCell<bool> {
-        self.answer
-            .as_deref()
-            .unwrap_or_else(|| unreachable!("taken only on drop"))
+impl Landing {
+    fn land(mut self, right: bool) {
+        if right {
+            self.cache
+                .remember(&self.flight.client_id, self.tag, &self.flight.phc);
+        }
+        self.leave();
+        self.sender.send_replace(Some(right));
+    }
+
+    /// Once only: after it, a verification of the same secret may start and be in the map.
+    fn leave(&mut self) {
+        if !std::mem::replace(&mut self.left, true) {
+            self.cache
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.flight);
+        }
     }
 }
 
-impl Drop for FlightGuard<'_> {
+impl Drop for Landing {
     fn drop(&mut self) {
-        let mut in_flight = self
-            .cache
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        // Our reference is released under the lock, so of two requests leaving at once
-        // the second sees itself as the last.
-        let Some(answer) = self.answer.take() else {
-            return;
-        };
-        let last = in_flight
-            .get(&self.flight)
-            .is_some_and(|held| Arc::ptr_eq(held, &answer) && Arc::strong_count(&answer) == 2);
-        drop(answer);
-        if last {
-            in_flight.remove(&self.flight);
-        }
+        self.leave();
     }
 }
 
@@ -199,7 +215,7 @@ mod tests {
     }
 
     async fn verified_secrets_are_recognised() {
-        let cache = SecretCache::new();
+        let cache = Arc::new(SecretCache::new());
         let phc = super::super::password::hash("the right secret");
         assert!(
             !cache.recognises("c", "the right secret", &phc),
@@ -259,36 +275,35 @@ mod tests {
     }
 
     #[test]
-    fn a_request_that_goes_away_midway_leaves_no_verification_behind() {
+    fn a_verification_outlives_the_request_that_went_away() {
         actix_web::rt::System::new().block_on(abandoned_verifications());
     }
 
     async fn abandoned_verifications() {
         let cache = Arc::new(SecretCache::new());
-        let phc = Arc::new(super::super::password::hash("the right secret"));
-        // Alone: it started the verification and nobody else wants its answer.
+        let phc = super::super::password::hash("the right secret");
         let abandoned = tokio::time::timeout(
             std::time::Duration::ZERO,
-            cache.verify("c", "a wrong secret", Some(&phc)),
-        )
-        .await;
-        assert!(abandoned.is_err(), "dropped before argon2 answered");
-        assert_eq!(cache.flights(), 0);
-
-        // With company: the one that started it goes away, the other still gets an answer.
-        let waiter = {
-            let (cache, phc) = (Arc::clone(&cache), Arc::clone(&phc));
-            actix_web::rt::spawn(
-                async move { cache.verify("c", "the right secret", Some(&phc)).await },
-            )
-        };
-        let starter = tokio::time::timeout(
-            std::time::Duration::from_millis(1),
             cache.verify("c", "the right secret", Some(&phc)),
         )
         .await;
-        assert!(waiter.await.unwrap());
-        assert!(matches!(starter, Err(_) | Ok(true)));
+        assert!(abandoned.is_err(), "gone before argon2 answered");
+        // Nobody waits for it any more, and still its answer is not thrown away.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !cache.recognises("c", "the right secret", &phc) {
+            assert!(std::time::Instant::now() < deadline, "never remembered");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         assert_eq!(cache.flights(), 0);
+        assert!(cache.verify("c", "the right secret", Some(&phc)).await);
+    }
+
+    #[test]
+    fn a_string_that_is_no_hash_fails_and_leaves_nothing_behind() {
+        actix_web::rt::System::new().block_on(async {
+            let cache = Arc::new(SecretCache::new());
+            assert!(!cache.verify("c", "secret", Some("not a hash")).await);
+            assert_eq!(cache.flights(), 0);
+        });
     }
 }
