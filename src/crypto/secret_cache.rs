@@ -209,12 +209,8 @@ impl Drop for Landing {
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_the_verified_secret_for_the_same_hash_is_recognised() {
-        actix_web::rt::System::new().block_on(verified_secrets_are_recognised());
-    }
-
-    async fn verified_secrets_are_recognised() {
+    #[actix_web::test]
+    async fn only_the_verified_secret_for_the_same_hash_is_recognised() {
         let cache = Arc::new(SecretCache::new());
         let phc = super::super::password::hash("the right secret");
         assert!(
@@ -241,12 +237,8 @@ mod tests {
         assert_eq!(cache.flights(), 0, "answered verifications are forgotten");
     }
 
-    #[test]
-    fn requests_verifying_together_each_get_their_own_answer() {
-        actix_web::rt::System::new().block_on(concurrent_verifications());
-    }
-
-    async fn concurrent_verifications() {
+    #[actix_web::test]
+    async fn requests_verifying_together_each_get_their_own_answer() {
         let cache = Arc::new(SecretCache::new());
         let phc = Arc::new(super::super::password::hash("the right secret"));
         let presented: [&'static str; 6] = [
@@ -274,12 +266,8 @@ mod tests {
         assert_eq!(cache.flights(), 0);
     }
 
-    #[test]
-    fn a_verification_outlives_the_request_that_went_away() {
-        actix_web::rt::System::new().block_on(abandoned_verifications());
-    }
-
-    async fn abandoned_verifications() {
+    #[actix_web::test]
+    async fn a_verification_outlives_the_request_that_went_away() {
         let cache = Arc::new(SecretCache::new());
         let phc = super::super::password::hash("the right secret");
         let abandoned = tokio::time::timeout(
@@ -298,12 +286,10 @@ mod tests {
         assert!(cache.verify("c", "the right secret", Some(&phc)).await);
     }
 
-    #[test]
-    fn a_string_that_is_no_hash_fails_and_leaves_nothing_behind() {
-        actix_web::rt::System::new().block_on(async {
-            let cache = Arc::new(SecretCache::new());
-            assert!(!cache.verify("c", "secret", Some("not a hash")).await);
-            assert_eq!(cache.flights(), 0);
-        });
+    #[actix_web::test]
+    async fn a_string_that_is_no_hash_fails_and_leaves_nothing_behind() {
+        let cache = Arc::new(SecretCache::new());
+        assert!(!cache.verify("c", "secret", Some("not a hash")).await);
+        assert_eq!(cache.flights(), 0);
     }
 }
