@@ -104,9 +104,14 @@ pub fn ratio_text(ratio: f64) -> String {
     format!("{:.2}", (ratio * 100.0).floor() / 100.0)
 }
 
-/// A target gatehouse misses, judged by what the least server measured at it.
-const LEAST_SERVER_MISSES: &str = "**out of reach on these parts: the least server misses it**";
-const LEAST_SERVER_MEETS: &str = "the least server meets it: the gap is gatehouse's";
+/// A target gatehouse misses, judged by whether the least server met it.
+fn judged_by_least_server(least_met: bool) -> &'static str {
+    if least_met {
+        "the least server meets it: the gap is gatehouse's"
+    } else {
+        "**out of reach on these parts: the least server misses it**"
+    }
+}
 
 fn verdict(met: bool) -> &'static str {
     if met {
@@ -293,10 +298,10 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
             verdict(p99 <= 5.0),
             least_p99.map_or(String::new(), |least| format!(
                 "; the least server, paced alike in turns with it: {least:.2} ms{}",
-                match (p99 <= 5.0, least <= 5.0) {
-                    (true, _) => String::new(),
-                    (false, false) => format!(" ({LEAST_SERVER_MISSES})"),
-                    (false, true) => format!(" ({LEAST_SERVER_MEETS})"),
+                if p99 <= 5.0 {
+                    String::new()
+                } else {
+                    format!(" ({})", judged_by_least_server(least <= 5.0))
                 }
             ))
         );
@@ -464,8 +469,7 @@ fn machine_allows(result: &BackendResult, cores: f64) -> String {
             (Some(r), _) if r >= goal => "met",
             // A floor that gatehouse itself beat is no floor.
             (Some(r), Some(l)) if l < r => "the least server measured below gatehouse: no verdict",
-            (_, Some(l)) if l < goal => LEAST_SERVER_MISSES,
-            (_, Some(_)) => LEAST_SERVER_MEETS,
+            (_, Some(l)) => judged_by_least_server(l >= goal),
             _ if bound < goal => "**out of reach for a server built this way**",
             _ => "not ruled out by CPU: the gap is gatehouse's",
         };

@@ -77,10 +77,9 @@ impl HashPool {
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Option<T> {
         if self.threads == 0 {
-            return Some(counted(work)(&mut Vec::new()));
+            return Some(work(&mut Vec::new()));
         }
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        let work = counted(work);
         self.enqueue(Box::new(move |memory| {
             let _ = sender.send(work(memory));
         }));
@@ -95,14 +94,13 @@ impl HashPool {
         &self,
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Option<T> {
-        if self.threads == 0 {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let queued = self.detach(move |memory| {
+            let _ = sender.send(work(memory));
+        });
+        if !queued {
             return None;
         }
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let work = counted(work);
-        self.enqueue(Box::new(move |memory| {
-            let _ = sender.send(work(memory));
-        }));
         receiver.await.ok()
     }
 
@@ -123,16 +121,6 @@ impl HashPool {
             .unwrap_or_else(|p| p.into_inner())
             .push_back(job);
         self.shared.queued_or_freed.notify_one();
-    }
-}
-
-/// `work`, counted in the metrics once it has computed and before anyone hears its answer,
-/// so that whoever was answered sees the count already include it.
-fn counted<T>(work: impl FnOnce(&mut Vec<Block>) -> T) -> impl FnOnce(&mut Vec<Block>) -> T {
-    move |memory| {
-        let answer = work(memory);
-        crate::metrics::global().password_hash_computed();
-        answer
     }
 }
 
@@ -184,7 +172,9 @@ pub fn hash(secret: &str) -> String {
 fn hash_unbounded(secret: &str) -> String {
     let salt = SaltString::encode_b64(&super::random::bytes::<16>())
         .unwrap_or_else(|_| unreachable!("16 bytes always encode as a salt"));
-    match hasher().hash_password(secret.as_bytes(), &salt) {
+    let hashed = hasher().hash_password(secret.as_bytes(), &salt);
+    count_computation();
+    match hashed {
         Ok(hash) => hash.to_string(),
         Err(e) => unreachable!("argon2 with valid parameters cannot fail: {e}"),
     }
@@ -209,15 +199,11 @@ pub async fn verify_async(secret: &str, phc: &str) -> bool {
 }
 
 /// Queues a verification of `secret` against `phc` that no caller waits on: `then` gets its
-/// answer on the hash thread, whether or not whoever asked for it is still there. `false`,
-/// with `then` dropped unrun, for a string that is no hash or without any hash thread.
-pub fn verify_detached(secret: &str, phc: &str, then: impl FnOnce(bool) + Send + 'static) -> bool {
-    match verification(secret, phc) {
-        Some(job) => {
-            let job = counted(job);
-            HashPool::global().detach(move |memory| then(job(memory)))
-        }
-        None => false,
+/// answer on the hash thread, whether or not whoever asked for it is still there. For a
+/// string that is no hash, or without any hash thread, `then` is dropped unrun.
+pub fn verify_detached(secret: &str, phc: &str, then: impl FnOnce(bool) + Send + 'static) {
+    if let Some(job) = verification(secret, phc) {
+        HashPool::global().detach(move |memory| then(job(memory)));
     }
 }
 
@@ -274,10 +260,17 @@ fn verify_parsed(secret: &[u8], hash: &PasswordHash<'_>, memory: &mut Vec<Block>
     if memory.len() < blocks {
         memory.resize(blocks, Block::new());
     }
-    argon2
-        .hash_password_into_with_memory(secret, salt, &mut computed, &mut memory[..blocks])
-        .is_ok()
+    let hashed =
+        argon2.hash_password_into_with_memory(secret, salt, &mut computed, &mut memory[..blocks]);
+    count_computation();
+    hashed.is_ok()
         && aws_lc_rs::constant_time::verify_slices_are_equal(&computed, expected.as_bytes()).is_ok()
+}
+
+/// Counts an argon2 computation where it happens, on the thread that computed it and so
+/// before its caller hears the answer: whoever was answered sees the count include it.
+fn count_computation() {
+    crate::metrics::global().password_hash_computed();
 }
 
 /// Spends the same time as verifying against a real hash and always fails: used when there is

@@ -18,7 +18,7 @@
 //! to the back of the queue, and a right secret is remembered regardless.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use aws_lc_rs::hmac;
 use tokio::sync::watch;
@@ -30,21 +30,24 @@ pub struct SecretCache {
     in_flight: Mutex<HashMap<Flight, Answer>>,
 }
 
+/// An HMAC-SHA256 of a client id and a secret under the process's key.
+type Tag = [u8; 32];
+
 /// `None` until the verification has answered. Closed without an answer when it failed.
 type Answer = watch::Receiver<Option<bool>>;
 
 struct Entry {
     phc: String,
-    tag: hmac::Tag,
+    tag: Tag,
 }
 
-/// What one verification checks. The secret appears only as its HMAC under the process's
-/// key, so comparing keys (not in constant time) tells a timing observer nothing about it.
+/// What one verification checks. The secret appears only as its tag, so comparing keys
+/// (not in constant time) tells a timing observer nothing about it.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Flight {
     client_id: String,
     phc: String,
-    tag: Vec<u8>,
+    tag: Tag,
 }
 
 /// More clients than this and the cache starts over; a deployment has tens of clients.
@@ -65,12 +68,14 @@ impl SecretCache {
         }
     }
 
-    fn tag(&self, client_id: &str, secret: &str) -> hmac::Tag {
+    fn tag(&self, client_id: &str, secret: &str) -> Tag {
         let mut context = hmac::Context::with_key(&self.key);
         context.update(client_id.as_bytes());
         context.update(&[0]);
         context.update(secret.as_bytes());
-        context.sign()
+        let mut tag = [0; 32];
+        tag.copy_from_slice(context.sign().as_ref());
+        tag
     }
 
     /// Whether `secret` is the one verified before against this very `phc`.
@@ -78,30 +83,33 @@ impl SecretCache {
         self.recognises_tag(client_id, &self.tag(client_id, secret), phc)
     }
 
-    fn recognises_tag(&self, client_id: &str, tag: &hmac::Tag, phc: &str) -> bool {
+    fn recognises_tag(&self, client_id: &str, tag: &Tag, phc: &str) -> bool {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries
             .get(client_id)
             .filter(|e| e.phc == phc)
             .is_some_and(|entry| {
-                aws_lc_rs::constant_time::verify_slices_are_equal(tag.as_ref(), entry.tag.as_ref())
-                    .is_ok()
+                aws_lc_rs::constant_time::verify_slices_are_equal(tag, &entry.tag).is_ok()
             })
     }
 
     /// Records a secret that argon2 just verified against `phc`.
-    fn remember(&self, client_id: &str, tag: hmac::Tag, phc: &str) {
+    fn remember(&self, flight: &Flight) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_ENTRIES && !entries.contains_key(client_id) {
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(&flight.client_id) {
             entries.clear();
         }
         entries.insert(
-            client_id.to_owned(),
+            flight.client_id.clone(),
             Entry {
-                phc: phc.to_owned(),
-                tag,
+                phc: flight.phc.clone(),
+                tag: flight.tag,
             },
         );
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<Flight, Answer>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Verifies `secret` against `phc`: from the cache when it was verified before, else
@@ -116,92 +124,84 @@ impl SecretCache {
         let Some(phc) = phc else {
             return super::password::verify_dummy_async(secret).await;
         };
-        let tag = self.tag(client_id, secret);
         let flight = Flight {
             client_id: client_id.to_owned(),
             phc: phc.to_owned(),
-            tag: tag.as_ref().to_vec(),
+            tag: self.tag(client_id, secret),
         };
-        let mut answer = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            match in_flight.get(&flight) {
-                Some(answer) => answer.clone(),
-                // Checked under the lock: a verification remembers its right secret before
-                // it leaves the map, so none that ended just now is run again.
-                None if self.recognises_tag(client_id, &tag, phc) => return true,
-                None => {
-                    let (sender, answer) = watch::channel(None);
-                    in_flight.insert(flight.clone(), answer.clone());
-                    let landing = Landing {
-                        cache: Arc::clone(self),
-                        flight,
-                        tag,
-                        sender,
-                        left: false,
-                    };
-                    // Queued after the lock is released: a landing that cannot be queued
-                    // is dropped, and its drop takes the lock.
-                    drop(in_flight);
-                    if !super::password::verify_detached(secret, phc, move |right| {
-                        landing.land(right)
-                    }) {
-                        return false;
-                    }
-                    answer
-                }
-            }
+        match self.join(flight, secret) {
+            Some(answer) => answered(answer).await,
+            None => true,
+        }
+    }
+
+    /// The answer to wait for: that of a verification of the same secret already in
+    /// flight, else of one queued now; `None` when the cache recognises the secret.
+    fn join(self: &Arc<Self>, flight: Flight, secret: &str) -> Option<Answer> {
+        let mut in_flight = self.in_flight();
+        if let Some(answer) = in_flight.get(&flight) {
+            return Some(answer.clone());
+        }
+        // Checked under the lock: a verification remembers its right secret before it
+        // leaves the map, so none that ended just now is run again.
+        if self.recognises_tag(&flight.client_id, &flight.tag, &flight.phc) {
+            return None;
+        }
+        let (sender, answer) = watch::channel(None);
+        in_flight.insert(flight.clone(), answer.clone());
+        // Queued after the lock is released: a landing that is not queued is dropped at
+        // once, and its drop takes the lock (and tells the waiters `false`).
+        drop(in_flight);
+        let phc = flight.phc.clone();
+        let mut landing = Landing {
+            cache: Arc::clone(self),
+            flight,
+            sender,
+            answer: None,
         };
-        answer
-            .wait_for(Option::is_some)
-            .await
-            .is_ok_and(|right| *right == Some(true))
+        super::password::verify_detached(secret, &phc, move |right| landing.land(right));
+        Some(answer)
     }
 
     #[cfg(test)]
     fn flights(&self) -> usize {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.in_flight().len()
     }
 }
 
-/// Where a verification's answer goes, on the hash thread that computed it. However it ends
-/// (answered, panicked, or never queued), the verification leaves the map, before anyone
-/// hears its answer; its waiters hear `false` if it ended without one.
+/// What a verification answered; `false` for one that ended without an answer.
+async fn answered(mut answer: Answer) -> bool {
+    answer
+        .wait_for(Option::is_some)
+        .await
+        .is_ok_and(|right| *right == Some(true))
+}
+
+/// A verification's way back, owned by the hash thread's job. However the job ends
+/// (answered, panicked, or never queued), dropping it takes the verification out of the
+/// map first and only then tells the waiters: `false` unless it answered.
 struct Landing {
     cache: Arc<SecretCache>,
     flight: Flight,
-    tag: hmac::Tag,
     sender: watch::Sender<Option<bool>>,
-    left: bool,
+    answer: Option<bool>,
 }
 
 impl Landing {
-    fn land(mut self, right: bool) {
+    fn land(&mut self, right: bool) {
         if right {
-            self.cache
-                .remember(&self.flight.client_id, self.tag, &self.flight.phc);
+            self.cache.remember(&self.flight);
         }
-        self.leave();
-        self.sender.send_replace(Some(right));
-    }
-
-    /// Once only: after it, a verification of the same secret may start and be in the map.
-    fn leave(&mut self) {
-        if !std::mem::replace(&mut self.left, true) {
-            self.cache
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&self.flight);
-        }
+        self.answer = Some(right);
     }
 }
 
 impl Drop for Landing {
     fn drop(&mut self) {
-        self.leave();
+        self.cache.in_flight().remove(&self.flight);
+        if let Some(right) = self.answer {
+            self.sender.send_replace(Some(right));
+        }
     }
 }
 
