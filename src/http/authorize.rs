@@ -22,7 +22,7 @@ pub async fn consent_submit(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let purpose_of = |form: &Params| consent_purpose(&carried_request(form));
+    let purpose_of = |form: &Params| consent_purpose(&carried_request(form.clone()));
     let params = match forms::protected_form_for(&req, &state, &body, purpose_of) {
         Ok(params) => params,
         Err(refusal) => return *refusal,
@@ -43,7 +43,7 @@ pub async fn consent_submit(
 
 /// The authorization request in a query or a consent form: without our own form fields,
 /// which never travel inside one, nor fields the consent form could not carry back as given.
-fn carried_request(params: &Params) -> Params {
+fn carried_request(params: Params) -> Params {
     params.without(&FORM_FIELDS).without_names(browser_alters)
 }
 
@@ -74,7 +74,7 @@ async fn run(
     params: Params,
     decision: Option<Decision>,
 ) -> HttpResponse {
-    let params = carried_request(&params);
+    let params = carried_request(params);
     let settings = state.settings.clone();
     let keys = state.keys.current();
     let clients = state.clients.clone();

@@ -161,7 +161,7 @@ pub(super) fn read_request(
             )))
         }
     };
-    TokenRequest::parse(&params, header_value.as_deref()).map_err(refuse)
+    TokenRequest::parse(params, header_value.as_deref()).map_err(refuse)
 }
 
 /// 429 with Retry-After (RFC 6585). RFC 6749 defines no error code for it; the body says

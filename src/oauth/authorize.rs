@@ -141,9 +141,9 @@ pub fn authorize(
         )));
     }
 
-    let query = params.without(&FORM_FIELDS);
+    let query = params.clone().without(&FORM_FIELDS);
     let flow_result = AuthorizationFlow::prepare(GatehouseEndpoint::new(&ctx))
-        .and_then(|mut flow| flow.execute(FlowRequest::new(&query, &Params::default(), None)));
+        .and_then(|mut flow| flow.execute(FlowRequest::new(query, Params::default(), None)));
     let notes = ctx.take_notes();
     if let Some(failure) = notes.failure {
         return Err(failure);

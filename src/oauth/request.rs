@@ -39,19 +39,14 @@ impl Params {
             .find(|k| !seen.insert(*k))
     }
 
-    pub fn without(&self, keys: &[&str]) -> Params {
-        Params(
-            self.0
-                .iter()
-                .filter(|(k, _)| !keys.contains(&k.as_str()))
-                .cloned()
-                .collect(),
-        )
+    pub fn without(self, keys: &[&str]) -> Params {
+        self.without_names(|name| keys.contains(&name))
     }
 
     /// Without the pairs whose name `drop` picks.
-    pub fn without_names(&self, drop: impl Fn(&str) -> bool) -> Params {
-        Params(self.0.iter().filter(|(k, _)| !drop(k)).cloned().collect())
+    pub fn without_names(mut self, drop: impl Fn(&str) -> bool) -> Params {
+        self.0.retain(|(k, _)| !drop(k));
+        self
     }
 
     pub fn with(mut self, key: &str, value: &str) -> Params {
@@ -69,8 +64,8 @@ impl Params {
             .finish()
     }
 
-    fn normalized(&self) -> NormalizedParameter {
-        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    fn normalized(self) -> NormalizedParameter {
+        self.0.into_iter().collect()
     }
 }
 
@@ -82,7 +77,7 @@ pub struct FlowRequest {
 }
 
 impl FlowRequest {
-    pub fn new(query: &Params, body: &Params, authorization: Option<String>) -> FlowRequest {
+    pub fn new(query: Params, body: Params, authorization: Option<String>) -> FlowRequest {
         FlowRequest {
             query: query.normalized(),
             body: body.normalized(),

@@ -127,7 +127,10 @@ pub struct TokenRequest {
 impl TokenRequest {
     /// Checks what needs no database: repeated parameters, the Authorization header, and
     /// that the client used one authentication method.
-    pub fn parse(body: &Params, authorization: Option<&str>) -> Result<TokenRequest, TokenAnswer> {
+    pub fn parse(
+        mut body: Params,
+        authorization: Option<&str>,
+    ) -> Result<TokenRequest, TokenAnswer> {
         if let Some(repeated) = body.first_repeated() {
             return Err(TokenAnswer::invalid_request(&format!(
                 "parameter {repeated} was sent more than once"
@@ -135,7 +138,6 @@ impl TokenRequest {
         }
         let basic = BasicCredentials::from_header(authorization)
             .map_err(|()| TokenAnswer::invalid_client())?;
-        let mut body = body.clone();
         if let Some(basic) = &basic {
             if body.get("client_secret").is_some() {
                 return Err(TokenAnswer::invalid_request(
@@ -325,8 +327,8 @@ fn authorization_code(
     let ctx = grant.context();
     ctx.notes.borrow_mut().opened_code = opened;
     let request = FlowRequest::new(
-        &Params::default(),
-        &body,
+        Params::default(),
+        body,
         basic.as_ref().map(BasicCredentials::to_header),
     );
     let result = AccessTokenFlow::prepare(GatehouseEndpoint::new(&ctx)).and_then(|mut flow| {
@@ -368,8 +370,8 @@ fn refresh_token(
         }
     };
     let request = FlowRequest::new(
-        &Params::default(),
-        &body,
+        Params::default(),
+        body,
         basic.as_ref().map(BasicCredentials::to_header),
     );
     let result = RefreshFlow::prepare(GatehouseEndpoint::new(&ctx))
