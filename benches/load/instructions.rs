@@ -7,7 +7,9 @@
 //! PostgreSQL or waiting), and under valgrind aws-lc takes its AVX2 path instead of
 //! AVX-512, so RSA weighs differently than on the real CPU: it ranks two builds of a change
 //! to gatehouse's own work (`GATEHOUSE_BENCH_BIN=PATH` names the other build), and does
-//! not replace the throughput run.
+//! not replace the throughput run. For the scenarios the least server serves it counts
+//! that server too: the difference is the work gatehouse does beyond the least, measured
+//! the same way on any host.
 
 use std::process::Command;
 
@@ -18,18 +20,43 @@ use crate::server::{self, Backend, Server, Workspace};
 const CONNECTIONS: usize = 4;
 const WARMUP_OPS: usize = 200;
 
-/// Counts `ops` operations of `scenario` on `backend` and prints the count per operation.
+/// Counts `ops` operations of `scenario` on `backend` and prints the count per operation:
+/// gatehouse's, then the least server's where it serves the scenario, so that the two
+/// counts say how much of an operation's work is gatehouse's own.
 pub fn count(backend: &Backend, scenario: Scenario, ops: usize) -> Result<(), String> {
+    count_server(backend, scenario, ops, Server::start_under, "")?;
+    if crate::least_server::SCENARIOS.contains(&scenario) {
+        count_server(
+            backend,
+            scenario,
+            ops,
+            Server::start_least_under,
+            " (least server)",
+        )?;
+    }
+    Ok(())
+}
+
+type Start = fn(&Workspace, u16, &[String]) -> Result<Server, String>;
+
+fn count_server(
+    backend: &Backend,
+    scenario: Scenario,
+    ops: usize,
+    start: Start,
+    label: &str,
+) -> Result<(), String> {
     let port = server::free_port();
     let workspace = Workspace::create(backend, port)?;
     let profile = workspace.path().join("callgrind.out");
     let valgrind = vec![
         "valgrind".to_owned(),
         "--tool=callgrind".to_owned(),
+        "--quiet".to_owned(),
         format!("--callgrind-out-file={}", profile.display()),
     ];
-    let server = Server::start_under(&workspace, port, &valgrind)
-        .map_err(|e| format!("{e} (is valgrind installed?)"))?;
+    let server =
+        start(&workspace, port, &valgrind).map_err(|e| format!("{e} (is valgrind installed?)"))?;
     let mut connections = (0..CONNECTIONS)
         .map(|_| {
             let mut conn = Conn::open(server.addr).map_err(|e| e.to_string())?;
@@ -57,16 +84,17 @@ pub fn count(backend: &Backend, scenario: Scenario, ops: usize) -> Result<(), St
         .find_map(|line| line.strip_prefix("summary: "))
         .and_then(|v| v.trim().parse().ok())
         .ok_or("no summary line in the callgrind profile")?;
+    let name = format!("{}{label}", scenario.name());
     let kept = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "instructions-{}-{}.callgrind",
         backend.name(),
-        scenario.name().replace([' ', '/'], "_")
+        name.replace([' ', '/', '(', ')'], "_")
     ));
     std::fs::copy(&dumped, &kept).map_err(|e| e.to_string())?;
     println!(
-        "{:<10} {:<32} {:>12} instructions per operation over {ops} operations; profile: {}",
+        "{:<10} {:<46} {:>12} instructions per operation over {ops} operations; profile: {}",
         backend.name(),
-        scenario.name(),
+        name,
         total / ops as u64,
         kept.display()
     );

@@ -111,14 +111,7 @@ impl Workspace {
     /// given, e.g. valgrind. `GATEHOUSE_BENCH_BIN` names another build to measure.
     fn command_under(&self, wrapper: &[String]) -> Command {
         let binary = std::env::var("GATEHOUSE_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned());
-        let mut cmd = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut cmd = Command::new(program);
-                cmd.args(args).arg(binary);
-                cmd
-            }
-            None => Command::new(binary),
-        };
+        let mut cmd = wrapped(wrapper, binary);
         cmd.current_dir(self.dir.path())
             .arg("--config")
             .arg(&self.config);
@@ -148,6 +141,19 @@ impl Drop for Workspace {
                 &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
             );
         }
+    }
+}
+
+/// `program` as its own command, or as the argument of `wrapper` (a profiler, say) when
+/// one is given.
+fn wrapped(wrapper: &[String], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match wrapper.split_first() {
+        Some((wrapping, args)) => {
+            let mut cmd = Command::new(wrapping);
+            cmd.args(args).arg(program);
+            cmd
+        }
+        None => Command::new(program),
     }
 }
 
@@ -289,8 +295,17 @@ impl Server {
 
     /// The least server (see `least_server`) on the workspace's database.
     pub fn start_least(workspace: &Workspace, port: u16) -> Result<Server, String> {
+        Server::start_least_under(workspace, port, &[])
+    }
+
+    /// `start_least`, with the least server run by `wrapper`.
+    pub fn start_least_under(
+        workspace: &Workspace,
+        port: u16,
+        wrapper: &[String],
+    ) -> Result<Server, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut command = Command::new(exe);
+        let mut command = wrapped(wrapper, exe);
         command
             .arg(crate::least_server::FLAG)
             .arg(workspace.url())
