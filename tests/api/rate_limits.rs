@@ -113,7 +113,15 @@ fn concurrent_guesses_cannot_outrun_the_budget(db: TestDb) {
         statuses.iter().all(|s| *s == 400 || *s == 429),
         "{statuses:?}"
     );
-    assert_eq!(password_grant(&app, USERNAME, PASSWORD).status, 429);
+    // Each checked guess left its failure; a refused one took its row back. When every
+    // guess saw the others' rows and stood back, none was checked and the budget is whole,
+    // so what is left of it decides the right password's fate, not the burst's size.
+    let expected = if checked < 3 { 200 } else { 429 };
+    assert_eq!(
+        password_grant(&app, USERNAME, PASSWORD).status,
+        expected,
+        "after {checked} checked guesses: {statuses:?}"
+    );
 }
 
 fn a_client_without_the_password_grant_counts_nothing(db: TestDb) {
