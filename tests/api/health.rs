@@ -51,6 +51,38 @@ fn every_request_has_an_id_in_header_and_log(db: TestDb) {
     );
 }
 
+/// Dependencies that log through the `log` crate (mio, r2d2, actix) reach the JSON log
+/// through tracing-log, as events whose own target is `log`; their lines name the module
+/// they came from, so that a log pipeline's filter on `target` finds them.
+#[test]
+fn json_lines_of_log_crate_records_name_their_module() {
+    let db = TestDb::create(Backend::Sqlite).expect("SQLite needs no server");
+    let config = write_config_full(&db, "gatehouse.toml", "", "info,mio=trace", "");
+    let server = TestServer::start(&db, &config);
+    assert_eq!(get(&server.url("/healthz"), &[]).status, 200);
+    let events = || -> Vec<serde_json::Value> {
+        server
+            .logs()
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    };
+    let from_mio = eventually(Duration::from_secs(10), || {
+        events().into_iter().find(|event| {
+            event["log.target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("mio"))
+        })
+    })
+    .expect("mio logs through the log crate at trace");
+    assert_eq!(from_mio["target"], from_mio["log.target"], "{from_mio}");
+    let unnamed: Vec<_> = events()
+        .into_iter()
+        .filter(|event| event["target"] == "log")
+        .collect();
+    assert!(unnamed.is_empty(), "{unnamed:?}");
+}
+
 /// PostgreSQL only: a SQLite file held open by the pool cannot be taken away from it.
 #[test]
 fn readiness_turns_503_when_the_database_is_gone() {
