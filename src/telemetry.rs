@@ -81,7 +81,10 @@ where
         .flatten_event(true)
         .with_current_span(true)
         .with_span_list(false)
-        .with_target(false);
+        .with_target(false)
+        // As tracing-subscriber's format does: a line the writer refused (a closed pipe, a
+        // full disk) is reported on stderr instead of vanishing without a word.
+        .log_internal_errors(true);
     // A record of a dependency that logs through the `log` crate (r2d2, actix) is an event
     // of tracing-log's, whose own target is `log`: its line names the module it came from,
     // as tracing-subscriber's lines do.

@@ -83,6 +83,48 @@ fn json_lines_of_log_crate_records_name_their_module() {
     assert!(unnamed.is_empty(), "{unnamed:?}");
 }
 
+/// A log line the writer refuses (a full disk, a closed pipe) is reported on stderr, not
+/// dropped without a word: stdout here is /dev/full, where every write fails.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_log_line_that_cannot_be_written_is_reported_on_stderr() {
+    use std::io::Read;
+    use std::process::Stdio;
+
+    let db = TestDb::create(Backend::Sqlite).expect("SQLite needs no server");
+    let config = write_config(&db, "gatehouse.toml", "");
+    let mut server = gatehouse(db.dir.path())
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdout(std::fs::File::create("/dev/full").expect("/dev/full"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    let mut stderr = server.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        // The server logs at startup; the first whole report is enough.
+        let mut seen = Vec::new();
+        let mut chunk = [0; 4096];
+        while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+            seen.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&seen).contains("No space left on device") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let reported = eventually(Duration::from_secs(10), || {
+        reader.is_finished().then_some(())
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    let stderr = reader.join().expect("stderr reader");
+    assert!(reported.is_some(), "no report within 10 s: {stderr}");
+    assert!(stderr.contains("Unable to write an event"), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+}
+
 /// PostgreSQL only: a SQLite file held open by the pool cannot be taken away from it.
 #[test]
 fn readiness_turns_503_when_the_database_is_gone() {
