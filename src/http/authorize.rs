@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::pages::{self, ConsentPage, ScopeView};
 use super::{forms, session, AppState};
 use crate::audit::AuditEvent;
-use crate::oauth::authorize::{self, AuthorizeOutcome, FORM_FIELDS};
+use crate::oauth::authorize::{self, AuthorizeOutcome};
 use crate::oauth::context::Decision;
 use crate::oauth::request::Params;
 
@@ -40,6 +40,9 @@ pub async fn consent_submit(
     };
     run(&req, &state, params, Some(decision)).await
 }
+
+/// The consent form's own fields, never part of the authorization request it carries.
+const FORM_FIELDS: [&str; 2] = ["csrf_token", "decision"];
 
 /// The authorization request in a query or a consent form: without our own form fields,
 /// which never travel inside one, nor fields the consent form could not carry back as given.
@@ -90,7 +93,7 @@ async fn run(
             &settings,
             &clients,
             keys,
-            &flow_params,
+            flow_params,
             owner.clone(),
             decision,
         )?;
@@ -110,9 +113,9 @@ async fn run(
         AuthorizeOutcome::Redirect(url) => {
             // Only a redirect carrying a code grants anything; an allowed request can still
             // end in an error redirect (invalid_scope, say), which grants nothing.
-            let issued_code = url.query_pairs().any(|(name, _)| name == "code");
+            let issued_code = || url.query_pairs().any(|(name, _)| name == "code");
             let outcome = match decision {
-                Some(Decision::Allow) if issued_code => Some("granted"),
+                Some(Decision::Allow) if issued_code() => Some("granted"),
                 Some(Decision::Deny) => Some("denied"),
                 _ => None,
             };

@@ -32,9 +32,6 @@ pub enum AuthorizeOutcome {
     },
 }
 
-/// Parameters that are ours, never forwarded as part of an authorization request.
-pub const FORM_FIELDS: [&str; 2] = ["csrf_token", "decision"];
-
 /// The longest parameter name or value an authorization request may carry: room for any
 /// state or nonce a client makes, and a bound on what a code row stores, a login link
 /// carries and a redirect echoes.
@@ -56,12 +53,14 @@ fn unacceptable(text: &str) -> Option<&'static str> {
     }
 }
 
+/// Judges the authorization request `params` (without the consent form's own fields) for
+/// `owner`, with the user's `decision` when the consent form carried one.
 pub fn authorize(
     conn: &mut DbConnection,
     settings: &Settings,
     clients: &ClientRegistry,
     keys: Arc<KeyState>,
-    params: &Params,
+    params: Params,
     owner: Option<Owner>,
     decision: Option<Decision>,
 ) -> Result<AuthorizeOutcome, StorageError> {
@@ -141,9 +140,8 @@ pub fn authorize(
         )));
     }
 
-    let query = params.clone().without(&FORM_FIELDS);
     let flow_result = AuthorizationFlow::prepare(GatehouseEndpoint::new(&ctx))
-        .and_then(|mut flow| flow.execute(FlowRequest::new(query, Params::default(), None)));
+        .and_then(|mut flow| flow.execute(FlowRequest::new(params, Params::default(), None)));
     let notes = ctx.take_notes();
     if let Some(failure) = notes.failure {
         return Err(failure);
