@@ -5,8 +5,13 @@
 //! event costs the request a channel send, not a database write. If the queue is full (the
 //! database is down or far behind), the event is still in the log and the overflow is
 //! counted and warned about. Admin commands write their row directly.
+//!
+//! `audit.log_only` names events that go to the log alone: at thousands of tokens a second
+//! `token_issued` alone adds hundreds of millions of rows a day, which an operator of
+//! machine-to-machine traffic may rather keep in the log pipeline (as Keycloak's
+//! `enabledEventTypes` chooses which events it stores).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
@@ -23,10 +28,86 @@ const QUEUE_CAPACITY: usize = 65_536;
 const BATCH: usize = 512;
 const LINGER: Duration = Duration::from_millis(50);
 
+/// What happened. The name is the `event` field of the log line and of the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Login,
+    Consent,
+    TokenIssued,
+    TokenRevoked,
+    RefreshReuseDetected,
+    CodeReplayDetected,
+    KeyGenerated,
+    KeyRotated,
+    ClientsSynced,
+    UserAdded,
+    UserDisabled,
+    UserEnabled,
+    PasswordChanged,
+}
+
+impl Event {
+    pub const ALL: [Event; 13] = [
+        Event::Login,
+        Event::Consent,
+        Event::TokenIssued,
+        Event::TokenRevoked,
+        Event::RefreshReuseDetected,
+        Event::CodeReplayDetected,
+        Event::KeyGenerated,
+        Event::KeyRotated,
+        Event::ClientsSynced,
+        Event::UserAdded,
+        Event::UserDisabled,
+        Event::UserEnabled,
+        Event::PasswordChanged,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Login => "login",
+            Event::Consent => "consent",
+            Event::TokenIssued => "token_issued",
+            Event::TokenRevoked => "token_revoked",
+            Event::RefreshReuseDetected => "refresh_reuse_detected",
+            Event::CodeReplayDetected => "code_replay_detected",
+            Event::KeyGenerated => "key_generated",
+            Event::KeyRotated => "key_rotated",
+            Event::ClientsSynced => "clients_synced",
+            Event::UserAdded => "user_added",
+            Event::UserDisabled => "user_disabled",
+            Event::UserEnabled => "user_enabled",
+            Event::PasswordChanged => "password_changed",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Event> {
+        Event::ALL.into_iter().find(|event| event.name() == name)
+    }
+
+    fn bit(self) -> u32 {
+        1 << self as u32
+    }
+
+    /// Whether `audit.log_only` keeps this event out of the audit table.
+    fn is_log_only(self) -> bool {
+        LOG_ONLY.load(Ordering::Relaxed) & self.bit() != 0
+    }
+}
+
+/// The events of `audit.log_only`, one bit each; set once at start by `keep_in_log_only`.
+static LOG_ONLY: AtomicU32 = AtomicU32::new(0);
+
+/// From now on, `events` are logged but not written to the audit table.
+pub fn keep_in_log_only(events: &[Event]) {
+    let bits = events.iter().fold(0, |bits, event| bits | event.bit());
+    LOG_ONLY.store(bits, Ordering::Relaxed);
+}
+
 /// One event, built at the place it happens.
 #[derive(Debug, Clone)]
 pub struct AuditEvent {
-    event: &'static str,
+    event: Event,
     outcome: &'static str,
     user_id: Option<String>,
     client_id: Option<String>,
@@ -35,9 +116,9 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    /// `event` names what happened (`login`, `token_issued`, ...); `outcome` how it ended
-    /// (`success`, `failure`, `denied`, `refused`, `detected`).
-    pub fn new(event: &'static str, outcome: &'static str) -> AuditEvent {
+    /// `outcome` says how `event` ended (`success`, `failure`, `denied`, `refused`,
+    /// `detected`).
+    pub fn new(event: Event, outcome: &'static str) -> AuditEvent {
         AuditEvent {
             event,
             outcome,
@@ -72,6 +153,9 @@ impl AuditEvent {
     /// Logs the event and queues its row for the writer thread.
     pub fn record(self) {
         self.log();
+        if self.event.is_log_only() {
+            return;
+        }
         let row = self.into_row();
         let Some(sink) = SINK.get() else { return };
         let sent = match sink
@@ -97,13 +181,16 @@ impl AuditEvent {
     /// Logs the event and writes its row now, on `conn` (for admin commands).
     pub fn record_now(self, conn: &mut DbConnection) -> StorageResult<()> {
         self.log();
+        if self.event.is_log_only() {
+            return Ok(());
+        }
         audit_store::insert_all(conn, &[self.into_row()])
     }
 
     fn log(&self) {
         tracing::info!(
             target: TARGET,
-            event = self.event,
+            event = self.event.name(),
             outcome = self.outcome,
             user_id = self.user_id.as_deref(),
             client_id = self.client_id.as_deref(),
@@ -117,7 +204,7 @@ impl AuditEvent {
         AuditRow {
             id: uuid::Uuid::now_v7().to_string(),
             occurred_at: now_unix(),
-            event: self.event.to_owned(),
+            event: self.event.name().to_owned(),
             outcome: self.outcome.to_owned(),
             user_id: self.user_id,
             client_id: self.client_id,
@@ -216,5 +303,23 @@ fn write_batch(pool: &Pool, batch: &[AuditRow]) {
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Event;
+
+    #[test]
+    fn every_event_has_its_own_name_and_is_found_by_it() {
+        for event in Event::ALL {
+            assert_eq!(Event::from_name(event.name()), Some(event));
+        }
+        let mut names: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Event::ALL.len());
+        assert_eq!(Event::from_name("tokens_issued"), None);
+        assert_eq!(Event::from_name("Login"), None);
     }
 }

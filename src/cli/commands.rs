@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{AuditCommand, Cli, ClientsCommand, Command, KeysCommand, UsersCommand};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Event};
 use crate::config::{ConfigError, Settings};
 use crate::startup::{self, Application};
 use crate::storage::clients::ClientRow;
@@ -30,6 +30,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         _ => LogTarget::Stderr,
     };
     telemetry::init(&settings.log, log_target);
+    crate::audit::keep_in_log_only(&settings.audit.log_only);
     finish(match command {
         Command::Serve => serve(settings),
         Command::Migrate => migrate(&settings),
@@ -69,6 +70,10 @@ fn check_config(settings: &Settings) -> ExitCode {
     println!("  issuer: {}", settings.issuer);
     println!("  database: {}", redact_url(&settings.database.url));
     println!("  clients: {}", settings.clients.len());
+    if !settings.audit.log_only.is_empty() {
+        let names: Vec<&str> = settings.audit.log_only.iter().map(|e| e.name()).collect();
+        println!("  audit events in the log only: {}", names.join(", "));
+    }
     if settings.secrets.system.is_none() {
         println!("  warning: secrets.system is not set; a development secret will be generated in ./data/");
     }
@@ -166,7 +171,7 @@ fn users(settings: &Settings, command: UsersCommand) -> anyhow::Result<()> {
             accounts::validate_username(&name)?;
             let password = read_secret(password_stdin, "Password")?;
             let user = accounts::add_user(&mut conn, &name, &password)?;
-            admin_event("user_added", &user.id, &mut conn)?;
+            admin_event(Event::UserAdded, &user.id, &mut conn)?;
             println!("{}", user.id);
         }
         UsersCommand::SetPassword {
@@ -175,15 +180,15 @@ fn users(settings: &Settings, command: UsersCommand) -> anyhow::Result<()> {
         } => {
             let password = read_secret(password_stdin, "New password")?;
             let user = accounts::set_password(&mut conn, &name, &password)?;
-            admin_event("password_changed", &user.id, &mut conn)?;
+            admin_event(Event::PasswordChanged, &user.id, &mut conn)?;
         }
         UsersCommand::Disable { name } => {
             let user = accounts::set_disabled(&mut conn, &name, true)?;
-            admin_event("user_disabled", &user.id, &mut conn)?;
+            admin_event(Event::UserDisabled, &user.id, &mut conn)?;
         }
         UsersCommand::Enable { name } => {
             let user = accounts::set_disabled(&mut conn, &name, false)?;
-            admin_event("user_enabled", &user.id, &mut conn)?;
+            admin_event(Event::UserEnabled, &user.id, &mut conn)?;
         }
         UsersCommand::List => {
             println!("{:<36} {:<9} {:<22} USERNAME", "ID", "STATE", "CREATED");
@@ -202,7 +207,7 @@ fn users(settings: &Settings, command: UsersCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn admin_event(event: &'static str, user_id: &str, conn: &mut DbConnection) -> anyhow::Result<()> {
+fn admin_event(event: Event, user_id: &str, conn: &mut DbConnection) -> anyhow::Result<()> {
     AuditEvent::new(event, "success")
         .user(Some(user_id))
         .detail("via the CLI")
@@ -298,7 +303,7 @@ fn rotate_key(settings: &Settings) -> anyhow::Result<()> {
     let window =
         settings.tokens.access_ttl + settings.keys.refresh_interval + Duration::from_secs(60);
     let kid = crate::keys::rotate(&mut conn, &secret, settings.keys.rsa_bits, window)?;
-    AuditEvent::new("key_rotated", "success")
+    AuditEvent::new(Event::KeyRotated, "success")
         .detail(format!("kid={kid}; via the CLI"))
         .record_now(&mut conn)?;
     println!("{kid}");

@@ -45,6 +45,8 @@ pub struct Settings {
 pub struct AuditSettings {
     /// Audit rows older than this are deleted by housekeeping.
     pub retention: Duration,
+    /// Events written to the log but not to the audit table.
+    pub log_only: Vec<crate::audit::Event>,
 }
 
 #[derive(Debug, Clone)]

@@ -28,6 +28,8 @@ pub struct RawSettings {
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     pub retention: String,
+    #[serde(default)]
+    pub log_only: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +156,7 @@ impl RawSettings {
                     .list_separator(",")
                     .with_list_parse_key("tokens.audience")
                     .with_list_parse_key("server.trusted_proxies")
+                    .with_list_parse_key("audit.log_only")
                     .source(Some(env)),
             )
             .build()?

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::raw::{RawClient, RawSettings};
 use super::*;
+use crate::audit::Event;
 use crate::storage::Backend;
 
 /// One problem with the configuration, named by its key (`clients[1].redirect_uris[0]`).
@@ -214,8 +215,22 @@ pub fn validate(
         );
     }
 
+    let mut log_only = Vec::with_capacity(raw.audit.log_only.len());
+    for (i, name) in raw.audit.log_only.iter().enumerate() {
+        match Event::from_name(name) {
+            Some(event) => log_only.push(event),
+            None => p.add(
+                format!("audit.log_only[{i}]"),
+                format!(
+                    "unknown audit event `{name}`; the events are: {}",
+                    Event::ALL.map(Event::name).join(", ")
+                ),
+            ),
+        }
+    }
     let audit = AuditSettings {
         retention: p.duration("audit.retention", &raw.audit.retention),
+        log_only,
     };
 
     let mut clients = Vec::with_capacity(raw.clients.len());

@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::pages::{self, ConsentPage, ScopeView};
 use super::{forms, session, AppState};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Event};
 use crate::oauth::authorize::{self, AuthorizeOutcome};
 use crate::oauth::context::Decision;
 use crate::oauth::request::Params;
@@ -120,7 +120,7 @@ async fn run(
                 _ => None,
             };
             if let (Some(outcome), Some(owner)) = (outcome, &owner) {
-                AuditEvent::new("consent", outcome)
+                AuditEvent::new(Event::Consent, outcome)
                     .user(Some(&owner.user_id))
                     .client(params.get("client_id"))
                     .ip(state.client_ip(req).as_deref())

@@ -7,7 +7,7 @@ use super::credentials::{self, PasswordCheck};
 use super::pages::{self, LoginPage, LogoutPage};
 use super::{forms, session, AppState};
 use crate::accounts::{self, MAX_PASSWORD_BYTES};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Event};
 
 const LOGIN_FORM: &str = "login";
 const LOGOUT_FORM: &str = "logout";
@@ -78,7 +78,7 @@ pub async fn submit(
         return refuse(&req, &state, &return_to, &username);
     }
     let ip = state.client_ip(&req);
-    let login_event = |outcome| AuditEvent::new("login", outcome).ip(ip.as_deref());
+    let login_event = |outcome| AuditEvent::new(Event::Login, outcome).ip(ip.as_deref());
     // A name no account can have is refused without a lookup: a NUL byte, for one, is not
     // text to PostgreSQL, and a 10 KB name need not become a rate-limit bucket.
     if accounts::validate_username(&username).is_err() {

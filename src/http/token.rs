@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::credentials::{self, ClientCheck, PasswordCheck};
 use super::{forms, AppState, HttpError};
 use crate::accounts;
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Event};
 use crate::config::GrantType;
 use crate::oauth::token::{self, TokenAnswer, TokenRequest, UserCheck, Verified};
 
@@ -54,7 +54,7 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
         verified.user = Some(UserCheck::Failed);
     } else if let Some((username, password)) = user_credentials {
         let login_event = |outcome| {
-            AuditEvent::new("login", outcome)
+            AuditEvent::new(Event::Login, outcome)
                 .client(request.claimed_client_id())
                 .ip(ip.as_deref())
         };
@@ -122,7 +122,7 @@ fn record_issued(
     ip: Option<&str>,
 ) {
     crate::metrics::global().token_issued(grant_type);
-    AuditEvent::new("token_issued", "success")
+    AuditEvent::new(Event::TokenIssued, "success")
         .user(issued.subject.as_deref())
         .client(client_id)
         .ip(ip)

@@ -71,7 +71,7 @@ impl KeyRing {
             let active = key_store::insert_if_none_active(conn, &row)?;
             if active.kid == row.kid {
                 tracing::info!(kid = %row.kid, bits = rsa_bits, "generated the first signing key");
-                crate::audit::AuditEvent::new("key_generated", "success")
+                crate::audit::AuditEvent::new(crate::audit::Event::KeyGenerated, "success")
                     .detail(format!("kid={}; the first signing key", row.kid))
                     .record_now(conn)?;
             }

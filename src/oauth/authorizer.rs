@@ -127,7 +127,7 @@ fn spend(ctx: &FlowContext<'_>, code: &CodeRow) -> Result<&'static str, StorageE
 /// A code was presented again: the tokens its first redemption issued are revoked.
 fn revoke_replayed(ctx: &FlowContext<'_>, row: &CodeRow) -> Result<(), StorageError> {
     crate::metrics::global().code_replay_detected();
-    crate::audit::AuditEvent::new("code_replay_detected", "detected")
+    crate::audit::AuditEvent::new(crate::audit::Event::CodeReplayDetected, "detected")
         .user(Some(&row.user_id))
         .client(Some(&row.client_id))
         .ip(ctx.client_ip.as_deref())

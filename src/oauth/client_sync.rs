@@ -39,7 +39,7 @@ pub fn sync_clients(conn: &mut DbConnection, settings: &Settings) -> StorageResu
     }
     let report = client_store::sync(conn, &rows)?;
     if report.added + report.updated + report.disabled > 0 {
-        crate::audit::AuditEvent::new("clients_synced", "success")
+        crate::audit::AuditEvent::new(crate::audit::Event::ClientsSynced, "success")
             .detail(format!(
                 "added={} updated={} disabled={}",
                 report.added, report.updated, report.disabled

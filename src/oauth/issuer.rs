@@ -237,7 +237,7 @@ impl DbIssuer<'_> {
     fn reuse_detected(&self, family: &FamilyRow) {
         let ctx = self.ctx;
         crate::metrics::global().refresh_reuse_detected();
-        crate::audit::AuditEvent::new("refresh_reuse_detected", "detected")
+        crate::audit::AuditEvent::new(crate::audit::Event::RefreshReuseDetected, "detected")
             .user(family.user_id.as_deref())
             .client(Some(&family.client_id))
             .ip(ctx.client_ip.as_deref())

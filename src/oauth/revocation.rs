@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use super::refresh_token;
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Event};
 use crate::config::Settings;
 use crate::keys::{KeyState, VerifiedClaims};
 use crate::storage::tokens::{self as token_store, FamilyRow, RefreshRow};
@@ -61,7 +61,7 @@ pub fn revoke(
     token: &str,
 ) -> StorageResult<Option<AuditEvent>> {
     let now = now_unix();
-    let revoked = AuditEvent::new("token_revoked", "success").client(Some(client_id));
+    let revoked = AuditEvent::new(Event::TokenRevoked, "success").client(Some(client_id));
     match identify(conn, settings, keys, token)? {
         Presented::Refresh(row, family) if row.client_id == client_id => {
             token_store::revoke_family(conn, &family.id, now)?;

@@ -7,6 +7,7 @@ use crate::on_both_backends;
 use crate::support::*;
 
 on_both_backends!(every_security_event_is_in_the_audit_trail);
+on_both_backends!(events_kept_in_the_log_only_are_logged_but_not_rows);
 
 fn revoke(app: &OAuthServer, token: &str) -> Response {
     app.post_form(
@@ -150,4 +151,57 @@ fn every_security_event_is_in_the_audit_trail(db: TestDb) {
     let last = stdout(&output);
     assert_eq!(last.lines().count(), 1, "{last}");
     assert!(last.contains("key_rotated"), "{last}");
+}
+
+fn events_kept_in_the_log_only_are_logged_but_not_rows(db: TestDb) {
+    let app = OAuthServer::start_configured(
+        db,
+        "",
+        "[audit]\nlog_only = [\"token_issued\", \"key_rotated\"]\n",
+    );
+    let config = app.db.dir.path().join("gatehouse.toml");
+
+    let service = app.token(
+        &[("grant_type", "client_credentials")],
+        Some((SERVICE, SERVICE_SECRET)),
+    );
+    assert_eq!(service.status, 200);
+    // The CLI reads the same file: its events obey the same list.
+    let rotation = run_cli(&app.db, &config, &["keys", "rotate"]);
+    assert!(rotation.status.success(), "{}", stderr(&rotation));
+    assert_eq!(
+        app.sign_in(&mut Browser::new(), USERNAME, "wrong password")
+            .status,
+        401
+    );
+
+    // The writer appends rows in the order they were queued: once the failed login, queued
+    // after the token, is in the table, the token's row would be too.
+    let events = eventually(std::time::Duration::from_secs(10), || {
+        let events = audit_tail(&app);
+        find(&events, "login", "failure").map(|_| events.clone())
+    })
+    .expect("the failed login reached the audit table");
+    assert!(
+        find(&events, "clients_synced", "success").is_some(),
+        "{events:?}"
+    );
+    for log_only in ["token_issued", "key_rotated"] {
+        assert!(
+            !events.iter().any(|e| e["event"] == log_only),
+            "{log_only} is in the table: {events:?}"
+        );
+    }
+
+    let logged = |lines: &[String], event: &str| {
+        lines.iter().any(|line| {
+            line.contains("\"target\":\"gatehouse::audit\"")
+                && line.contains(&format!("\"event\":\"{event}\""))
+        })
+    };
+    let server_lines = app.server.logs();
+    assert!(logged(&server_lines, "token_issued"), "{server_lines:?}");
+    assert!(logged(&server_lines, "login"), "{server_lines:?}");
+    let cli_lines: Vec<String> = stderr(&rotation).lines().map(str::to_owned).collect();
+    assert!(logged(&cli_lines, "key_rotated"), "{cli_lines:?}");
 }

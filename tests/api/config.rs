@@ -205,6 +205,42 @@ fn environment_overrides_file_and_names_the_key() {
 }
 
 #[test]
+fn audit_events_kept_in_the_log_only_are_named_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "[audit]\nlog_only = [\"token_issued\", \"tokens_issued\"]\n",
+    );
+    let output = check_config(dir.path(), Some(&config), &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    let errors = stderr(&output);
+    assert!(
+        errors.contains("audit.log_only[1]: unknown audit event `tokens_issued`"),
+        "{errors}"
+    );
+    assert!(!errors.contains("audit.log_only[0]"), "{errors}");
+
+    let config = write(dir.path(), "");
+    let output = check_config(
+        dir.path(),
+        Some(&config),
+        &[("GATEHOUSE__AUDIT__LOG_ONLY", "token_issued,consent")],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("audit events in the log only: token_issued, consent"),
+        "{}",
+        stdout(&output)
+    );
+    let output = check_config(dir.path(), Some(&config), &[]);
+    assert!(
+        !stdout(&output).contains("in the log only"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
 fn config_file_can_come_from_gatehouse_config() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(dir.path(), "issuer = \"https://login.example.org\"\n");
