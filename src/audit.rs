@@ -7,9 +7,9 @@
 //! counted and warned about. Admin commands write their row directly.
 //!
 //! `audit.log_only` names events that go to the log alone: at thousands of tokens a second
-//! `token_issued` alone adds hundreds of millions of rows a day, which an operator of
-//! machine-to-machine traffic may rather keep in the log pipeline (as Keycloak's
-//! `enabledEventTypes` chooses which events it stores).
+//! `token_issued` of client_credentials alone adds hundreds of millions of rows a day,
+//! which an operator of machine-to-machine traffic may rather keep in the log pipeline
+//! (the inverse of Keycloak's `enabledEventTypes`, which lists the event types it stores).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -17,6 +17,7 @@ use std::sync::{Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::config::GrantType;
 use crate::storage::audit::{self as audit_store, AuditRow};
 use crate::storage::{now_unix, DbConnection, Pool, StorageResult};
 
@@ -84,23 +85,48 @@ impl Event {
     pub fn from_name(name: &str) -> Option<Event> {
         Event::ALL.into_iter().find(|event| event.name() == name)
     }
+}
 
-    fn bit(self) -> u32 {
-        1 << self as u32
+/// What `audit.log_only` can name: an event, or `token_issued.GRANT`, the tokens of one
+/// grant type (Keycloak, too, tells client-credentials logins from the users' tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selector {
+    Event(Event),
+    TokenIssuedBy(GrantType),
+}
+
+// One bit each in `LOG_ONLY`: the events from bit 0, the grant types from bit 16.
+const _: () = assert!(Event::ALL.len() <= 16 && GrantType::ALL.len() <= 16);
+
+impl Selector {
+    pub fn parse(name: &str) -> Option<Selector> {
+        match name.strip_prefix("token_issued.") {
+            Some(grant) => GrantType::parse(grant).map(Selector::TokenIssuedBy),
+            None => Event::from_name(name).map(Selector::Event),
+        }
     }
 
-    /// Whether `audit.log_only` keeps this event out of the audit table.
-    fn is_log_only(self) -> bool {
-        LOG_ONLY.load(Ordering::Relaxed) & self.bit() != 0
+    pub fn name(self) -> String {
+        match self {
+            Selector::Event(event) => event.name().to_owned(),
+            Selector::TokenIssuedBy(grant) => format!("token_issued.{}", grant.as_str()),
+        }
+    }
+
+    fn bit(self) -> u32 {
+        match self {
+            Selector::Event(event) => 1 << event as u32,
+            Selector::TokenIssuedBy(grant) => 1 << (16 + grant as u32),
+        }
     }
 }
 
-/// The events of `audit.log_only`, one bit each; set once at start by `keep_in_log_only`.
+/// The selectors of `audit.log_only`; set at start by `keep_in_log_only`.
 static LOG_ONLY: AtomicU32 = AtomicU32::new(0);
 
-/// From now on, `events` are logged but not written to the audit table.
-pub fn keep_in_log_only(events: &[Event]) {
-    let bits = events.iter().fold(0, |bits, event| bits | event.bit());
+/// From now on, what `selectors` name is logged but not written to the audit table.
+pub fn keep_in_log_only(selectors: &[Selector]) {
+    let bits = selectors.iter().fold(0, |bits, s| bits | s.bit());
     LOG_ONLY.store(bits, Ordering::Relaxed);
 }
 
@@ -108,6 +134,8 @@ pub fn keep_in_log_only(events: &[Event]) {
 #[derive(Debug, Clone)]
 pub struct AuditEvent {
     event: Event,
+    /// The grant type of a `token_issued`.
+    grant: Option<GrantType>,
     outcome: &'static str,
     user_id: Option<String>,
     client_id: Option<String>,
@@ -121,6 +149,7 @@ impl AuditEvent {
     pub fn new(event: Event, outcome: &'static str) -> AuditEvent {
         AuditEvent {
             event,
+            grant: None,
             outcome,
             user_id: None,
             client_id: None,
@@ -144,6 +173,22 @@ impl AuditEvent {
         self
     }
 
+    /// The grant type a token was issued by, in the detail as `grant_type=...`.
+    pub fn grant(mut self, grant: GrantType) -> AuditEvent {
+        self.grant = Some(grant);
+        self.detail(format!("grant_type={}", grant.as_str()))
+    }
+
+    /// Whether `audit.log_only` keeps this event out of the audit table.
+    fn is_log_only(&self) -> bool {
+        let bits = LOG_ONLY.load(Ordering::Relaxed);
+        let named = |selector: Selector| bits & selector.bit() != 0;
+        named(Selector::Event(self.event))
+            || self
+                .grant
+                .is_some_and(|g| named(Selector::TokenIssuedBy(g)))
+    }
+
     /// Free text for what the columns do not hold (a grant type, a key id). Never a secret.
     pub fn detail(mut self, detail: impl Into<String>) -> AuditEvent {
         self.detail = Some(detail.into());
@@ -153,7 +198,7 @@ impl AuditEvent {
     /// Logs the event and queues its row for the writer thread.
     pub fn record(self) {
         self.log();
-        if self.event.is_log_only() {
+        if self.is_log_only() {
             return;
         }
         let row = self.into_row();
@@ -181,7 +226,7 @@ impl AuditEvent {
     /// Logs the event and writes its row now, on `conn` (for admin commands).
     pub fn record_now(self, conn: &mut DbConnection) -> StorageResult<()> {
         self.log();
-        if self.event.is_log_only() {
+        if self.is_log_only() {
             return Ok(());
         }
         audit_store::insert_all(conn, &[self.into_row()])
@@ -308,11 +353,14 @@ fn write_batch(pool: &Pool, batch: &[AuditRow]) {
 
 #[cfg(test)]
 mod tests {
-    use super::Event;
+    use super::{Event, Selector};
 
     #[test]
     fn every_event_has_its_own_name_and_is_found_by_it() {
-        for event in Event::ALL {
+        // Every variant is in ALL, in order: one left out could not be named in config.
+        assert_eq!(Event::ALL.len(), Event::PasswordChanged as usize + 1);
+        for (i, event) in Event::ALL.into_iter().enumerate() {
+            assert_eq!(event as usize, i);
             assert_eq!(Event::from_name(event.name()), Some(event));
         }
         let mut names: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
@@ -321,5 +369,35 @@ mod tests {
         assert_eq!(names.len(), Event::ALL.len());
         assert_eq!(Event::from_name("tokens_issued"), None);
         assert_eq!(Event::from_name("Login"), None);
+    }
+
+    #[test]
+    fn selectors_name_an_event_or_the_tokens_of_one_grant() {
+        use crate::config::GrantType;
+
+        assert_eq!(
+            Selector::parse("token_issued"),
+            Some(Selector::Event(Event::TokenIssued))
+        );
+        for grant in GrantType::ALL {
+            let selector = Selector::TokenIssuedBy(grant);
+            assert_eq!(Selector::parse(&selector.name()), Some(selector));
+        }
+        assert_eq!(
+            Selector::parse("token_issued.client_credentials"),
+            Some(Selector::TokenIssuedBy(GrantType::ClientCredentials))
+        );
+        for unknown in [
+            "token_issued.implicit",
+            "login.password",
+            "token_issued.",
+            "",
+        ] {
+            assert_eq!(Selector::parse(unknown), None, "{unknown}");
+        }
+        let mut bits: Vec<u32> = Event::ALL.map(|e| Selector::Event(e).bit()).to_vec();
+        bits.extend(GrantType::ALL.map(|g| Selector::TokenIssuedBy(g).bit()));
+        let distinct: std::collections::HashSet<u32> = bits.iter().copied().collect();
+        assert_eq!(distinct.len(), bits.len(), "every selector has its own bit");
     }
 }

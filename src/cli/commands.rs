@@ -71,7 +71,7 @@ fn check_config(settings: &Settings) -> ExitCode {
     println!("  database: {}", redact_url(&settings.database.url));
     println!("  clients: {}", settings.clients.len());
     if !settings.audit.log_only.is_empty() {
-        let names: Vec<&str> = settings.audit.log_only.iter().map(|e| e.name()).collect();
+        let names: Vec<String> = settings.audit.log_only.iter().map(|s| s.name()).collect();
         println!("  audit events in the log only: {}", names.join(", "));
     }
     if settings.secrets.system.is_none() {

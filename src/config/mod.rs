@@ -46,7 +46,7 @@ pub struct AuditSettings {
     /// Audit rows older than this are deleted by housekeeping.
     pub retention: Duration,
     /// Events written to the log but not to the audit table.
-    pub log_only: Vec<crate::audit::Event>,
+    pub log_only: Vec<crate::audit::Selector>,
 }
 
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::raw::{RawClient, RawSettings};
 use super::*;
-use crate::audit::Event;
+use crate::audit::{Event, Selector};
 use crate::storage::Backend;
 
 /// One problem with the configuration, named by its key (`clients[1].redirect_uris[0]`).
@@ -217,12 +217,18 @@ pub fn validate(
 
     let mut log_only = Vec::with_capacity(raw.audit.log_only.len());
     for (i, name) in raw.audit.log_only.iter().enumerate() {
-        match Event::from_name(name) {
-            Some(event) => log_only.push(event),
+        // `GATEHOUSE__AUDIT__LOG_ONLY=` (empty) clears the list; `a, b` is `a` and `b`.
+        let name = name.trim();
+        if name.is_empty() {
+            continue;
+        }
+        match Selector::parse(name) {
+            Some(selector) => log_only.push(selector),
             None => p.add(
                 format!("audit.log_only[{i}]"),
                 format!(
-                    "unknown audit event `{name}`; the events are: {}",
+                    "unknown audit event `{name}`; the events are: {}; and token_issued.GRANT \
+                     for the tokens of one grant type",
                     Event::ALL.map(Event::name).join(", ")
                 ),
             ),

@@ -122,12 +122,16 @@ fn record_issued(
     ip: Option<&str>,
 ) {
     crate::metrics::global().token_issued(grant_type);
-    AuditEvent::new(Event::TokenIssued, "success")
+    let event = AuditEvent::new(Event::TokenIssued, "success")
         .user(issued.subject.as_deref())
         .client(client_id)
-        .ip(ip)
-        .detail(format!("grant_type={grant_type}"))
-        .record();
+        .ip(ip);
+    // A token was issued, so the grant type is one gatehouse knows.
+    match GrantType::parse(grant_type) {
+        Some(grant) => event.grant(grant),
+        None => event.detail(format!("grant_type={grant_type}")),
+    }
+    .record();
 }
 
 /// The form body and the Authorization header of a request to /token, /revoke or

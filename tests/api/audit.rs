@@ -157,7 +157,7 @@ fn events_kept_in_the_log_only_are_logged_but_not_rows(db: TestDb) {
     let app = OAuthServer::start_configured(
         db,
         "",
-        "[audit]\nlog_only = [\"token_issued\", \"key_rotated\"]\n",
+        "[audit]\nlog_only = [\"token_issued.client_credentials\", \"key_rotated\"]\n",
     );
     let config = app.db.dir.path().join("gatehouse.toml");
 
@@ -166,6 +166,15 @@ fn events_kept_in_the_log_only_are_logged_but_not_rows(db: TestDb) {
         Some((SERVICE, SERVICE_SECRET)),
     );
     assert_eq!(service.status, 200);
+    let legacy = app.token(
+        &[
+            ("grant_type", "password"),
+            ("username", USERNAME),
+            ("password", PASSWORD),
+        ],
+        Some((LEGACY, LEGACY_SECRET)),
+    );
+    assert_eq!(legacy.status, 200);
     // The CLI reads the same file: its events obey the same list.
     let rotation = run_cli(&app.db, &config, &["keys", "rotate"]);
     assert!(rotation.status.success(), "{}", stderr(&rotation));
@@ -176,7 +185,7 @@ fn events_kept_in_the_log_only_are_logged_but_not_rows(db: TestDb) {
     );
 
     // The writer appends rows in the order they were queued: once the failed login, queued
-    // after the token, is in the table, the token's row would be too.
+    // after the client_credentials token, is in the table, that token's row would be too.
     let events = eventually(std::time::Duration::from_secs(10), || {
         let events = audit_tail(&app);
         find(&events, "login", "failure").map(|_| events.clone())
@@ -186,22 +195,59 @@ fn events_kept_in_the_log_only_are_logged_but_not_rows(db: TestDb) {
         find(&events, "clients_synced", "success").is_some(),
         "{events:?}"
     );
-    for log_only in ["token_issued", "key_rotated"] {
-        assert!(
-            !events.iter().any(|e| e["event"] == log_only),
-            "{log_only} is in the table: {events:?}"
-        );
-    }
+    let issued: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "token_issued")
+        .collect();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0]["detail"], "grant_type=password");
+    assert_eq!(issued[0]["client_id"], LEGACY);
+    assert!(
+        !events.iter().any(|e| e["event"] == "key_rotated"),
+        "key_rotated is in the table: {events:?}"
+    );
 
-    let logged = |lines: &[String], event: &str| {
+    let logged = |lines: &[String], event: &str, detail: &str| {
         lines.iter().any(|line| {
             line.contains("\"target\":\"gatehouse::audit\"")
                 && line.contains(&format!("\"event\":\"{event}\""))
+                && line.contains(detail)
         })
     };
     let server_lines = app.server.logs();
-    assert!(logged(&server_lines, "token_issued"), "{server_lines:?}");
-    assert!(logged(&server_lines, "login"), "{server_lines:?}");
+    for grant in ["client_credentials", "password"] {
+        let detail = format!("grant_type={grant}");
+        assert!(
+            logged(&server_lines, "token_issued", &detail),
+            "{grant}: {server_lines:?}"
+        );
+    }
     let cli_lines: Vec<String> = stderr(&rotation).lines().map(str::to_owned).collect();
-    assert!(logged(&cli_lines, "key_rotated"), "{cli_lines:?}");
+    assert!(logged(&cli_lines, "key_rotated", ""), "{cli_lines:?}");
+    assert!(
+        server_lines.iter().any(|line| line
+            .contains("token_issued.client_credentials, key_rotated")
+            && line.contains("kept in the log only")),
+        "the server says at start what the table will miss: {server_lines:?}"
+    );
+}
+
+/// With the audit target filtered out of the log, events kept out of the table are kept
+/// nowhere: the server says so at start.
+#[test]
+fn log_only_events_filtered_out_of_the_log_are_warned_about() {
+    let sections = "[audit]\nlog_only = [\"token_issued\"]\n";
+    let db = TestDb::create(Backend::Sqlite).expect("SQLite is always available");
+    let app = OAuthServer::start_logging(db, "", sections, "info,gatehouse::audit=off", &[]);
+    let lines = app.server.logs();
+    assert!(
+        lines.iter().any(|line| line.contains("\"level\":\"WARN\"")
+            && line.contains("recorded nowhere")
+            && line.contains("token_issued")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("gatehouse::audit\"")),
+        "{lines:?}"
+    );
 }

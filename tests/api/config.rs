@@ -209,7 +209,7 @@ fn audit_events_kept_in_the_log_only_are_named_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         dir.path(),
-        "[audit]\nlog_only = [\"token_issued\", \"tokens_issued\"]\n",
+        "[audit]\nlog_only = [\"token_issued\", \"tokens_issued\", \"token_issued.password\", \"token_issued.implicit\"]\n",
     );
     let output = check_config(dir.path(), Some(&config), &[]);
     assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
@@ -218,21 +218,38 @@ fn audit_events_kept_in_the_log_only_are_named_and_checked() {
         errors.contains("audit.log_only[1]: unknown audit event `tokens_issued`"),
         "{errors}"
     );
-    assert!(!errors.contains("audit.log_only[0]"), "{errors}");
+    assert!(
+        errors.contains("audit.log_only[3]: unknown audit event `token_issued.implicit`"),
+        "{errors}"
+    );
+    for valid in ["audit.log_only[0]", "audit.log_only[2]"] {
+        assert!(!errors.contains(valid), "{errors}");
+    }
 
     let config = write(dir.path(), "");
     let output = check_config(
         dir.path(),
         Some(&config),
-        &[("GATEHOUSE__AUDIT__LOG_ONLY", "token_issued,consent")],
+        &[(
+            "GATEHOUSE__AUDIT__LOG_ONLY",
+            "token_issued.client_credentials, consent",
+        )],
     );
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
-        stdout(&output).contains("audit events in the log only: token_issued, consent"),
+        stdout(&output)
+            .contains("audit events in the log only: token_issued.client_credentials, consent"),
         "{}",
         stdout(&output)
     );
-    let output = check_config(dir.path(), Some(&config), &[]);
+    // An empty variable clears a file's list.
+    let config = write(dir.path(), "[audit]\nlog_only = [\"consent\"]\n");
+    let output = check_config(
+        dir.path(),
+        Some(&config),
+        &[("GATEHOUSE__AUDIT__LOG_ONLY", "")],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
     assert!(
         !stdout(&output).contains("in the log only"),
         "{}",
