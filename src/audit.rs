@@ -183,10 +183,10 @@ impl AuditEvent {
     fn is_log_only(&self) -> bool {
         let bits = LOG_ONLY.load(Ordering::Relaxed);
         let named = |selector: Selector| bits & selector.bit() != 0;
-        named(Selector::Event(self.event))
-            || self
-                .grant
-                .is_some_and(|g| named(Selector::TokenIssuedBy(g)))
+        let by_grant = |grant: GrantType| {
+            self.event == Event::TokenIssued && named(Selector::TokenIssuedBy(grant))
+        };
+        named(Selector::Event(self.event)) || self.grant.is_some_and(by_grant)
     }
 
     /// Free text for what the columns do not hold (a grant type, a key id). Never a secret.

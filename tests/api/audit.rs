@@ -27,6 +27,24 @@ fn audit_tail(app: &OAuthServer) -> Vec<Value> {
         .collect()
 }
 
+/// A client_credentials token for the service and a password-grant token for the legacy app.
+fn issue_service_and_legacy_tokens(app: &OAuthServer) {
+    let service = app.token(
+        &[("grant_type", "client_credentials")],
+        Some((SERVICE, SERVICE_SECRET)),
+    );
+    assert_eq!(service.status, 200);
+    let legacy = app.token(
+        &[
+            ("grant_type", "password"),
+            ("username", USERNAME),
+            ("password", PASSWORD),
+        ],
+        Some((LEGACY, LEGACY_SECRET)),
+    );
+    assert_eq!(legacy.status, 200);
+}
+
 fn find<'a>(events: &'a [Value], event: &str, outcome: &str) -> Option<&'a Value> {
     events
         .iter()
@@ -47,20 +65,7 @@ fn every_security_event_is_in_the_audit_trail(db: TestDb) {
     let rotated = app.refresh(&refresh, None);
     assert_eq!(rotated.status, 200);
     assert_eq!(app.refresh(&refresh, None).status, 400, "reuse");
-    let service = app.token(
-        &[("grant_type", "client_credentials")],
-        Some((SERVICE, SERVICE_SECRET)),
-    );
-    assert_eq!(service.status, 200);
-    let legacy = app.token(
-        &[
-            ("grant_type", "password"),
-            ("username", USERNAME),
-            ("password", PASSWORD),
-        ],
-        Some((LEGACY, LEGACY_SECRET)),
-    );
-    assert_eq!(legacy.status, 200);
+    issue_service_and_legacy_tokens(&app);
     let second = app.webapp_tokens("read");
     assert_eq!(
         revoke(&app, second["refresh_token"].as_str().unwrap()).status,
@@ -161,20 +166,7 @@ fn events_kept_in_the_log_only_are_logged_but_not_rows(db: TestDb) {
     );
     let config = app.db.dir.path().join("gatehouse.toml");
 
-    let service = app.token(
-        &[("grant_type", "client_credentials")],
-        Some((SERVICE, SERVICE_SECRET)),
-    );
-    assert_eq!(service.status, 200);
-    let legacy = app.token(
-        &[
-            ("grant_type", "password"),
-            ("username", USERNAME),
-            ("password", PASSWORD),
-        ],
-        Some((LEGACY, LEGACY_SECRET)),
-    );
-    assert_eq!(legacy.status, 200);
+    issue_service_and_legacy_tokens(&app);
     // The CLI reads the same file: its events obey the same list.
     let rotation = run_cli(&app.db, &config, &["keys", "rotate"]);
     assert!(rotation.status.success(), "{}", stderr(&rotation));
