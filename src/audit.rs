@@ -106,11 +106,18 @@ impl Selector {
         }
     }
 
+    /// How `list` and the configuration write it: `consent`, `token_issued.password`.
     pub fn name(self) -> String {
         match self {
             Selector::Event(event) => event.name().to_owned(),
             Selector::TokenIssuedBy(grant) => format!("token_issued.{}", grant.as_str()),
         }
+    }
+
+    /// `selectors` as the configuration would list them: `token_issued.password, consent`.
+    pub fn list(selectors: &[Selector]) -> String {
+        let names: Vec<String> = selectors.iter().map(|s| s.name()).collect();
+        names.join(", ")
     }
 
     fn bit(self) -> u32 {

@@ -196,12 +196,11 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn token_issued(&self, grant_type: &str) {
-        let grant_type = crate::config::GrantType::parse(grant_type)
-            .map(|g| g.as_str())
-            .unwrap_or("other");
+    pub fn token_issued(&self, grant: crate::config::GrantType) {
         self.tokens_issued
-            .get_or_create(&GrantLabels { grant_type })
+            .get_or_create(&GrantLabels {
+                grant_type: grant.as_str(),
+            })
             .inc();
     }
 

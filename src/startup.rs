@@ -44,16 +44,13 @@ pub struct Application {
     port: u16,
 }
 
-/// Opens the pool and brings the schema, the clients and the signing key up to date. Runs
-/// before the async runtime starts, so its blocking database work blocks nothing else.
 /// What `audit.log_only` keeps out of the audit table, said in the server's log; and when
 /// the log filter drops the audit target too, that those events are recorded nowhere.
 fn announce_log_only(selectors: &[crate::audit::Selector]) {
     if selectors.is_empty() {
         return;
     }
-    let names: Vec<String> = selectors.iter().map(|s| s.name()).collect();
-    let names = names.join(", ");
+    let names = crate::audit::Selector::list(selectors);
     if tracing::enabled!(target: crate::audit::TARGET, tracing::Level::INFO) {
         tracing::info!(log_only = %names, "audit events kept in the log only, not in the audit table");
     } else {
@@ -65,9 +62,9 @@ fn announce_log_only(selectors: &[crate::audit::Selector]) {
     }
 }
 
+/// Opens the pool and brings the schema, the clients and the signing key up to date. Runs
+/// before the async runtime starts, so its blocking database work blocks nothing else.
 pub fn prepare(settings: &Settings) -> anyhow::Result<Prepared> {
-    // Before the first event (the client sync, a key generated below).
-    crate::audit::keep_in_log_only(&settings.audit.log_only);
     announce_log_only(&settings.audit.log_only);
     let system_secret = settings.resolve_system_secret()?;
     let pool = storage::open_pool(&settings.database.url, settings.database.pool_size)

@@ -30,6 +30,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         _ => LogTarget::Stderr,
     };
     telemetry::init(&settings.log, log_target);
+    // Before any verb records an event (`serve`: the client sync, a key generated at start).
     crate::audit::keep_in_log_only(&settings.audit.log_only);
     finish(match command {
         Command::Serve => serve(settings),
@@ -71,8 +72,8 @@ fn check_config(settings: &Settings) -> ExitCode {
     println!("  database: {}", redact_url(&settings.database.url));
     println!("  clients: {}", settings.clients.len());
     if !settings.audit.log_only.is_empty() {
-        let names: Vec<String> = settings.audit.log_only.iter().map(|s| s.name()).collect();
-        println!("  audit events in the log only: {}", names.join(", "));
+        let names = crate::audit::Selector::list(&settings.audit.log_only);
+        println!("  audit events in the log only: {names}");
     }
     if settings.secrets.system.is_none() {
         println!("  warning: secrets.system is not set; a development secret will be generated in ./data/");
