@@ -116,7 +116,7 @@ pub struct RunResult {
     /// The prices of the least work each scenario must do (see `floors`).
     pub floors: floors::Floors,
     /// The scenarios that sign, against the least server (see `least_server`), each
-    /// beside its baseline (B1; B3 for the password grant).
+    /// measured in the same turns as gatehouse's and with the same baseline.
     pub least: Vec<(Scenario, Measured)>,
     /// The share of the introspection scenario's answers that came from the introspection
     /// cache, by the server's /metrics; `None` when not measured.
@@ -245,17 +245,37 @@ fn run_backend(
     }
 
     let mut scenarios = Vec::new();
+    let mut least = Vec::new();
     let mut introspections_from_memory = None;
+    let with_baselines = options.only.is_none() || options.baselines;
+    // Its own port, so that it can run beside gatehouse and take turns with it.
+    let least_port = std::iter::repeat_with(server::free_port)
+        .find(|&p| p != port)
+        .unwrap_or(port + 1);
     for scenario in Scenario::ALL {
         if options.leaves_out(scenario) {
             continue;
         }
         let server = Server::start(&workspace, port)?;
         let base = report::target(scenario)
-            .filter(|_| options.only.is_none() || options.baselines)
+            .filter(|_| with_baselines)
             .map(|(base, _)| base);
-        let (outcome, measured) = measure_beside_baseline(options, cores, &server, scenario, base);
+        let least_server = if with_baselines && least_server::SCENARIOS.contains(&scenario) {
+            Some(Server::start_least(&workspace, least_port)?)
+        } else {
+            None
+        };
+        let servers: Vec<&Server> = std::iter::once(&server).chain(&least_server).collect();
+        let mut turns = measure_in_turns(options, cores, &servers, scenario, base).into_iter();
+        let Some((outcome, measured)) = turns.next() else {
+            return Err(format!("{}: nothing measured", scenario.name()));
+        };
         report_outcome(backend, scenario.name(), &outcome, &measured, failures);
+        if let Some((outcome, measured)) = turns.next() {
+            let name = format!("{} (least server)", scenario.name());
+            report_outcome(backend, &name, &outcome, &measured, failures);
+            least.push((scenario, measured));
+        }
         if scenario == Scenario::Introspection {
             introspections_from_memory = answered_from_memory(&server);
             match introspections_from_memory {
@@ -272,13 +292,12 @@ fn run_backend(
         }
         scenarios.push((scenario, measured));
     }
+    // No least server ran (`--only` named none of its scenarios): nothing to drop.
+    if !least.is_empty() {
+        least_server::drop_tables(workspace.url())?;
+    }
 
     if options.only.is_some() {
-        let least = if options.baselines {
-            measure_least_server(options, cores, backend, &workspace, port, failures)?
-        } else {
-            Vec::new()
-        };
         return Ok(RunResult {
             scenarios,
             p99_half_rate_ms: 0.0,
@@ -303,7 +322,6 @@ fn run_backend(
     if floors.writes_per_second <= 0.0 {
         failures.push(format!("{}: durable writes not measured", backend.name()));
     }
-    let least = measure_least_server(options, cores, backend, &workspace, port, failures)?;
     // p99 of /token at half the peak client-credentials rate, paced so a stall shows.
     let peak = scenarios
         .iter()
@@ -436,42 +454,15 @@ fn report_paced(
     p99
 }
 
-/// The scenarios that sign, each beside its baseline, against the least server on this run's
-/// database; its tables are dropped afterwards.
-fn measure_least_server(
-    options: &Options,
-    cores: usize,
-    backend: &Backend,
-    workspace: &Workspace,
-    port: u16,
-    failures: &mut Vec<String>,
-) -> Result<Vec<(Scenario, Measured)>, String> {
-    let mut least = Vec::new();
-    for scenario in least_server::SCENARIOS {
-        if options.leaves_out(scenario) {
-            continue;
-        }
-        let server = Server::start_least(workspace, port)?;
-        let base = report::target(scenario).map(|(base, _)| base);
-        let (outcome, measured) = measure_beside_baseline(options, cores, &server, scenario, base);
-        let name = format!("{} (least server)", scenario.name());
-        report_outcome(backend, &name, &outcome, &measured, failures);
-        least.push((scenario, measured));
-    }
-    // No least server ran (`--only` named none of its scenarios): nothing to drop.
-    if !least.is_empty() {
-        least_server::drop_tables(workspace.url())?;
-    }
-    Ok(least)
-}
-
-/// Slices of the measured time in which a scenario and its baseline take turns.
+/// Slices of the measured time in which a scenario, its baseline and, for the scenarios
+/// that sign, the least server take turns.
 ///
 /// The machine's speed drifts by more than the margins judged here: B1 moved by 25% within
 /// minutes on a shared host, and back-to-back 5 s measurements of B2 and JWKS, one after the
-/// other, gave ratios from 0.72 to 1.31 over five runs. Measured in alternating slices, both
-/// see the same drift.
-pub const SLICES: usize = 5;
+/// other, gave ratios from 0.72 to 1.31 over five runs. Measured in turns, all see the same
+/// drift. Six, a multiple of two and of three, so that each of two or three parties holds
+/// each place in a turn equally often.
+pub const SLICES: usize = 6;
 
 /// The share of successful introspections the server answered from its introspection cache
 /// since it started, by its /metrics.
@@ -485,24 +476,32 @@ fn answered_from_memory(server: &Server) -> Option<f64> {
     (answered > 0.0).then(|| from_memory / answered)
 }
 
-/// Measures `scenario` on `server` for the run's duration; with a baseline, in `SLICES`
-/// turns with it, each turn a fresh set of connections after a short
-/// warm-up. The scenario's figures are over all its slices, and its baseline is the mean
-/// of the baseline's slices.
-fn measure_beside_baseline(
+/// Measures `scenario` on each of `servers` for the run's duration; with a baseline, in
+/// `SLICES` turns in which the baseline and each server take one slice, each turn a fresh
+/// set of connections after a short warm-up. A server's figures are over all its slices;
+/// the baseline, the mean of its slices, is every server's. A B2 baseline is the first
+/// server's /healthz.
+///
+/// Before, the least server was measured after gatehouse, in turns with a baseline of its
+/// own: on a host whose B1 moved by 10% from one minute to the next, the two ratios were
+/// measured on different machines, so to speak.
+fn measure_in_turns(
     options: &Options,
     cores: usize,
-    server: &Server,
+    servers: &[&Server],
     scenario: Scenario,
     base: Option<report::Baseline>,
-) -> (Outcome, Measured) {
-    let drive = |scenario: Scenario, warmup: Duration, duration: Duration| {
+) -> Vec<(Outcome, Measured)> {
+    let drive = |server: &Server, scenario: Scenario, warmup: Duration, duration: Duration| {
         measure(server, warmup, |addr| {
             scenarios::closed_loop(addr, scenario, CONNECTIONS, warmup, duration)
         })
     };
     let Some(base) = base else {
-        return drive(scenario, options.warmup(), options.duration());
+        return servers
+            .iter()
+            .map(|server| drive(server, scenario, options.warmup(), options.duration()))
+            .collect();
     };
     let slices = if options.smoke { 1 } else { SLICES };
     let (slice, warmup) = (
@@ -510,25 +509,39 @@ fn measure_beside_baseline(
         options.warmup() / slices as u32,
     );
     let mut baselines = Vec::with_capacity(slices);
-    let mut parts = Vec::with_capacity(slices);
-    for slice_number in 0..slices {
-        // Turns alternate which goes first (B S, S B, B S, ...), so that a steady drift
-        // favours neither.
-        if slice_number % 2 == 1 {
-            parts.push(drive(scenario, warmup, slice));
-        }
-        baselines.push(match base {
-            report::Baseline::B1 => scenarios::rsa_baseline(cores, slice),
-            report::Baseline::B3 => scenarios::argon2_baseline(cores, slice),
-            report::Baseline::B2 => drive(Scenario::Healthz, warmup, slice).1.per_second,
-        });
-        if slice_number % 2 == 0 {
-            parts.push(drive(scenario, warmup, slice));
+    let mut parts: Vec<Vec<(Outcome, Measured)>> =
+        servers.iter().map(|_| Vec::with_capacity(slices)).collect();
+    // Place 0 is the baseline's, place i the i-th server's. Each turn starts one place
+    // further along (B S, S B, ...; or B G L, G L B, L B G, ...), so that a steady drift
+    // favours none.
+    let parties = servers.len() + 1;
+    for turn in 0..slices {
+        for place in 0..parties {
+            match (turn + place) % parties {
+                0 => baselines.push(match base {
+                    report::Baseline::B1 => scenarios::rsa_baseline(cores, slice),
+                    report::Baseline::B3 => scenarios::argon2_baseline(cores, slice),
+                    report::Baseline::B2 => {
+                        drive(servers[0], Scenario::Healthz, warmup, slice)
+                            .1
+                            .per_second
+                    }
+                }),
+                server => {
+                    parts[server - 1].push(drive(servers[server - 1], scenario, warmup, slice))
+                }
+            }
         }
     }
-    let (outcome, mut measured) = combine(parts);
-    measured.baseline = baselines.iter().sum::<f64>() / slices as f64;
-    (outcome, measured)
+    let baseline = baselines.iter().sum::<f64>() / slices as f64;
+    parts
+        .into_iter()
+        .map(|slices| {
+            let (outcome, mut measured) = combine(slices);
+            measured.baseline = baseline;
+            (outcome, measured)
+        })
+        .collect()
 }
 
 /// One scenario's slices as one measurement: operations over the time of all of them, CPU

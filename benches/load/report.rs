@@ -190,7 +190,7 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
         out,
-        "Measured by `cargo bench --bench load` on {now}: {} run(s) of {:.1} s per scenario (after a {:.1} s warm-up), {CONNECTIONS} keep-alive connections, the load generator on the same machine. Each scenario and its baseline take turns in {SLICES} slices of the scenario's time (which goes first alternates), so that both see the machine's drift alike; a ratio is the median of the runs' ratios, each to the run's own baseline.\n",
+        "Measured by `cargo bench --bench load` on {now}: {} run(s) of {:.1} s per scenario (after a {:.1} s warm-up), {CONNECTIONS} keep-alive connections, the load generator on the same machine. Each scenario, its baseline and, for the scenarios that sign, the least server (see below) take turns in {SLICES} slices of the scenario's time (each turn starting one place further along), so that all see the machine's drift alike; a ratio is the median of the runs' ratios, each to the run's own baseline.\n",
         options.runs,
         options.seconds,
         options.warmup().as_secs_f64()
@@ -417,6 +417,26 @@ fn least_server_ratio(result: &BackendResult, scenario: Scenario) -> Option<f64>
     (!ratios.is_empty()).then(|| median(&mut ratios))
 }
 
+/// The median over the runs of gatehouse's throughput over the least server's in a
+/// scenario, both measured in the same turns; `None` when the least server did not serve it.
+fn kept_of_least_server(result: &BackendResult, scenario: Scenario) -> Option<f64> {
+    let mut ratios: Vec<f64> = result
+        .runs
+        .iter()
+        .filter_map(|run| {
+            let of = |measured: &[(Scenario, Measured)]| {
+                measured
+                    .iter()
+                    .find(|(s, _)| *s == scenario)
+                    .map(|(_, m)| m.per_second)
+            };
+            let (gatehouse, least) = (of(&run.scenarios)?, of(&run.least)?);
+            (least > 0.0).then(|| gatehouse / least)
+        })
+        .collect();
+    (!ratios.is_empty()).then(|| median(&mut ratios))
+}
+
 /// The section that says which targets this machine could meet at all (see `floors` and
 /// `least_server`).
 fn machine_allows(result: &BackendResult, cores: f64) -> String {
@@ -440,16 +460,16 @@ fn machine_allows(result: &BackendResult, cores: f64) -> String {
     let _ = writeln!(out, "### What this machine allows\n");
     let _ = writeln!(
         out,
-        "Each bound prices the least work one operation must do, with the same run's measurements, as CPU time per operation on {cores:.0} cores (load generator and database included, since they share the cores): a signature at the scenario's own B1, an argon2id verification at its B3, an RS256 verification ({:.0}/s on every core), an HTTP request as /healthz, an HTTP request that reads the database as /readyz (a hop to the blocking pool, as every query takes, and `SELECT 1`), and a durable one-row write ({:.0}/s, {:.0} µs of CPU each: an INSERT committed on its own through gatehouse's connection PRAGMAs, into a table with only a primary key; on SQLite, WAL with `synchronous = NORMAL` as the server runs it). The bound is cores ÷ the sum, the median over the runs, as a ratio to the scenario's baseline. It holds for a server built as gatehouse is (this HTTP stack, this load generator, a blocking-pool hop and a statement per database step) if the CPU costs of the parts add up; a design that did less (shared one read among many requests, say) could pass it. A target above its bound is out of reach for such a server on this machine; below it, CPU alone does not rule the target out.\n\nA sum of prices can be too kind: /healthz at 100,000 requests/s shares each wake-up of a thread among many requests, a request at a signature's pace does not. So the *least server* measures the same work done the way a server must do it, beside the same load generator at the same 8 connections and its own baseline in the same turns: the benchmark's binary serving the scenario's requests on gatehouse's own parts (actix-web with as many workers and, on SQLite, blocking threads, the blocking pool for every database step, gatehouse's connection pool, SQLite writer and timed checkpoints, its statements kept prepared, aws-lc-rs with the key parsed once, gatehouse's pool of argon2id hashers) doing only the work in the table: the rotation is one `UPDATE … RETURNING` of a one-row-per-family table, the code a bare INSERT, the password grant one read of the user and one argon2id verification with no failed attempts counted, and nothing else is authenticated, logged, audited or counted. A target above what it reaches is out of reach on these parts on this machine at this concurrency; below it, the gap is gatehouse's own work.\n",
+        "Each bound prices the least work one operation must do, with the same run's measurements, as CPU time per operation on {cores:.0} cores (load generator and database included, since they share the cores): a signature at the scenario's own B1, an argon2id verification at its B3, an RS256 verification ({:.0}/s on every core), an HTTP request as /healthz, an HTTP request that reads the database as /readyz (a hop to the blocking pool, as every query takes, and `SELECT 1`), and a durable one-row write ({:.0}/s, {:.0} µs of CPU each: an INSERT committed on its own through gatehouse's connection PRAGMAs, into a table with only a primary key; on SQLite, WAL with `synchronous = NORMAL` as the server runs it). The bound is cores ÷ the sum, the median over the runs, as a ratio to the scenario's baseline. It holds for a server built as gatehouse is (this HTTP stack, this load generator, a blocking-pool hop and a statement per database step) if the CPU costs of the parts add up; a design that did less (shared one read among many requests, say) could pass it. A target above its bound is out of reach for such a server on this machine; below it, CPU alone does not rule the target out.\n\nA sum of prices can be too kind: /healthz at 100,000 requests/s shares each wake-up of a thread among many requests, a request at a signature's pace does not. So the *least server* measures the same work done the way a server must do it, beside the same load generator at the same 8 connections, in turns with gatehouse and the baseline: the benchmark's binary serving the scenario's requests on gatehouse's own parts (actix-web with as many workers and, on SQLite, blocking threads, the blocking pool for every database step, gatehouse's connection pool, SQLite writer and timed checkpoints, its statements kept prepared, aws-lc-rs with the key parsed once, gatehouse's pool of argon2id hashers) doing only the work in the table: the rotation is one `UPDATE … RETURNING` of a one-row-per-family table, the code a bare INSERT, the password grant one read of the user and one argon2id verification with no failed attempts counted, and nothing else is authenticated, logged, audited or counted. A target above what it reaches is out of reach on these parts on this machine at this concurrency; below it, the gap is gatehouse's own work. *gatehouse ÷ least* compares the two servers' throughput in the same turns (the median over the runs): the share of the least server's rate that gatehouse keeps with all its work.\n",
         median(&mut verifications),
         median(&mut writes),
         median(&mut write_cpu),
     );
     let _ = writeln!(
         out,
-        "| scenario | least work per operation | bound | least server | target | measured | |"
+        "| scenario | least work per operation | bound | least server | target | measured | gatehouse ÷ least | |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|");
     let measured_ratios = rows(result);
     for scenario in Scenario::ALL {
         let Some((base, goal)) = target(scenario) else {
@@ -476,9 +496,10 @@ fn machine_allows(result: &BackendResult, cores: f64) -> String {
         let least = least.map_or(String::new(), |l| {
             format!("{} × {}", ratio_text(l), base.name())
         });
+        let kept = kept_of_least_server(result, scenario).map_or(String::new(), ratio_text);
         let _ = writeln!(
             out,
-            "| {} | {work} | {} × {} | {least} | {goal} | {measured} | {verdict} |",
+            "| {} | {work} | {} × {} | {least} | {goal} | {measured} | {kept} | {verdict} |",
             scenario.name(),
             ratio_text(bound),
             base.name()
