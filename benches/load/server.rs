@@ -42,6 +42,9 @@ pub struct Workspace {
     dir: tempfile::TempDir,
     config: PathBuf,
     url: String,
+    /// The least server's database: on SQLite a copy of gatehouse's, made before either
+    /// server ran (see `create`); on PostgreSQL gatehouse's own.
+    least_url: String,
     pg: Option<(String, String)>,
 }
 
@@ -67,14 +70,33 @@ impl Workspace {
         };
         let config = dir.path().join("gatehouse.toml");
         std::fs::write(&config, config_text(&url, port)).map_err(|e| e.to_string())?;
-        let workspace = Workspace {
+        let mut workspace = Workspace {
             dir,
             config,
+            least_url: url.clone(),
             url,
             pg,
         };
         workspace.cli(&["migrate"], None)?;
         workspace.cli(&["users", "add", USER, "--password-stdin"], Some(PASSWORD))?;
+        // The least server takes turns with gatehouse while both run. On one SQLite file
+        // the idle one's timed WAL checkpoints would take the log's locks under the other's
+        // writes (SQLite's busy handler, not gatehouse's writer gate, which is per process)
+        // and copy its log on CPU not counted as its own; so it gets a file of its own, with
+        // the same user. No process has the file open here (the CLI verbs have exited), so
+        // the copy is whole.
+        if workspace.pg.is_none() {
+            let least = workspace.dir.path().join("least.db");
+            let original = workspace.dir.path().join("gatehouse.db");
+            for suffix in ["", "-wal"] {
+                let from = PathBuf::from(format!("{}{suffix}", original.display()));
+                if from.exists() {
+                    std::fs::copy(&from, format!("{}{suffix}", least.display()))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            workspace.least_url = format!("sqlite://{}", least.display());
+        }
         Ok(workspace)
     }
 
@@ -126,6 +148,11 @@ impl Workspace {
     /// The database's URL, as the server's configuration gives it.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The least server's database (see the field).
+    pub fn least_url(&self) -> &str {
+        &self.least_url
     }
 
     pub fn path(&self) -> &Path {
@@ -308,7 +335,7 @@ impl Server {
         let mut command = wrapped(wrapper, exe);
         command
             .arg(crate::least_server::FLAG)
-            .arg(workspace.url())
+            .arg(workspace.least_url())
             .arg(port.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
