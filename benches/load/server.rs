@@ -42,20 +42,22 @@ pub struct Workspace {
     dir: tempfile::TempDir,
     config: PathBuf,
     url: String,
-    /// The least server's database: on SQLite a copy of gatehouse's, made before either
-    /// server ran (see `create`); on PostgreSQL gatehouse's own.
-    least_url: String,
     pg: Option<(String, String)>,
+}
+
+/// gatehouse's SQLite file in the workspace, and the least server's copy of it.
+const SQLITE_FILE: &str = "gatehouse.db";
+const LEAST_SQLITE_FILE: &str = "least.db";
+
+fn sqlite_url(file: &Path) -> String {
+    format!("sqlite://{}", file.display())
 }
 
 impl Workspace {
     pub fn create(backend: &Backend, port: u16) -> Result<Workspace, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let (url, pg) = match backend {
-            Backend::Sqlite => (
-                format!("sqlite://{}", dir.path().join("gatehouse.db").display()),
-                None,
-            ),
+            Backend::Sqlite => (sqlite_url(&dir.path().join(SQLITE_FILE)), None),
             Backend::Postgres { admin_url } => {
                 let name = format!("{BENCH_DATABASE_PREFIX}{}", std::process::id());
                 postgres_admin(
@@ -70,10 +72,9 @@ impl Workspace {
         };
         let config = dir.path().join("gatehouse.toml");
         std::fs::write(&config, config_text(&url, port)).map_err(|e| e.to_string())?;
-        let mut workspace = Workspace {
+        let workspace = Workspace {
             dir,
             config,
-            least_url: url.clone(),
             url,
             pg,
         };
@@ -86,16 +87,15 @@ impl Workspace {
         // the same user. No process has the file open here (the CLI verbs have exited), so
         // the copy is whole.
         if workspace.pg.is_none() {
-            let least = workspace.dir.path().join("least.db");
-            let original = workspace.dir.path().join("gatehouse.db");
             for suffix in ["", "-wal"] {
-                let from = PathBuf::from(format!("{}{suffix}", original.display()));
+                let from = workspace.path().join(format!("{SQLITE_FILE}{suffix}"));
                 if from.exists() {
-                    std::fs::copy(&from, format!("{}{suffix}", least.display()))
-                        .map_err(|e| e.to_string())?;
+                    let to = workspace
+                        .path()
+                        .join(format!("{LEAST_SQLITE_FILE}{suffix}"));
+                    std::fs::copy(&from, to).map_err(|e| e.to_string())?;
                 }
             }
-            workspace.least_url = format!("sqlite://{}", least.display());
         }
         Ok(workspace)
     }
@@ -150,9 +150,13 @@ impl Workspace {
         &self.url
     }
 
-    /// The least server's database (see the field).
-    pub fn least_url(&self) -> &str {
-        &self.least_url
+    /// The least server's database: on SQLite its copy of gatehouse's, made by `create`
+    /// before either server ran; on PostgreSQL gatehouse's own (an idle pool does nothing).
+    pub fn least_url(&self) -> String {
+        match self.pg {
+            Some(_) => self.url.clone(),
+            None => sqlite_url(&self.path().join(LEAST_SQLITE_FILE)),
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -228,8 +228,9 @@ pub fn validate(
                 format!("audit.log_only[{i}]"),
                 format!(
                     "unknown audit event `{name}`; the events are: {}; and token_issued.GRANT \
-                     for the tokens of one grant type",
-                    Event::ALL.map(Event::name).join(", ")
+                     for the tokens of one grant type, GRANT one of: {}",
+                    Event::ALL.map(Event::name).join(", "),
+                    GrantType::ALL.map(GrantType::as_str).join(", ")
                 ),
             ),
         }
