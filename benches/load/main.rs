@@ -11,6 +11,8 @@
 //! `--only NAME` (the scenarios whose name contains NAME, without baselines and without a
 //! report: for profiling), `--baselines` (with `--only`: their baselines and ratios too,
 //! and the least server's, see `least_server`),
+//! `--paced` (with `--only client_credentials`: the p99 at half its peak rate too, paced in
+//! turns with the least server, as the full run measures it; for studying the tail),
 //! `--instructions --only NAME [--ops N]` (instructions per operation under callgrind; see
 //! `instructions`). `GATEHOUSE_BENCH_BIN=PATH` measures another build of the server.
 
@@ -38,6 +40,8 @@ pub struct Options {
     only: Option<String>,
     /// `--baselines`: with `--only`, measure the scenario's baseline too and print the ratio.
     baselines: bool,
+    /// `--paced`: with `--only client_credentials`, the paced p99 at half its peak rate too.
+    paced: bool,
     /// `--instructions`: count instructions per operation instead (needs `--only`).
     instructions: bool,
     /// `--ops N`: how many operations `--instructions` counts.
@@ -59,7 +63,10 @@ impl Options {
             runs: value("--runs").map_or(if smoke { 1 } else { 3 }, |r| r.max(1.0) as usize),
             smoke,
             sqlite_only: args.iter().any(|a| a == "--sqlite-only"),
-            baselines: args.iter().any(|a| a == "--baselines"),
+            // The paced turns compare gatehouse with the least server, which runs only beside
+            // its baselines.
+            baselines: args.iter().any(|a| a == "--baselines" || a == "--paced"),
+            paced: args.iter().any(|a| a == "--paced"),
             only: args
                 .iter()
                 .position(|a| a == "--only")
@@ -297,7 +304,13 @@ fn run_backend(
         least_server::drop_tables(&workspace.least_url())?;
     }
 
-    if options.only.is_some() {
+    // `--only client_credentials --paced` goes on to the paced turns, and only to them.
+    let paced_only = options.only.is_some()
+        && options.paced
+        && scenarios
+            .iter()
+            .any(|(s, _)| *s == Scenario::ClientCredentials);
+    if options.only.is_some() && !paced_only {
         return Ok(RunResult {
             scenarios,
             p99_half_rate_ms: 0.0,
@@ -311,17 +324,22 @@ fn run_backend(
         });
     }
     // No server runs while the floors are measured: they are the machine's, not gatehouse's.
-    let floors = floors::measure(backend, workspace.url(), cores, options.duration());
-    eprintln!(
-        "  {:<10} floors: {:.0} RS256 verifications/s; {:.0} durable one-row writes/s at {:.0} µs of CPU each",
-        backend.name(),
-        floors.verifications_per_second,
-        floors.writes_per_second,
-        floors.write_cpu_seconds * 1e6
-    );
-    if floors.writes_per_second <= 0.0 {
-        failures.push(format!("{}: durable writes not measured", backend.name()));
-    }
+    let floors = if paced_only {
+        floors::Floors::default()
+    } else {
+        let floors = floors::measure(backend, workspace.url(), cores, options.duration());
+        eprintln!(
+            "  {:<10} floors: {:.0} RS256 verifications/s; {:.0} durable one-row writes/s at {:.0} µs of CPU each",
+            backend.name(),
+            floors.verifications_per_second,
+            floors.writes_per_second,
+            floors.write_cpu_seconds * 1e6
+        );
+        if floors.writes_per_second <= 0.0 {
+            failures.push(format!("{}: durable writes not measured", backend.name()));
+        }
+        floors
+    };
     // p99 of /token at half the peak client-credentials rate, paced so a stall shows.
     let peak = scenarios
         .iter()
@@ -364,6 +382,19 @@ fn run_backend(
         )
     });
 
+    if paced_only {
+        return Ok(RunResult {
+            scenarios,
+            p99_half_rate_ms: measured_p99,
+            least_p99_half_rate_ms: least_p99,
+            half_rate,
+            metrics_on_per_second: 0.0,
+            metrics_off_per_second: 0.0,
+            floors,
+            least,
+            introspections_from_memory,
+        });
+    }
     // The cost of /metrics: client_credentials on a fresh server with metrics and on one
     // without, back to back.
     let config = workspace.path().join("gatehouse.toml");
