@@ -277,8 +277,9 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
             );
         }
         let mut p99: Vec<f64> = result.runs.iter().map(|r| r.p99_half_rate_ms).collect();
-        // Each run's figure is shown beside the median: one turn's placement of the worker
-        // threads on the cores can move a run's tail from 1 ms to 20 (the note of session 31).
+        // Each run's figure is shown beside the median: where the kernel happens to place the
+        // worker threads in a turn can move a run's tail from 1 ms to 20, and the median alone
+        // hides which way that fell.
         let p99_runs = each_run(&p99);
         let mut half: Vec<f64> = result.runs.iter().map(|r| r.half_rate).collect();
         let mut overhead: Vec<f64> = result

@@ -159,6 +159,11 @@ impl Workspace {
         }
     }
 
+    /// gatehouse's config file, which a measurement may rewrite (and must put back).
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

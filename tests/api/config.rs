@@ -222,6 +222,13 @@ fn audit_events_kept_in_the_log_only_are_named_and_checked() {
         errors.contains("audit.log_only[3]: unknown audit event `token_issued.implicit`"),
         "{errors}"
     );
+    // The message says what GRANT may be, so the fix needs no trip to the README.
+    assert!(
+        errors.contains(
+            "GRANT one of: authorization_code, refresh_token, password, client_credentials"
+        ),
+        "{errors}"
+    );
     for valid in ["audit.log_only[0]", "audit.log_only[2]"] {
         assert!(!errors.contains(valid), "{errors}");
     }
