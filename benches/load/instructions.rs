@@ -22,12 +22,19 @@ const WARMUP_OPS: usize = 200;
 
 /// Counts `ops` operations of `scenario` on `backend` and prints the count per operation:
 /// gatehouse's, then the least server's where it serves the scenario, so that the two
-/// counts say how much of an operation's work is gatehouse's own.
-pub fn count(backend: &Backend, scenario: Scenario, ops: usize) -> Result<(), String> {
-    count_server(backend, scenario, ops, Server::start_under, "")?;
+/// counts say how much of an operation's work is gatehouse's own. `env` holds settings for
+/// gatehouse (`--server-env`).
+pub fn count(
+    backend: &Backend,
+    scenario: Scenario,
+    ops: usize,
+    env: &[(String, String)],
+) -> Result<(), String> {
+    count_server(backend, env, scenario, ops, Server::start_under, "")?;
     if crate::least_server::SCENARIOS.contains(&scenario) {
         count_server(
             backend,
+            env,
             scenario,
             ops,
             Server::start_least_under,
@@ -41,13 +48,14 @@ type Start = fn(&Workspace, u16, &[String]) -> Result<Server, String>;
 
 fn count_server(
     backend: &Backend,
+    env: &[(String, String)],
     scenario: Scenario,
     ops: usize,
     start: Start,
     label: &str,
 ) -> Result<(), String> {
     let port = server::free_port();
-    let workspace = Workspace::create(backend, port)?;
+    let workspace = Workspace::create(backend, port, env)?;
     let profile = workspace.path().join("callgrind.out");
     let valgrind = vec![
         "valgrind".to_owned(),

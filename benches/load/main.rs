@@ -14,7 +14,9 @@
 //! `--paced` (with `--only client_credentials`: the p99 at half its peak rate too, paced in
 //! turns with the least server, as the full run measures it; for studying the tail),
 //! `--instructions --only NAME [--ops N]` (instructions per operation under callgrind; see
-//! `instructions`). `GATEHOUSE_BENCH_BIN=PATH` measures another build of the server.
+//! `instructions`). `GATEHOUSE_BENCH_BIN=PATH` measures another build of the server;
+//! `--server-env KEY=VALUE` (with `--only`; repeatable) sets one of gatehouse's settings in
+//! its environment (`GATEHOUSE__LOG__LEVEL=warn`), to price a setting against the default.
 
 mod client;
 mod floors;
@@ -46,6 +48,9 @@ pub struct Options {
     instructions: bool,
     /// `--ops N`: how many operations `--instructions` counts.
     ops: usize,
+    /// `--server-env KEY=VALUE`, each as given: settings for gatehouse's processes, which
+    /// otherwise get none from the bench's own environment.
+    server_env: Vec<String>,
 }
 
 impl Options {
@@ -74,6 +79,12 @@ impl Options {
                 .cloned(),
             instructions: args.iter().any(|a| a == "--instructions"),
             ops: value("--ops").map_or(2000, |n| n.max(1.0) as usize),
+            server_env: args
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| *a == "--server-env")
+                .map(|(i, _)| args.get(i + 1).cloned().unwrap_or_default())
+                .collect(),
         }
     }
 
@@ -168,6 +179,18 @@ fn main() {
         );
         std::process::exit(2);
     }
+    if !options.server_env.is_empty() && options.only.is_none() {
+        // BENCHMARKS.md reports the configuration a user gets without choosing one.
+        eprintln!("--server-env needs --only NAME: the full run measures the default settings");
+        std::process::exit(2);
+    }
+    let server_env = match server_env(&options.server_env) {
+        Ok(settings) => settings,
+        Err(refusal) => {
+            eprintln!("{refusal}");
+            std::process::exit(2);
+        }
+    };
     if options.instructions {
         let Some(scenario) = options
             .only
@@ -178,7 +201,7 @@ fn main() {
             std::process::exit(2);
         };
         for backend in &backends {
-            if let Err(e) = instructions::count(backend, scenario, options.ops) {
+            if let Err(e) = instructions::count(backend, scenario, options.ops, &server_env) {
                 eprintln!("{}: {e}", backend.name());
                 std::process::exit(1);
             }
@@ -200,7 +223,14 @@ fn main() {
         eprintln!("run {}/{}", run + 1, options.runs);
         for result in &mut results {
             let backend = result.backend.clone();
-            match run_backend(&options, cores, &backend, result, &mut failures) {
+            match run_backend(
+                &options,
+                &server_env,
+                cores,
+                &backend,
+                result,
+                &mut failures,
+            ) {
                 Ok(run_result) => result.runs.push(run_result),
                 Err(e) => failures.push(format!("{}: {e}", result.backend.name())),
             }
@@ -235,15 +265,31 @@ fn main() {
     eprintln!("written: {}", dir.join("BENCHMARKS.md").display());
 }
 
+/// The `--server-env` arguments as settings: each `GATEHOUSE__SECTION__KEY=VALUE`.
+fn server_env(arguments: &[String]) -> Result<Vec<(String, String)>, String> {
+    arguments
+        .iter()
+        .map(|argument| match argument.split_once('=') {
+            Some((key, value)) if key.starts_with("GATEHOUSE__") => {
+                Ok((key.to_owned(), value.to_owned()))
+            }
+            _ => Err(format!(
+                "--server-env {argument:?}: expected GATEHOUSE__SECTION__KEY=VALUE"
+            )),
+        })
+        .collect()
+}
+
 fn run_backend(
     options: &Options,
+    server_env: &[(String, String)],
     cores: usize,
     backend: &Backend,
     result: &mut BackendResult,
     failures: &mut Vec<String>,
 ) -> Result<RunResult, String> {
     let port = server::free_port();
-    let workspace = Workspace::create(backend, port)?;
+    let workspace = Workspace::create(backend, port, server_env)?;
     // The first start generates the signing key; later starts find it.
     drop(Server::start(&workspace, port)?);
     for _ in 0..3 {

@@ -43,6 +43,8 @@ pub struct Workspace {
     config: PathBuf,
     url: String,
     pg: Option<(String, String)>,
+    /// Settings given to every gatehouse process (`--server-env`).
+    env: Vec<(String, String)>,
 }
 
 /// gatehouse's SQLite file in the workspace, and the least server's copy of it.
@@ -54,7 +56,11 @@ fn sqlite_url(file: &Path) -> String {
 }
 
 impl Workspace {
-    pub fn create(backend: &Backend, port: u16) -> Result<Workspace, String> {
+    pub fn create(
+        backend: &Backend,
+        port: u16,
+        env: &[(String, String)],
+    ) -> Result<Workspace, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let (url, pg) = match backend {
             Backend::Sqlite => (sqlite_url(&dir.path().join(SQLITE_FILE)), None),
@@ -77,6 +83,7 @@ impl Workspace {
             config,
             url,
             pg,
+            env: env.to_vec(),
         };
         workspace.cli(&["migrate"], None)?;
         workspace.cli(&["users", "add", USER, "--password-stdin"], Some(PASSWORD))?;
@@ -142,6 +149,7 @@ impl Workspace {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(self.env.iter().map(|(key, value)| (key, value)));
         cmd
     }
 
