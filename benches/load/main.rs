@@ -16,7 +16,8 @@
 //! `--instructions --only NAME [--ops N]` (instructions per operation under callgrind; see
 //! `instructions`). `GATEHOUSE_BENCH_BIN=PATH` measures another build of the server;
 //! `--server-env KEY=VALUE` (with `--only`; repeatable) sets one of gatehouse's settings in
-//! its environment (`GATEHOUSE__LOG__LEVEL=warn`), to price a setting against the default.
+//! its environment (`GATEHOUSE__LOG__LEVEL=warn`), to price a setting against the
+//! benchmark's own configuration.
 
 mod client;
 mod floors;
@@ -180,8 +181,10 @@ fn main() {
         std::process::exit(2);
     }
     if !options.server_env.is_empty() && options.only.is_none() {
-        // BENCHMARKS.md reports the configuration a user gets without choosing one.
-        eprintln!("--server-env needs --only NAME: the full run measures the default settings");
+        // BENCHMARKS.md reports the benchmark's own configuration, the same in every report.
+        eprintln!(
+            "--server-env needs --only NAME: the full run measures the benchmark's own configuration"
+        );
         std::process::exit(2);
     }
     let server_env = match server_env(&options.server_env) {
