@@ -49,13 +49,15 @@ pub struct Options {
     instructions: bool,
     /// `--ops N`: how many operations `--instructions` counts.
     ops: usize,
-    /// `--server-env KEY=VALUE`, each as given: settings for gatehouse's processes, which
-    /// otherwise get none from the bench's own environment.
-    server_env: Vec<String>,
+    /// `--server-env KEY=VALUE`, each: settings for gatehouse's processes, which otherwise
+    /// get none from the bench's own environment.
+    server_env: Vec<(String, String)>,
 }
 
 impl Options {
-    fn parse() -> Options {
+    /// The options on the command line, or why they do not go together (checked before
+    /// anything is measured or any database touched).
+    fn parse() -> Result<Options, String> {
         let args: Vec<String> = std::env::args().collect();
         let value = |flag: &str| {
             args.iter()
@@ -64,7 +66,13 @@ impl Options {
                 .and_then(|v| v.parse::<f64>().ok())
         };
         let smoke = args.iter().any(|a| a == "--smoke");
-        Options {
+        let server_env = args
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| *a == "--server-env")
+            .map(|(i, _)| setting(args.get(i + 1).map_or("", String::as_str)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let options = Options {
             seconds: value("--seconds").unwrap_or(if smoke { 0.5 } else { 5.0 }),
             runs: value("--runs").map_or(if smoke { 1 } else { 3 }, |r| r.max(1.0) as usize),
             smoke,
@@ -80,13 +88,25 @@ impl Options {
                 .cloned(),
             instructions: args.iter().any(|a| a == "--instructions"),
             ops: value("--ops").map_or(2000, |n| n.max(1.0) as usize),
-            server_env: args
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| *a == "--server-env")
-                .map(|(i, _)| args.get(i + 1).cloned().unwrap_or_default())
-                .collect(),
+            server_env,
+        };
+        if options.paced
+            && (options.only.is_none() || options.leaves_out(Scenario::ClientCredentials))
+        {
+            return Err(
+                "--paced needs --only NAME naming client_credentials, whose peak it paces at half"
+                    .to_owned(),
+            );
         }
+        if !options.server_env.is_empty() && options.only.is_none() {
+            // BENCHMARKS.md reports the benchmark's own configuration, the same in every report.
+            return Err(
+                "--server-env needs --only NAME: the full run measures the benchmark's \
+                own configuration"
+                    .to_owned(),
+            );
+        }
+        Ok(options)
     }
 
     fn duration(&self) -> Duration {
@@ -159,7 +179,10 @@ fn main() {
         }
         return;
     }
-    let options = Options::parse();
+    let options = Options::parse().unwrap_or_else(|refusal| {
+        eprintln!("{refusal}");
+        std::process::exit(2);
+    });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut backends = vec![Backend::Sqlite];
     let admin_url = std::env::var("GATEHOUSE_TEST_POSTGRES_URL")
@@ -173,27 +196,6 @@ fn main() {
         }
     }
 
-    if options.paced && (options.only.is_none() || options.leaves_out(Scenario::ClientCredentials))
-    {
-        eprintln!(
-            "--paced needs --only NAME naming client_credentials, whose peak it paces at half"
-        );
-        std::process::exit(2);
-    }
-    if !options.server_env.is_empty() && options.only.is_none() {
-        // BENCHMARKS.md reports the benchmark's own configuration, the same in every report.
-        eprintln!(
-            "--server-env needs --only NAME: the full run measures the benchmark's own configuration"
-        );
-        std::process::exit(2);
-    }
-    let server_env = match server_env(&options.server_env) {
-        Ok(settings) => settings,
-        Err(refusal) => {
-            eprintln!("{refusal}");
-            std::process::exit(2);
-        }
-    };
     if options.instructions {
         let Some(scenario) = options
             .only
@@ -204,7 +206,8 @@ fn main() {
             std::process::exit(2);
         };
         for backend in &backends {
-            if let Err(e) = instructions::count(backend, scenario, options.ops, &server_env) {
+            if let Err(e) = instructions::count(backend, scenario, options.ops, &options.server_env)
+            {
                 eprintln!("{}: {e}", backend.name());
                 std::process::exit(1);
             }
@@ -226,14 +229,7 @@ fn main() {
         eprintln!("run {}/{}", run + 1, options.runs);
         for result in &mut results {
             let backend = result.backend.clone();
-            match run_backend(
-                &options,
-                &server_env,
-                cores,
-                &backend,
-                result,
-                &mut failures,
-            ) {
+            match run_backend(&options, cores, &backend, result, &mut failures) {
                 Ok(run_result) => result.runs.push(run_result),
                 Err(e) => failures.push(format!("{}: {e}", result.backend.name())),
             }
@@ -268,31 +264,31 @@ fn main() {
     eprintln!("written: {}", dir.join("BENCHMARKS.md").display());
 }
 
-/// The `--server-env` arguments as settings: each `GATEHOUSE__SECTION__KEY=VALUE`.
-fn server_env(arguments: &[String]) -> Result<Vec<(String, String)>, String> {
-    arguments
-        .iter()
-        .map(|argument| match argument.split_once('=') {
-            Some((key, value)) if key.starts_with("GATEHOUSE__") => {
-                Ok((key.to_owned(), value.to_owned()))
-            }
-            _ => Err(format!(
-                "--server-env {argument:?}: expected GATEHOUSE__SECTION__KEY=VALUE"
-            )),
-        })
-        .collect()
+/// One `--server-env` argument, `GATEHOUSE__SECTION__KEY=VALUE`, as a key and its value. A
+/// refusal names the key alone: the value may be a secret.
+fn setting(argument: &str) -> Result<(String, String), String> {
+    match argument.split_once('=') {
+        Some((key, value)) if key.starts_with("GATEHOUSE__") => {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        Some((key, _)) => Err(format!(
+            "--server-env {key:?}=…: expected GATEHOUSE__SECTION__KEY=VALUE"
+        )),
+        None => Err(format!(
+            "--server-env {argument:?}: expected GATEHOUSE__SECTION__KEY=VALUE"
+        )),
+    }
 }
 
 fn run_backend(
     options: &Options,
-    server_env: &[(String, String)],
     cores: usize,
     backend: &Backend,
     result: &mut BackendResult,
     failures: &mut Vec<String>,
 ) -> Result<RunResult, String> {
     let port = server::free_port();
-    let workspace = Workspace::create(backend, port, server_env)?;
+    let workspace = Workspace::create(backend, port, &options.server_env)?;
     // The first start generates the signing key; later starts find it.
     drop(Server::start(&workspace, port)?);
     for _ in 0..3 {
@@ -360,8 +356,9 @@ fn run_backend(
         least_server::drop_tables(&workspace.least_url())?;
     }
 
-    // `--only client_credentials --paced` goes on to the paced turns, and only to them.
-    let paced_only = options.only.is_some() && options.paced;
+    // `--only client_credentials --paced` goes on to the paced turns, and only to them
+    // (`--paced` is refused without `--only`).
+    let paced_only = options.paced;
     if options.only.is_some() && !paced_only {
         return Ok(RunResult {
             scenarios,

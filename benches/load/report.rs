@@ -44,8 +44,9 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Each run's figure in the order of the runs, as ` (runs: …)`; nothing for a single run.
-fn each_run(values: &[f64]) -> String {
+/// Each run's figure in milliseconds, in the order of the runs, as ` (runs: … ms)`; nothing
+/// for a single run.
+fn each_run_ms(values: &[f64]) -> String {
     if values.len() < 2 {
         return String::new();
     }
@@ -280,7 +281,7 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
         // Each run's figure is shown beside the median: where the kernel happens to place the
         // worker threads in a turn can move a run's tail from 1 ms to 20, and the median alone
         // hides which way that fell.
-        let p99_runs = each_run(&p99);
+        let p99_runs = each_run_ms(&p99);
         let mut half: Vec<f64> = result.runs.iter().map(|r| r.half_rate).collect();
         let mut overhead: Vec<f64> = result
             .runs
@@ -304,7 +305,7 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
             .iter()
             .filter_map(|r| r.least_p99_half_rate_ms)
             .collect();
-        let least_p99_runs = each_run(&least_p99);
+        let least_p99_runs = each_run_ms(&least_p99);
         let least_p99 = (!least_p99.is_empty()).then(|| median(&mut least_p99));
         let _ = writeln!(
             out,
