@@ -142,6 +142,9 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+    /// How long the server's lines may wait to be written in a batch; `None`: each line is
+    /// written as it is logged.
+    pub flush_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

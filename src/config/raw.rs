@@ -103,6 +103,7 @@ pub struct RawLimits {
 pub struct RawLog {
     pub format: String,
     pub level: String,
+    pub flush_interval: String,
 }
 
 #[derive(Debug, Deserialize)]

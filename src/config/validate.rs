@@ -55,6 +55,8 @@ const MAX_CODE_TTL: Duration = Duration::from_secs(600);
 /// The revocation log keeps its records this long; a longer cache could miss one.
 const MAX_INTROSPECTION_CACHE: Duration = crate::storage::revocation_log::KEPT_FOR;
 
+const MAX_LOG_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// `env` looks up environment variables named by `secret_env`.
 pub fn validate(
     raw: RawSettings,
@@ -208,6 +210,18 @@ pub fn validate(
             LogFormat::Text
         }
     };
+    let flush_interval = p
+        .parsed_duration("log.flush_interval", &raw.log.flush_interval)
+        .filter(|interval| !interval.is_zero());
+    if flush_interval.is_some_and(|interval| interval > MAX_LOG_FLUSH_INTERVAL) {
+        p.add(
+            "log.flush_interval",
+            format!(
+                "must be at most {}: it is how long a crash may lose log lines for",
+                humantime::format_duration(MAX_LOG_FLUSH_INTERVAL)
+            ),
+        );
+    }
     if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
         p.add(
             "log.level",
@@ -286,6 +300,7 @@ pub fn validate(
         log: LogSettings {
             format,
             level: raw.log.level,
+            flush_interval,
         },
         audit,
         clients,

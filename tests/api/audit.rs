@@ -8,6 +8,7 @@ use crate::support::*;
 
 on_both_backends!(every_security_event_is_in_the_audit_trail);
 on_both_backends!(events_kept_in_the_log_only_are_logged_but_not_rows);
+on_both_backends!(a_stop_by_sigterm_writes_out_every_buffered_log_line);
 
 fn revoke(app: &OAuthServer, token: &str) -> Response {
     app.post_form(
@@ -242,4 +243,35 @@ fn log_only_events_filtered_out_of_the_log_are_warned_about() {
         !lines.iter().any(|l| l.contains("gatehouse::audit\"")),
         "{lines:?}"
     );
+}
+
+/// The server writes its log lines in batches (`log.flush_interval`): with an interval far
+/// longer than the stop takes, the lines of the last tokens are still in memory when SIGTERM
+/// arrives, and must still reach stdout.
+fn a_stop_by_sigterm_writes_out_every_buffered_log_line(db: TestDb) {
+    let mut app = OAuthServer::start_logging(
+        db,
+        "",
+        "",
+        "info",
+        &[("GATEHOUSE__LOG__FLUSH_INTERVAL", "1s")],
+    );
+    const TOKENS: usize = 20;
+    for _ in 0..TOKENS {
+        let issued = app.token(
+            &[("grant_type", "client_credentials")],
+            Some((SERVICE, SERVICE_SECRET)),
+        );
+        assert_eq!(issued.status, 200, "{}", issued.body);
+    }
+    let lines = app.server.stop();
+    let issued = lines
+        .iter()
+        .filter(|line| {
+            line.contains("\"target\":\"gatehouse::audit\"")
+                && line.contains("\"event\":\"token_issued\"")
+                && line.contains("grant_type=client_credentials")
+        })
+        .count();
+    assert_eq!(issued, TOKENS, "{lines:#?}");
 }

@@ -50,6 +50,9 @@ access_ttl = "fifteen minutes"
 code_ttl = "0s"
 introspection_cache_ttl = "2m"
 
+[log]
+flush_interval = "5s"
+
 [[clients]]
 id = "web"
 redirect_uris = ["/callback", "https://app.example.com/cb#frag", "http://app.example.com/cb"]
@@ -90,6 +93,7 @@ grant_types = ["client_credentials"]
         "tokens.access_ttl: `fifteen minutes` is not a duration",
         "tokens.code_ttl: must be longer than zero",
         "tokens.introspection_cache_ttl: must be at most 1m",
+        "log.flush_interval: must be at most 1s",
         "clients[0].redirect_uris[0]: must be an absolute URI without a fragment",
         "clients[0].redirect_uris[1]: must be an absolute URI without a fragment",
         "clients[0].redirect_uris[2]: must use https",

@@ -83,11 +83,30 @@ fn json_lines_of_log_crate_records_name_their_module() {
     assert!(unnamed.is_empty(), "{unnamed:?}");
 }
 
-/// A log line the writer refuses (a full disk, a closed pipe) is reported on stderr, not
-/// dropped without a word: stdout here is /dev/full, where every write fails.
+/// Log lines the writer refuses (a full disk, a closed pipe) are reported on stderr, not
+/// dropped without a word: stdout here is /dev/full, where every write fails. The server
+/// writes its lines in batches (`log.flush_interval`); the batch that failed is reported.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_log_line_that_cannot_be_written_is_reported_on_stderr() {
+    // Batched, as by default, and line by line.
+    for (flush_interval, report) in [
+        ("10ms", "log lines could not be written"),
+        ("0s", "Unable to write an event"),
+    ] {
+        let stderr = stderr_with_stdout_on_dev_full(flush_interval);
+        assert!(stderr.contains(report), "{flush_interval}: {stderr}");
+        assert!(
+            stderr.contains("No space left on device"),
+            "{flush_interval}: {stderr}"
+        );
+    }
+}
+
+/// What the server writes to stderr, up to its first report of a failed write, with stdout
+/// on /dev/full.
+#[cfg(target_os = "linux")]
+fn stderr_with_stdout_on_dev_full(flush_interval: &str) -> String {
     use std::io::Read;
     use std::process::Stdio;
 
@@ -97,6 +116,7 @@ fn a_log_line_that_cannot_be_written_is_reported_on_stderr() {
         .arg("--config")
         .arg(&config)
         .arg("serve")
+        .env("GATEHOUSE__LOG__FLUSH_INTERVAL", flush_interval)
         .stdout(std::fs::File::create("/dev/full").expect("/dev/full"))
         .stderr(Stdio::piped())
         .spawn()
@@ -120,9 +140,11 @@ fn a_log_line_that_cannot_be_written_is_reported_on_stderr() {
     let _ = server.kill();
     let _ = server.wait();
     let stderr = reader.join().expect("stderr reader");
-    assert!(reported.is_some(), "no report within 10 s: {stderr}");
-    assert!(stderr.contains("Unable to write an event"), "{stderr}");
-    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(
+        reported.is_some(),
+        "{flush_interval}: no report within 10 s: {stderr}"
+    );
+    stderr
 }
 
 /// PostgreSQL only: a SQLite file held open by the pool cannot be taken away from it.

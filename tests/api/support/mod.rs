@@ -294,6 +294,8 @@ pub struct TestServer {
     child: Child,
     pub base_url: String,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Reads stdout until the server closes it.
+    logs_reader: Option<std::thread::JoinHandle<()>>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
@@ -347,7 +349,7 @@ impl TestServer {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr_lines = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = mpsc::channel();
-        collect_lines(
+        let logs_reader = collect_lines(
             child.stdout.take().expect("stdout"),
             Arc::clone(&logs),
             move |line| {
@@ -371,6 +373,7 @@ impl TestServer {
                 child,
                 base_url,
                 logs,
+                logs_reader: Some(logs_reader),
                 stderr: stderr_lines,
             }),
             Err(_) => {
@@ -399,6 +402,25 @@ impl TestServer {
 
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().expect("log lock").clone()
+    }
+
+    /// Stops the server as an orchestrator does, with SIGTERM, and returns every line it
+    /// logged, once it has exited and closed its stdout.
+    pub fn stop(&mut self) -> Vec<String> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM: {sent}");
+        let status = eventually(Duration::from_secs(30), || {
+            self.child.try_wait().ok().flatten()
+        })
+        .expect("the server exits within 30 s of SIGTERM");
+        assert!(status.success(), "the server stopped with {status}");
+        if let Some(reader) = self.logs_reader.take() {
+            reader.join().expect("the log reader");
+        }
+        self.logs()
     }
 
     /// What the server wrote to its standard error so far (panics land here).

@@ -1,6 +1,10 @@
 //! Logging: readable text by default, one JSON object per line with `log.format = "json"`.
 //! Every line logged while serving a request carries that request's id.
 
+mod line_buffer;
+
+pub use line_buffer::flush;
+
 use std::io::IsTerminal;
 
 use actix_web::body::MessageBody;
@@ -43,10 +47,17 @@ pub fn init(settings: &LogSettings, target: LogTarget) {
         LogTarget::Stdout => std::io::stdout().is_terminal(),
         LogTarget::Stderr => std::io::stderr().is_terminal(),
     };
+    // The server's lines are batched (`log.flush_interval`); a CLI verb's are few, and
+    // should reach the terminal as they happen.
+    let buffer = match (target, settings.flush_interval) {
+        (LogTarget::Stdout, Some(interval)) => line_buffer::LineBuffer::install(interval),
+        _ => None,
+    };
     let writer = move || -> Box<dyn std::io::Write> {
-        match target {
-            LogTarget::Stdout => Box::new(std::io::stdout()),
-            LogTarget::Stderr => Box::new(std::io::stderr()),
+        match (buffer, target) {
+            (Some(buffer), _) => Box::new(buffer.writer()),
+            (None, LogTarget::Stdout) => Box::new(std::io::stdout()),
+            (None, LogTarget::Stderr) => Box::new(std::io::stderr()),
         }
     };
     // A second init (tests, or a CLI verb after config load) keeps the first subscriber.
