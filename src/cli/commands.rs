@@ -30,9 +30,12 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         _ => LogTarget::Stderr,
     };
     telemetry::init(&settings.log, log_target);
+    // The server's last lines, still in the log buffer when it stops, are written out when
+    // this returns, or unwinds from a panic.
+    let _flush_at_exit = telemetry::FlushOnDrop;
     // Before any verb records an event (`serve`: the client sync, a key generated at start).
     crate::audit::keep_in_log_only(&settings.audit.log_only);
-    let result = match command {
+    finish(match command {
         Command::Serve => serve(settings),
         Command::Migrate => migrate(&settings),
         Command::Users(command) => users(&settings, command),
@@ -41,10 +44,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Keys(KeysCommand::Rotate) => rotate_key(&settings),
         Command::Audit(AuditCommand::Tail { lines, json }) => audit_tail(&settings, lines, json),
         Command::CheckConfig | Command::HashSecret { .. } => Ok(()),
-    };
-    // The server's last lines, still in the log buffer when it stopped.
-    telemetry::flush();
-    finish(result)
+    })
 }
 
 fn finish(result: anyhow::Result<()>) -> ExitCode {

@@ -1,12 +1,13 @@
 //! The server's log lines, gathered in memory and written to stdout in batches by one
 //! thread, so that a request does not pay a `write` system call for its line. At thousands
 //! of tokens a second, each with its audit line, that call and the kernel's work behind it
-//! cost a client_credentials token about 2% of its CPU time (README, "Benchmarks"). As
-//! nginx's `access_log ... buffer= flush=` and Envoy's access log flush interval do, a
-//! line reaches stdout at most `log.flush_interval` after it was logged, in the order the
-//! lines were logged, with the time it was logged. A stop by SIGTERM or SIGINT writes out
-//! every line; a crash (SIGKILL, the OOM killer) loses at most that interval's lines, as
-//! the audit table's writer, which batches its rows over a longer interval, already may.
+//! cost a client_credentials token 2-4% of its throughput (README, "Benchmarks"). As
+//! nginx's `access_log ... buffer= flush=` and Envoy's access log flush interval do, lines
+//! are written about every `log.flush_interval`, in the order they were logged, each with
+//! the time it was logged. Once the server is serving, a stop by SIGTERM or SIGINT writes
+//! out every line; a crash (SIGKILL, the OOM killer) loses the lines not yet written,
+//! normally at most an interval's, as the audit table's writer, which batches its rows over
+//! a longer interval, already may.
 
 use std::io::{self, Write};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -115,10 +116,15 @@ impl LineBuffer {
     }
 }
 
-/// Writes out what the installed buffer holds: at exit, so that no line is left behind.
-pub fn flush() {
-    if let Some(buffer) = INSTALLED.get() {
-        buffer.write_out(lock(&buffer.pending));
+/// Writes out what the installed buffer holds when dropped: at exit, so that no line is
+/// left behind.
+pub struct FlushOnDrop;
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        if let Some(buffer) = INSTALLED.get() {
+            buffer.write_out(lock(&buffer.pending));
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod line_buffer;
 
-pub use line_buffer::flush;
+pub use line_buffer::FlushOnDrop;
 
 use std::io::IsTerminal;
 
