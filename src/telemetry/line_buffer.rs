@@ -17,7 +17,8 @@ use std::time::Duration;
 /// cost what unbuffered lines do, and memory stays bounded when stdout blocks.
 const HIGH_WATER: usize = 256 * 1024;
 
-/// The process's one buffer, once installed: its flusher and `flush` at exit reach it here.
+/// The process's one buffer, once installed: its flusher, and `FlushOnDrop` at exit, reach
+/// it here.
 static INSTALLED: OnceLock<LineBuffer> = OnceLock::new();
 
 pub struct LineBuffer {
