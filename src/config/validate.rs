@@ -39,6 +39,16 @@ impl Problems {
         parsed.unwrap_or_default()
     }
 
+    /// A duration longer than `max` is a problem; `why` follows the limit in the message.
+    fn at_most(&mut self, key: &str, value: Duration, max: Duration, why: &str) {
+        if value > max {
+            self.add(
+                key,
+                format!("must be at most {}{why}", humantime::format_duration(max)),
+            );
+        }
+    }
+
     fn parsed_duration(&mut self, key: &str, value: &str) -> Option<Duration> {
         let parsed = humantime::parse_duration(value).ok();
         if parsed.is_none() {
@@ -149,21 +159,18 @@ pub fn validate(
             .unwrap_or_default(),
         audience: raw.tokens.audience.clone(),
     };
-    if tokens.code_ttl > MAX_CODE_TTL {
-        p.add(
-            "tokens.code_ttl",
-            "must be at most 10m (RFC 6749 section 4.1.2)",
-        );
-    }
-    if tokens.introspection_cache_ttl > MAX_INTROSPECTION_CACHE {
-        p.add(
-            "tokens.introspection_cache_ttl",
-            format!(
-                "must be at most {}: it is how long a revocation made elsewhere may go unseen",
-                humantime::format_duration(MAX_INTROSPECTION_CACHE)
-            ),
-        );
-    }
+    p.at_most(
+        "tokens.code_ttl",
+        tokens.code_ttl,
+        MAX_CODE_TTL,
+        " (RFC 6749 section 4.1.2)",
+    );
+    p.at_most(
+        "tokens.introspection_cache_ttl",
+        tokens.introspection_cache_ttl,
+        MAX_INTROSPECTION_CACHE,
+        ": it is how long a revocation made elsewhere may go unseen",
+    );
     if tokens.refresh_idle_ttl > tokens.refresh_absolute_ttl {
         p.add(
             "tokens.refresh_idle_ttl",
@@ -213,13 +220,12 @@ pub fn validate(
     let flush_interval = p
         .parsed_duration("log.flush_interval", &raw.log.flush_interval)
         .filter(|interval| !interval.is_zero());
-    if flush_interval.is_some_and(|interval| interval > MAX_LOG_FLUSH_INTERVAL) {
-        p.add(
+    if let Some(interval) = flush_interval {
+        p.at_most(
             "log.flush_interval",
-            format!(
-                "must be at most {}: it is how long a crash may lose log lines for",
-                humantime::format_duration(MAX_LOG_FLUSH_INTERVAL)
-            ),
+            interval,
+            MAX_LOG_FLUSH_INTERVAL,
+            ": it is how long a crash may lose log lines for",
         );
     }
     if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {

@@ -1,8 +1,6 @@
 //! The audit trail: events with user, client, address and outcome, in the log under
 //! `gatehouse::audit` and in the audit table, which `gatehouse audit tail` shows.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 use crate::on_both_backends;
@@ -267,12 +265,7 @@ fn a_stop_by_sigterm_writes_out_every_buffered_log_line(db: TestDb) {
     // A machine that stalls for the whole interval lets the flusher write the lines before
     // SIGTERM, which proves nothing about the stop: then again, on a fresh instance.
     for attempt in 1..=3 {
-        let mut app = OAuthServer {
-            db: Arc::clone(&first.db),
-            server: TestServer::start_with_env(&first.db, &first.config, &[FLUSH_INTERVAL]),
-            user_id: first.user_id.clone(),
-            config: first.config.clone(),
-        };
+        let mut app = first.another_instance_with_env(&[FLUSH_INTERVAL]);
         for _ in 0..TOKENS {
             let issued = app.token(
                 &[("grant_type", "client_credentials")],

@@ -174,9 +174,14 @@ impl OAuthServer {
 
     /// A second `gatehouse serve` on the same database, with the same configuration.
     pub fn another_instance(&self) -> OAuthServer {
+        self.another_instance_with_env(&[])
+    }
+
+    /// `another_instance`, with extra environment variables.
+    pub fn another_instance_with_env(&self, env: &[(&str, &str)]) -> OAuthServer {
         OAuthServer {
             db: Arc::clone(&self.db),
-            server: TestServer::start(&self.db, &self.config),
+            server: TestServer::start_with_env(&self.db, &self.config, env),
             user_id: self.user_id.clone(),
             config: self.config.clone(),
         }
