@@ -54,12 +54,24 @@ fn each_run_ms(values: &[f64]) -> String {
     format!(" (runs: {} ms)", listed.join(", "))
 }
 
+/// Each run's ratio, in the order of the runs; nothing for a single run.
+fn each_run_ratio(ratios: &[f64]) -> String {
+    if ratios.len() < 2 {
+        return String::new();
+    }
+    let listed: Vec<String> = ratios.iter().map(|&r| ratio_text(r)).collect();
+    listed.join(", ")
+}
+
 /// The measurement of the run with the median throughput, and the median ratio.
 struct Row {
     scenario: Scenario,
     measured: Measured,
     baseline: Option<(Baseline, f64, f64)>,
     ratio: Option<f64>,
+    /// Each run's ratio, in the order of the runs: how far apart the runs are says how
+    /// much a median near its target can be trusted.
+    run_ratios: Vec<f64>,
 }
 
 fn rows(result: &BackendResult) -> Vec<Row> {
@@ -76,14 +88,14 @@ fn rows(result: &BackendResult) -> Vec<Row> {
                         .map(|(_, m)| m.clone())
                 })
                 .collect();
-            per_run.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
             // Each run's ratio is to the baseline measured next to it.
-            let mut ratios: Vec<f64> = per_run
+            let run_ratios: Vec<f64> = per_run
                 .iter()
                 .filter(|m| target(scenario).is_some() && m.baseline > 0.0)
                 .map(|m| m.per_second / m.baseline)
                 .collect();
-            let ratio = (!ratios.is_empty()).then(|| median(&mut ratios));
+            let ratio = (!run_ratios.is_empty()).then(|| median(&mut run_ratios.clone()));
+            per_run.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
             let baseline = target(scenario).map(|(base, goal)| {
                 let mut values: Vec<f64> = per_run.iter().map(|m| m.baseline).collect();
                 (base, median(&mut values), goal)
@@ -103,6 +115,7 @@ fn rows(result: &BackendResult) -> Vec<Row> {
                 measured,
                 baseline,
                 ratio,
+                run_ratios,
             }
         })
         .collect()
@@ -138,6 +151,7 @@ fn machine() -> String {
         .find_map(|l| l.strip_prefix("model name"))
         .and_then(|l| l.split_once(':'))
         .map_or("unknown CPU".to_owned(), |(_, m)| m.trim().to_owned());
+    let model = format!("{model} ({})", cpu_generation(&cpuinfo));
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let memory = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
@@ -156,6 +170,30 @@ fn machine() -> String {
     format!(
         "{model}, {cores} cores, {memory}; Linux {}; {rustc}",
         kernel.trim()
+    )
+}
+
+/// Hosts that share a model name can differ threefold in RSA speed (aws-lc-rs signs with
+/// AVX-512 IFMA where the CPU has it), and every ratio here is to a signature: the family,
+/// the model and that flag say which kind of host measured them.
+fn cpu_generation(cpuinfo: &str) -> String {
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(key, _)| key.trim() == name)
+            .map_or("?".to_owned(), |(_, value)| value.trim().to_owned())
+    };
+    let ifma = field("flags").split_whitespace().any(|f| f == "avx512ifma");
+    format!(
+        "family {} model {}, {}",
+        field("cpu family"),
+        field("model"),
+        if ifma {
+            "AVX-512 IFMA"
+        } else {
+            "no AVX-512 IFMA"
+        }
     )
 }
 
@@ -237,11 +275,11 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
         }
         let _ = writeln!(
             out,
-            "| scenario | ops/s | p50 ms | p99 ms | peak RSS MiB | server CPU (cores) | load generator CPU (cores) | PostgreSQL CPU (cores) | baseline | ratio | target | |"
+            "| scenario | ops/s | p50 ms | p99 ms | peak RSS MiB | server CPU (cores) | load generator CPU (cores) | PostgreSQL CPU (cores) | baseline | ratio | each run | target | |"
         );
         let _ = writeln!(
             out,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"
         );
         let mut peak_rss: f64 = 0.0;
         for row in rows(result) {
@@ -262,7 +300,7 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
             };
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
                 row.scenario.name(),
                 m.per_second,
                 m.p50_ms,
@@ -273,6 +311,7 @@ pub fn markdown(options: &Options, cores: usize, results: &[BackendResult]) -> S
                 database_cpu,
                 baseline,
                 row.ratio.map_or(String::new(), ratio_text),
+                each_run_ratio(&row.run_ratios),
                 target_text,
                 met
             );
