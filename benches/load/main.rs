@@ -14,13 +14,15 @@
 //! `--paced` (with `--only client_credentials`: the p99 at half its peak rate too, paced in
 //! turns with the least server, as the full run measures it; for studying the tail),
 //! `--instructions --only NAME [--ops N]` (instructions per operation under callgrind; see
-//! `instructions`). `GATEHOUSE_BENCH_BIN=PATH` measures another build of the server;
+//! `instructions`), `--hash-memory [--runs N]` (argon2 in huge pages against a plain
+//! buffer; see `hash_memory`). `GATEHOUSE_BENCH_BIN=PATH` measures another build of the server;
 //! `--server-env KEY=VALUE` (with `--only`; repeatable) sets one of gatehouse's settings in
 //! its environment (`GATEHOUSE__LOG__LEVEL=warn`), to price a setting against the
 //! benchmark's own configuration.
 
 mod client;
 mod floors;
+mod hash_memory;
 mod instructions;
 mod least_server;
 mod report;
@@ -37,6 +39,7 @@ pub const CONNECTIONS: usize = 8;
 pub struct Options {
     seconds: f64,
     runs: usize,
+    runs_given: bool,
     smoke: bool,
     sqlite_only: bool,
     /// `--only NAME`: just this scenario (for profiling); no report is written.
@@ -75,6 +78,7 @@ impl Options {
         let options = Options {
             seconds: value("--seconds").unwrap_or(if smoke { 0.5 } else { 5.0 }),
             runs: value("--runs").map_or(if smoke { 1 } else { 3 }, |r| r.max(1.0) as usize),
+            runs_given: value("--runs").is_some(),
             smoke,
             sqlite_only: args.iter().any(|a| a == "--sqlite-only"),
             // The paced turns compare gatehouse with the least server, which runs only beside
@@ -184,6 +188,14 @@ fn main() {
         std::process::exit(2);
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if std::env::args().any(|a| a == "--hash-memory") {
+        let rounds = if options.runs_given { options.runs } else { 40 };
+        if let Err(e) = hash_memory::compare(cores, rounds.max(2)) {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut backends = vec![Backend::Sqlite];
     let admin_url = std::env::var("GATEHOUSE_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());

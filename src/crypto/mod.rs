@@ -2,6 +2,7 @@
 //! file: randomness, password hashing, and the AEAD that keeps private keys sealed at rest.
 
 pub mod dev_secret;
+pub mod hash_memory;
 pub mod mac;
 pub mod password;
 pub mod random;
