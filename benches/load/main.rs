@@ -15,7 +15,7 @@
 //! turns with the least server, as the full run measures it; for studying the tail),
 //! `--instructions --only NAME [--ops N]` (instructions per operation under callgrind; see
 //! `instructions`), `--hash-memory [--runs N]` (argon2 in huge pages against a plain
-//! buffer; see `hash_memory`). `GATEHOUSE_BENCH_BIN=PATH` measures another build of the server;
+//! buffer, N pairs of turns; see `hash_memory`). `GATEHOUSE_BENCH_BIN=PATH` measures another build of the server;
 //! `--server-env KEY=VALUE` (with `--only`; repeatable) sets one of gatehouse's settings in
 //! its environment (`GATEHOUSE__LOG__LEVEL=warn`), to price a setting against the
 //! benchmark's own configuration.

@@ -1,144 +1,251 @@
 //! A hash thread's argon2 working memory, kept between hashes and, on Linux, backed by
 //! transparent huge pages where the kernel allows them.
 //!
-//! Argon2 reads 1 KiB blocks from all over its 19 MiB, so with 4 KiB pages nearly every
-//! reference block is a TLB miss: the 4,864 pages are more than the CPU's second-level
-//! TLB holds. With 2 MiB pages the whole area takes ten entries. Most distributions leave
-//! transparent huge pages to `madvise` (`/sys/kernel/mm/transparent_hugepage/enabled`),
-//! so the memory asks for them before it is first touched. Where huge pages are off, or
-//! none is free, the advice is a hint the kernel ignores and nothing changes.
+//! Argon2 reads 1 KiB blocks from all over its 19 MiB. With 4 KiB pages that is 4,864
+//! pages, more than the second-level TLB covers, so most reference blocks miss it; with
+//! 2 MiB pages the area takes ten entries. Distributions that leave transparent huge pages
+//! to `madvise` (`/sys/kernel/mm/transparent_hugepage/enabled`; Debian and Ubuntu) give
+//! them only to memory that asks, and the kernel backs a range with huge pages when it is
+//! first touched. So the memory is a mapping of its own, aligned to 2 MiB and advised
+//! before anything touches it: memory from the allocator may have been touched before (a
+//! freed 19 MiB buffer of argon2's own, reused) and would stay in 4 KiB pages until
+//! khugepaged came by. Where THP is `always` (RHEL, Fedora) the mapping gets huge pages
+//! anyway; where it is `never`, or none is free, nothing changes but the alignment.
 
 use argon2::Block;
 
-/// The huge page size on x86-64 and on arm64 with 4 KiB pages.
+/// The huge page size on x86-64 (and on arm64 with 4 KiB base pages).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const HUGE_PAGE: usize = 2 << 20;
 
 #[derive(Default)]
 pub struct HashMemory {
-    blocks: Vec<Block>,
+    area: Option<Area>,
 }
 
 impl HashMemory {
     /// `count` blocks of working memory; the first call, and any call for more blocks than
-    /// before, allocates.
+    /// before, makes a new area (the old one goes first, so two never coexist). Argon2
+    /// writes every block before it reads it, so what a block holds does not matter.
     pub fn blocks(&mut self, count: usize) -> &mut [Block] {
-        if self.blocks.len() < count {
-            // Replaced rather than grown: the advice must reach the pages before the zeroing
-            // below first touches them. The old buffer goes first, so that two never coexist.
-            self.blocks = Vec::new();
-            self.blocks.reserve_exact(count);
-            advise_huge_pages(&self.blocks);
-            self.blocks.resize(count, Block::new());
+        if self.area.as_ref().is_none_or(|area| area.len() < count) {
+            self.area = None;
+            self.area = Some(Area::new(count));
         }
-        &mut self.blocks[..count]
+        match &mut self.area {
+            Some(area) => &mut area.blocks_mut()[..count],
+            None => &mut [],
+        }
     }
 }
 
-/// The whole huge pages inside `start..start + len`, as (address, length); `None` when
-/// the range holds none.
-fn whole_huge_pages(start: usize, len: usize) -> Option<(usize, usize)> {
-    let first = start.checked_next_multiple_of(HUGE_PAGE)?;
-    let end = (start.checked_add(len)? / HUGE_PAGE) * HUGE_PAGE;
-    (end > first).then(|| (first, end - first))
+/// `len` bytes rounded up to whole huge pages; `None` on overflow.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn whole_huge_pages(len: usize) -> Option<usize> {
+    len.checked_next_multiple_of(HUGE_PAGE)
+}
+
+/// The blocks: in a mapping of their own where the kernel gives one, else on the heap.
+enum Area {
+    #[cfg(target_os = "linux")]
+    Mapped(linux::Mapping),
+    Heap(Vec<Block>),
+}
+
+impl Area {
+    fn new(count: usize) -> Area {
+        #[cfg(target_os = "linux")]
+        if let Some(mapping) = linux::Mapping::new(count) {
+            return Area::Mapped(mapping);
+        }
+        Area::Heap(vec![Block::new(); count])
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            #[cfg(target_os = "linux")]
+            Area::Mapped(mapping) => mapping.count,
+            Area::Heap(blocks) => blocks.len(),
+        }
+    }
+
+    fn blocks_mut(&mut self) -> &mut [Block] {
+        match self {
+            #[cfg(target_os = "linux")]
+            Area::Mapped(mapping) => mapping.blocks_mut(),
+            Area::Heap(blocks) => blocks,
+        }
+    }
 }
 
 #[cfg(target_os = "linux")]
-fn advise_huge_pages(allocation: &Vec<Block>) {
-    let start = allocation.as_ptr() as usize;
-    let len = allocation.capacity() * std::mem::size_of::<Block>();
-    let Some((address, len)) = whole_huge_pages(start, len) else {
-        return;
-    };
-    // SAFETY: the range lies inside `allocation`'s buffer, which this thread owns, and it
-    // is page-aligned as madvise requires. MADV_HUGEPAGE changes neither the contents nor
-    // the validity of any byte; it only tells the kernel how to back the range. A failure
-    // (a kernel without transparent huge pages) leaves the memory as it was.
-    unsafe {
-        libc::madvise(address as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-    }
-}
+mod linux {
+    use std::ptr::NonNull;
 
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_allocation: &Vec<Block>) {}
+    use argon2::Block;
+
+    use super::{whole_huge_pages, HUGE_PAGE};
+
+    /// A private anonymous mapping of `count` blocks starting on a huge page boundary,
+    /// owned by this value alone and unmapped when it drops.
+    pub struct Mapping {
+        start: NonNull<Block>,
+        pub count: usize,
+    }
+
+    impl Mapping {
+        /// Maps at least `count` blocks (whole huge pages of them), advised to be backed by
+        /// huge pages; `None` for no blocks or if the kernel refuses the mapping.
+        pub fn new(count: usize) -> Option<Mapping> {
+            let block = std::mem::size_of::<Block>();
+            let len = whole_huge_pages(count.checked_mul(block)?)?;
+            // mmap promises only 4 KiB alignment: one huge page more is mapped, and what
+            // lies before the first boundary and after the area is unmapped again.
+            if len == 0 {
+                return None;
+            }
+            let mapped_len = len.checked_add(HUGE_PAGE)?;
+            // SAFETY: a new private anonymous mapping at an address the kernel chooses
+            // aliases nothing; its pages read as zeros.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    mapped_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                return None;
+            }
+            let base = base as usize;
+            let start = base.next_multiple_of(HUGE_PAGE);
+            let before = start - base;
+            let after = mapped_len - before - len;
+            // SAFETY: the two trimmed ranges lie inside the mapping just made and outside
+            // `start..start + len`, are page-aligned (as `base`, `start` and `len` are), and
+            // nothing refers to them. MADV_HUGEPAGE changes no byte and no mapping, only how
+            // the kernel backs the range; if it fails (a kernel without THP) the area is
+            // ordinary memory.
+            unsafe {
+                if before > 0 {
+                    libc::munmap(base as *mut libc::c_void, before);
+                }
+                if after > 0 {
+                    libc::munmap((start + len) as *mut libc::c_void, after);
+                }
+                libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+            }
+            Some(Mapping {
+                start: NonNull::new(start as *mut Block)?,
+                count: len / block,
+            })
+        }
+
+        pub fn blocks_mut(&mut self) -> &mut [Block] {
+            // SAFETY: `start..start + count` is this mapping's, readable and writable, and
+            // lives as long as `self`; `&mut self` makes this the only reference to it. It
+            // is aligned for `Block` (2 MiB), and zeroed or written pages are valid Blocks
+            // (arrays of u64).
+            unsafe { std::slice::from_raw_parts_mut(self.start.as_ptr(), self.count) }
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: the range is exactly what `new` kept mapped, and no slice of it
+            // outlives `self`.
+            unsafe {
+                libc::munmap(
+                    self.start.as_ptr() as *mut libc::c_void,
+                    self.count * std::mem::size_of::<Block>(),
+                );
+            }
+        }
+    }
+
+    // SAFETY: the mapping is owned memory, like a Vec's buffer; the raw pointer only
+    // keeps the compiler from seeing that.
+    unsafe impl Send for Mapping {}
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn only_whole_huge_pages_inside_the_range_are_advised() {
+    fn areas_are_whole_huge_pages() {
         let mib = 1 << 20;
-        // 19 MiB starting just past a boundary: the 8 whole pages after it.
-        assert_eq!(
-            whole_huge_pages(HUGE_PAGE + 16, 19 * mib),
-            Some((2 * HUGE_PAGE, 8 * HUGE_PAGE))
-        );
-        // Starting on a boundary, the range's own first page counts.
-        assert_eq!(
-            whole_huge_pages(4 * HUGE_PAGE, 19 * mib),
-            Some((4 * HUGE_PAGE, 9 * HUGE_PAGE))
-        );
-        assert_eq!(whole_huge_pages(HUGE_PAGE + 16, HUGE_PAGE), None);
-        assert_eq!(whole_huge_pages(usize::MAX - 10, 5), None);
+        assert_eq!(whole_huge_pages(19 * mib), Some(20 * mib));
+        assert_eq!(whole_huge_pages(4 * mib), Some(4 * mib));
+        assert_eq!(whole_huge_pages(1), Some(HUGE_PAGE));
+        assert_eq!(whole_huge_pages(0), Some(0));
+        assert_eq!(whole_huge_pages(usize::MAX - 10), None);
     }
 
-    /// The kernel's answer to the advice: the huge pages backing the mapping that holds
-    /// `address`, from /proc/self/smaps.
+    #[test]
+    fn memory_is_sized_kept_and_grown() {
+        let mut memory = HashMemory::default();
+        let first = memory.blocks(3000).as_ptr();
+        assert_eq!(memory.blocks(3000).len(), 3000);
+        assert_eq!(memory.blocks(10).len(), 10);
+        assert_eq!(memory.blocks(3000).as_ptr(), first, "kept between hashes");
+        memory.blocks(3000)[0].as_mut()[0] = 7;
+        let grown = memory.blocks(5000);
+        assert_eq!(grown.len(), 5000);
+        grown[4999].as_mut()[127] = 9;
+        assert_eq!(grown[4999].as_ref()[127], 9);
+        assert!(
+            grown[0].as_ref().iter().all(|&word| word == 0),
+            "a new area"
+        );
+        assert_eq!(memory.blocks(0).len(), 0);
+    }
+
+    /// The VmFlags of the mapping that holds `address`, from /proc/self/smaps.
     #[cfg(target_os = "linux")]
-    fn huge_pages_kib_at(address: usize) -> Option<u64> {
+    fn vm_flags_at(address: usize) -> Option<String> {
         let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
         let mut inside = false;
         for line in smaps.lines() {
-            let header = line.split_whitespace().next().and_then(|range| {
+            // A mapping's header line begins with its address range; its fields follow.
+            let range = line.split_whitespace().next().and_then(|range| {
                 let (start, end) = range.split_once('-')?;
                 Some((
                     usize::from_str_radix(start, 16).ok()?,
                     usize::from_str_radix(end, 16).ok()?,
                 ))
             });
-            // A mapping's header line begins with its address range; its fields follow.
-            if let Some((start, end)) = header {
+            if let Some((start, end)) = range {
                 inside = (start..end).contains(&address);
             } else if inside {
-                if let Some(kib) = line.strip_prefix("AnonHugePages:") {
-                    return kib.trim().trim_end_matches("kB").trim().parse().ok();
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return Some(flags.trim().to_owned());
                 }
             }
         }
         None
     }
 
+    /// Whether the kernel gave huge pages depends on its mode and on free memory; what
+    /// this code controls is that the memory is a 2 MiB-aligned mapping that asked (`hg`).
     #[cfg(target_os = "linux")]
     #[test]
-    fn the_memory_is_backed_by_huge_pages_where_the_kernel_allows_them() {
-        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-            .unwrap_or_default();
-        if !(mode.contains("[madvise]") || mode.contains("[always]")) {
-            eprintln!("transparent huge pages are off here ({mode:?}): nothing to check");
+    fn the_memory_is_aligned_and_asks_for_huge_pages() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            eprintln!("this kernel has no transparent huge pages: nothing to check");
             return;
         }
         let mut memory = HashMemory::default();
         let blocks = memory.blocks(crate::crypto::password::MEMORY_KIB as usize);
-        let address = blocks.as_ptr() as usize + blocks.len() * 512;
-        let huge = huge_pages_kib_at(address).expect("the memory's mapping is in smaps");
-        // 19 MiB hold at least eight whole 2 MiB pages wherever they start.
+        let start = blocks.as_ptr() as usize;
+        assert_eq!(start % HUGE_PAGE, 0, "aligned to a huge page");
+        let flags = vm_flags_at(start + blocks.len() * 512).expect("the mapping is in smaps");
         assert!(
-            huge >= 8 * 2048,
-            "{huge} KiB of huge pages behind argon2's memory (THP mode {mode:?})"
+            flags.split_whitespace().any(|flag| flag == "hg"),
+            "advised MADV_HUGEPAGE: VmFlags {flags}"
         );
-    }
-
-    #[test]
-    fn memory_is_zeroed_sized_and_kept() {
-        let mut memory = HashMemory::default();
-        let first = memory.blocks(3000).as_ptr();
-        assert_eq!(memory.blocks(3000).len(), 3000);
-        assert_eq!(memory.blocks(10).len(), 10);
-        assert_eq!(memory.blocks(3000).as_ptr(), first, "kept between hashes");
-        let grown = memory.blocks(5000);
-        assert_eq!(grown.len(), 5000);
-        assert!(grown
-            .iter()
-            .all(|block| block.as_ref().iter().all(|&word| word == 0)));
     }
 }

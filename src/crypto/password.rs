@@ -238,7 +238,7 @@ fn verify_phc(secret: &str, phc: &str, memory: &mut HashMemory) -> bool {
 /// reused: argon2 otherwise allocates its 19 MiB afresh each time, and the allocator keeps a
 /// freed block in each thread's arena, so RSS grew with the number of threads that ever
 /// hashed (500 MiB under the password-grant benchmark) instead of with the hashes running.
-/// The memory asks for huge pages, which make a hash about 6% faster (`hash_memory`).
+/// The memory is backed by huge pages where the kernel allows (see `hash_memory`).
 fn verify_parsed(secret: &[u8], hash: &PasswordHash<'_>, memory: &mut HashMemory) -> bool {
     let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
         return false;
