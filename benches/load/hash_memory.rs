@@ -75,8 +75,11 @@ pub fn compare(threads: usize, rounds: usize) -> Result<(), String> {
                 })
             })
             .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
-    });
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| "a hash thread failed".to_owned()))
+            .collect::<Result<_, String>>()
+    })?;
     for (plain, advised, ratio) in results {
         println!(
             "  mean per hash: plain Vec {plain:.2} ms, HashMemory {advised:.2} ms; median of \

@@ -11,6 +11,10 @@
 //! freed 19 MiB buffer of argon2's own, reused) and would stay in 4 KiB pages until
 //! khugepaged came by. Where THP is `always` (RHEL, Fedora) the mapping gets huge pages
 //! anyway; where it is `never`, or none is free, nothing changes but the alignment.
+//!
+//! The area holds the last hash's password-derived blocks until the next hash overwrites
+//! them, so it is also left out of core dumps (`MADV_DONTDUMP`), and unmapped pages go
+//! back to the kernel, which zeroes them before any reuse.
 
 use argon2::Block;
 
@@ -95,15 +99,16 @@ mod linux {
 
     impl Mapping {
         /// Maps at least `count` blocks (whole huge pages of them), advised to be backed by
-        /// huge pages; `None` for no blocks or if the kernel refuses the mapping.
+        /// huge pages and left out of core dumps; `None` for no blocks or if the kernel
+        /// refuses the mapping.
         pub fn new(count: usize) -> Option<Mapping> {
             let block = std::mem::size_of::<Block>();
             let len = whole_huge_pages(count.checked_mul(block)?)?;
-            // mmap promises only 4 KiB alignment: one huge page more is mapped, and what
-            // lies before the first boundary and after the area is unmapped again.
             if len == 0 {
                 return None;
             }
+            // mmap promises only 4 KiB alignment: one huge page more is mapped, and what
+            // lies before the first boundary and after the area is unmapped again.
             let mapped_len = len.checked_add(HUGE_PAGE)?;
             // SAFETY: a new private anonymous mapping at an address the kernel chooses
             // aliases nothing; its pages read as zeros.
@@ -120,28 +125,46 @@ mod linux {
             if base == libc::MAP_FAILED {
                 return None;
             }
+            let Some(whole) = NonNull::new(base as *mut Block) else {
+                // SAFETY: the mapping just made, all of it; nothing refers to it.
+                unsafe { libc::munmap(base, mapped_len) };
+                return None;
+            };
+            // From here on, returning drops `mapping`, which unmaps what is still mapped.
+            let mut mapping = Mapping {
+                start: whole,
+                count: mapped_len / block,
+            };
             let base = base as usize;
             let start = base.next_multiple_of(HUGE_PAGE);
             let before = start - base;
-            let after = mapped_len - before - len;
-            // SAFETY: the two trimmed ranges lie inside the mapping just made and outside
-            // `start..start + len`, are page-aligned (as `base`, `start` and `len` are), and
-            // nothing refers to them. MADV_HUGEPAGE changes no byte and no mapping, only how
-            // the kernel backs the range; if it fails (a kernel without THP) the area is
-            // ordinary memory.
-            unsafe {
-                if before > 0 {
-                    libc::munmap(base as *mut libc::c_void, before);
+            if before > 0 {
+                // SAFETY: `base..start` is the head of the mapping, page-aligned (both are),
+                // outside the area kept, and nothing refers to it.
+                if unsafe { libc::munmap(base as *mut libc::c_void, before) } != 0 {
+                    return None;
                 }
-                if after > 0 {
-                    libc::munmap((start + len) as *mut libc::c_void, after);
-                }
-                libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+                mapping.start = NonNull::new(start as *mut Block)?;
+                mapping.count -= before / block;
             }
-            Some(Mapping {
-                start: NonNull::new(start as *mut Block)?,
-                count: len / block,
-            })
+            let after = mapping.count * block - len;
+            if after > 0 {
+                // SAFETY: the tail past `start + len`, page-aligned, outside the area kept,
+                // and nothing refers to it.
+                if unsafe { libc::munmap((start + len) as *mut libc::c_void, after) } != 0 {
+                    return None;
+                }
+                mapping.count = len / block;
+            }
+            // SAFETY: `start..start + len` is the area kept, page-aligned. Neither advice
+            // changes a byte or the mapping, only how the kernel backs it and whether a core
+            // dump holds it (no password-derived blocks in dumps); if either fails (a kernel
+            // without THP) the area is ordinary memory.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+                libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTDUMP);
+            }
+            Some(mapping)
         }
 
         pub fn blocks_mut(&mut self) -> &mut [Block] {
@@ -233,7 +256,7 @@ mod tests {
     /// this code controls is that the memory is a 2 MiB-aligned mapping that asked (`hg`).
     #[cfg(target_os = "linux")]
     #[test]
-    fn the_memory_is_aligned_and_asks_for_huge_pages() {
+    fn the_memory_is_aligned_asks_for_huge_pages_and_stays_out_of_core_dumps() {
         if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
             eprintln!("this kernel has no transparent huge pages: nothing to check");
             return;
@@ -243,9 +266,8 @@ mod tests {
         let start = blocks.as_ptr() as usize;
         assert_eq!(start % HUGE_PAGE, 0, "aligned to a huge page");
         let flags = vm_flags_at(start + blocks.len() * 512).expect("the mapping is in smaps");
-        assert!(
-            flags.split_whitespace().any(|flag| flag == "hg"),
-            "advised MADV_HUGEPAGE: VmFlags {flags}"
-        );
+        let has = |wanted: &str| flags.split_whitespace().any(|flag| flag == wanted);
+        assert!(has("hg"), "advised MADV_HUGEPAGE: VmFlags {flags}");
+        assert!(has("dd"), "kept out of core dumps: VmFlags {flags}");
     }
 }
