@@ -15,8 +15,8 @@
 //! turns with the least server, as the full run measures it; for studying the tail),
 //! `--instructions --only NAME [--ops N]` (instructions per operation under callgrind; see
 //! `instructions`), `--hash-memory [--runs N]` (argon2 in huge pages against a plain
-//! buffer, N pairs of turns; see `hash_memory`). `GATEHOUSE_BENCH_BIN=PATH` measures another build of the server;
-//! `--server-env KEY=VALUE` (with `--only`; repeatable) sets one of gatehouse's settings in
+//! buffer, N pairs of turns, 40 by default; see `hash_memory`). `GATEHOUSE_BENCH_BIN=PATH`
+//! measures another build of the server; `--server-env KEY=VALUE` (with `--only`; repeatable) sets one of gatehouse's settings in
 //! its environment (`GATEHOUSE__LOG__LEVEL=warn`), to price a setting against the
 //! benchmark's own configuration.
 
@@ -39,8 +39,9 @@ pub const CONNECTIONS: usize = 8;
 pub struct Options {
     seconds: f64,
     runs: usize,
-    runs_given: bool,
     smoke: bool,
+    /// `--hash-memory`: argon2 in huge pages against a plain buffer, `runs` pairs of turns.
+    hash_memory: bool,
     sqlite_only: bool,
     /// `--only NAME`: just this scenario (for profiling); no report is written.
     only: Option<String>,
@@ -69,6 +70,7 @@ impl Options {
                 .and_then(|v| v.parse::<f64>().ok())
         };
         let smoke = args.iter().any(|a| a == "--smoke");
+        let hash_memory = args.iter().any(|a| a == "--hash-memory");
         let server_env = args
             .iter()
             .enumerate()
@@ -77,9 +79,16 @@ impl Options {
             .collect::<Result<Vec<_>, String>>()?;
         let options = Options {
             seconds: value("--seconds").unwrap_or(if smoke { 0.5 } else { 5.0 }),
-            runs: value("--runs").map_or(if smoke { 1 } else { 3 }, |r| r.max(1.0) as usize),
-            runs_given: value("--runs").is_some(),
+            runs: value("--runs").map_or(
+                match (smoke, hash_memory) {
+                    (true, _) => 1,
+                    (false, true) => 40,
+                    (false, false) => 3,
+                },
+                |r| r.max(1.0) as usize,
+            ),
             smoke,
+            hash_memory,
             sqlite_only: args.iter().any(|a| a == "--sqlite-only"),
             // The paced turns compare gatehouse with the least server, which runs only beside
             // its baselines.
@@ -188,9 +197,8 @@ fn main() {
         std::process::exit(2);
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if std::env::args().any(|a| a == "--hash-memory") {
-        let rounds = if options.runs_given { options.runs } else { 40 };
-        if let Err(e) = hash_memory::compare(cores, rounds.max(2)) {
+    if options.hash_memory {
+        if let Err(e) = hash_memory::compare(cores, options.runs.max(2)) {
             eprintln!("{e}");
             std::process::exit(1);
         }

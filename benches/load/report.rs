@@ -47,20 +47,25 @@ fn median(values: &mut [f64]) -> f64 {
 /// Each run's figure in milliseconds, in the order of the runs, as ` (runs: … ms)`; nothing
 /// for a single run.
 fn each_run_ms(values: &[f64]) -> String {
-    if values.len() < 2 {
-        return String::new();
-    }
-    let listed: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
-    format!(" (runs: {} ms)", listed.join(", "))
+    each_run(values, |v| format!("{v:.2}"))
+        .map_or(String::new(), |listed| format!(" (runs: {listed} ms)"))
 }
 
 /// Each run's ratio, in the order of the runs; nothing for a single run.
 fn each_run_ratio(ratios: &[f64]) -> String {
-    if ratios.len() < 2 {
-        return String::new();
-    }
-    let listed: Vec<String> = ratios.iter().map(|&r| ratio_text(r)).collect();
-    listed.join(", ")
+    each_run(ratios, ratio_text).unwrap_or_default()
+}
+
+/// Each run's figure as `text` writes it, comma-separated; `None` for a single run, whose
+/// figure is the median beside it.
+fn each_run(values: &[f64], text: impl Fn(f64) -> String) -> Option<String> {
+    (values.len() >= 2).then(|| {
+        values
+            .iter()
+            .map(|&v| text(v))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
 }
 
 /// The measurement of the run with the median throughput, and the median ratio.
@@ -146,12 +151,11 @@ fn verdict(met: bool) -> &'static str {
 
 fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown CPU".to_owned(), |(_, m)| m.trim().to_owned());
-    let model = format!("{model} ({})", cpu_generation(&cpuinfo));
+    let model = format!(
+        "{} ({})",
+        cpuinfo_field(&cpuinfo, "model name").unwrap_or("unknown CPU"),
+        cpu_generation(&cpuinfo)
+    );
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let memory = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
@@ -177,13 +181,7 @@ fn machine() -> String {
 /// AVX-512 IFMA where the CPU has it), and every ratio here is to a signature: the family,
 /// the model and that flag say which kind of host measured them.
 fn cpu_generation(cpuinfo: &str) -> String {
-    let field = |name: &str| {
-        cpuinfo
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(key, _)| key.trim() == name)
-            .map_or("?".to_owned(), |(_, value)| value.trim().to_owned())
-    };
+    let field = |name| cpuinfo_field(cpuinfo, name).unwrap_or("?");
     let ifma = field("flags").split_whitespace().any(|f| f == "avx512ifma");
     format!(
         "family {} model {}, {}",
@@ -195,6 +193,15 @@ fn cpu_generation(cpuinfo: &str) -> String {
             "no AVX-512 IFMA"
         }
     )
+}
+
+/// The first value of the field `name` in /proc/cpuinfo's text (the first CPU's).
+fn cpuinfo_field<'a>(cpuinfo: &'a str, name: &str) -> Option<&'a str> {
+    cpuinfo
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(key, _)| key.trim() == name)
+        .map(|(_, value)| value.trim())
 }
 
 fn versions() -> String {

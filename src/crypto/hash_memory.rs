@@ -32,14 +32,11 @@ impl HashMemory {
     /// before, makes a new area (the old one goes first, so two never coexist). Argon2
     /// writes every block before it reads it, so what a block holds does not matter.
     pub fn blocks(&mut self, count: usize) -> &mut [Block] {
-        if self.area.as_ref().is_none_or(|area| area.len() < count) {
+        if self.area.as_ref().is_some_and(|area| area.len() < count) {
             self.area = None;
-            self.area = Some(Area::new(count));
         }
-        match &mut self.area {
-            Some(area) => &mut area.blocks_mut()[..count],
-            None => &mut [],
-        }
+        let area = self.area.get_or_insert_with(|| Area::new(count));
+        &mut area.blocks_mut()[..count]
     }
 }
 
