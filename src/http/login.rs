@@ -8,6 +8,7 @@ use super::pages::{self, LoginPage, LogoutPage};
 use super::{forms, session, AppState};
 use crate::accounts::{self, MAX_PASSWORD_BYTES};
 use crate::audit::{AuditEvent, Event};
+use crate::ratelimit;
 
 const LOGIN_FORM: &str = "login";
 const LOGOUT_FORM: &str = "logout";
@@ -85,10 +86,9 @@ pub async fn submit(
         login_event("failure").detail("unknown user").record();
         return refuse(&req, &state, &return_to, &username);
     }
-    let user = match credentials::check_password(&state, &username, &password_text, ip.clone())
-        .await
-    {
-        Ok(PasswordCheck::Passed(user)) => user,
+    let check = credentials::check_password(&state, &username, &password_text, ip.clone()).await;
+    let (user, attempt) = match check {
+        Ok(PasswordCheck::Passed { user, attempt }) => (user, attempt),
         Ok(PasswordCheck::Limited { retry_after }) => {
             login_event("refused").detail("rate limited").record();
             let minutes = retry_after.div_ceil(60);
@@ -116,7 +116,12 @@ pub async fn submit(
         Err(e) => return pages::failure_page(e),
     };
     let user_id = user.id.clone();
-    match super::run_blocking(&state.pool, move |conn| session::start(conn, &user)).await {
+    match super::run_blocking(&state.pool, move |conn| {
+        ratelimit::succeeded(conn, attempt)?;
+        session::start(conn, &user)
+    })
+    .await
+    {
         Ok(cookie) => {
             login_event("success").user(Some(&user_id)).record();
             let mut response = pages::see_other(if return_to.is_empty() {

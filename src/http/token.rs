@@ -11,6 +11,7 @@ use crate::accounts;
 use crate::audit::{AuditEvent, Event};
 use crate::config::GrantType;
 use crate::oauth::token::{self, TokenAnswer, TokenRequest, UserCheck, Verified};
+use crate::ratelimit;
 
 pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
     let request = match read_request(&req, &body) {
@@ -18,6 +19,8 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
         Err(refusal) => return *refusal,
     };
     let ip = state.client_ip(&req);
+    // A password that checked out: its attempt is settled in the grant's own hop below.
+    let mut settle_attempt = None;
     let mut verified = Verified {
         client_ip: ip.clone(),
         ..Verified::default()
@@ -59,7 +62,8 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
                 .ip(ip.as_deref())
         };
         match credentials::check_password(&state, username, password, ip.clone()).await {
-            Ok(PasswordCheck::Passed(user)) => {
+            Ok(PasswordCheck::Passed { user, attempt }) => {
+                settle_attempt = Some(attempt);
                 verified.user = Some(UserCheck::Passed { user_id: user.id })
             }
             Ok(PasswordCheck::Limited { retry_after }) => {
@@ -97,6 +101,9 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
     } else {
         let clients = state.clients.clone();
         super::run_blocking(&state.pool, move |conn| {
+            if let Some(attempt) = settle_attempt {
+                ratelimit::succeeded(conn, attempt)?;
+            }
             token::token(conn, &settings, &clients, keys, request, verified)
         })
         .await

@@ -41,8 +41,9 @@ fn a_username_past_its_budget_is_refused_even_with_the_right_password(db: TestDb
     gatehouse::accounts::add_user(&mut app.db.connect(), "bob", PASSWORD).unwrap();
 
     assert_eq!(password_grant(&app, USERNAME, "wrong-1").status, 400);
+    // A success, on either path, neither counts as a failure nor refills the budget.
+    assert_eq!(login(&app, USERNAME, PASSWORD).status, 303);
     assert_eq!(login(&app, USERNAME, "wrong-2").status, 401);
-    // A success in between refills nothing.
     assert_eq!(password_grant(&app, USERNAME, PASSWORD).status, 200);
     assert_eq!(password_grant(&app, USERNAME, "wrong-3").status, 400);
 
