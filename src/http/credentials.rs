@@ -14,8 +14,9 @@ use crate::storage::users::UserRow;
 
 pub enum PasswordCheck {
     /// The attempt still counts as a failure until the caller settles `attempt` with
-    /// `ratelimit::succeeded`, in the blocking-pool hop it makes next anyway: one hop and
-    /// one commit fewer per login than settling it here.
+    /// `ratelimit::succeeded`, first thing in the blocking-pool hop it makes next anyway: one
+    /// hop fewer per login than settling it here. Should that hop never run (no pooled
+    /// connection), the attempt stays a failure; the user got neither token nor session.
     Passed { user: UserRow, attempt: Pending },
     /// Unknown user, wrong password or disabled user; `user_id` is known for the latter two.
     Failed { user_id: Option<String> },

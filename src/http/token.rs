@@ -19,8 +19,9 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
         Err(refusal) => return *refusal,
     };
     let ip = state.client_ip(&req);
-    // A password that checked out: its attempt is settled in the grant's own hop below.
-    let mut settle_attempt = None;
+    // A password that checked out: its attempt is settled in the grant's own hop below
+    // (never on the client_credentials fast path: only grant_type=password checks one).
+    let mut attempt_to_settle = None;
     let mut verified = Verified {
         client_ip: ip.clone(),
         ..Verified::default()
@@ -63,7 +64,7 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
         };
         match credentials::check_password(&state, username, password, ip.clone()).await {
             Ok(PasswordCheck::Passed { user, attempt }) => {
-                settle_attempt = Some(attempt);
+                attempt_to_settle = Some(attempt);
                 verified.user = Some(UserCheck::Passed { user_id: user.id })
             }
             Ok(PasswordCheck::Limited { retry_after }) => {
@@ -101,7 +102,7 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
     } else {
         let clients = state.clients.clone();
         super::run_blocking(&state.pool, move |conn| {
-            if let Some(attempt) = settle_attempt {
+            if let Some(attempt) = attempt_to_settle {
                 ratelimit::succeeded(conn, attempt)?;
             }
             token::token(conn, &settings, &clients, keys, request, verified)

@@ -87,7 +87,10 @@ pub fn begin(
     })
 }
 
-/// The password was right: the provisional failure rows go.
+/// The password was right: the provisional failure rows go. Outside any transaction: the
+/// statement skips the WAL flush for its own transaction (`prepared::DeleteFailures`), and
+/// inside the caller's it would skip the flush of the tokens or session written with it.
 pub fn succeeded(conn: &mut DbConnection, pending: Pending) -> StorageResult<()> {
+    debug_assert!(!crate::storage::in_open_transaction(conn));
     auth_failures::delete(conn, &pending.row_ids)
 }
