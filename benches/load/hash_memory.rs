@@ -9,16 +9,14 @@
 
 use std::time::Instant;
 
-use argon2::{Algorithm, Argon2, Block, Params, Version};
+use argon2::Block;
 use gatehouse::crypto::hash_memory::HashMemory;
-use gatehouse::crypto::password::{ITERATIONS, MEMORY_KIB, PARALLELISM};
+use gatehouse::crypto::password::{self, ITERATIONS, MEMORY_KIB, PARALLELISM};
 
 const HASHES_PER_TURN: usize = 3;
 
 pub fn compare(threads: usize, rounds: usize) -> Result<(), String> {
-    let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, Some(32))
-        .map_err(|e| format!("argon2 parameters: {e}"))?;
-    let blocks = params.block_count();
+    let blocks = password::hasher().params().block_count();
     println!(
         "argon2id m={MEMORY_KIB} KiB t={ITERATIONS} p={PARALLELISM} on {threads} thread(s), \
          {rounds} turns each way; transparent huge pages: {}",
@@ -29,9 +27,8 @@ pub fn compare(threads: usize, rounds: usize) -> Result<(), String> {
     let results: Vec<(f64, f64, f64)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let params = params.clone();
                 scope.spawn(move || {
-                    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+                    let argon2 = password::hasher();
                     let mut plain = vec![Block::new(); blocks];
                     let mut advised = HashMemory::default();
                     let turn = |memory: &mut [Block]| {

@@ -16,9 +16,10 @@
 //! `--instructions --only NAME [--ops N]` (instructions per operation under callgrind; see
 //! `instructions`), `--hash-memory [--runs N]` (argon2 in huge pages against a plain
 //! buffer, N pairs of turns, 40 by default; see `hash_memory`). `GATEHOUSE_BENCH_BIN=PATH`
-//! measures another build of the server; `--server-env KEY=VALUE` (with `--only`; repeatable) sets one of gatehouse's settings in
-//! its environment (`GATEHOUSE__LOG__LEVEL=warn`), to price a setting against the
-//! benchmark's own configuration.
+//! measures another build of the server; `--server-env KEY=VALUE` (with `--only`;
+//! repeatable) sets one of gatehouse's settings in its environment
+//! (`GATEHOUSE__LOG__LEVEL=warn`), to price a setting against the benchmark's own
+//! configuration.
 
 mod client;
 mod floors;

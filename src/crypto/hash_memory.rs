@@ -251,20 +251,22 @@ mod tests {
 
     /// Whether the kernel gave huge pages depends on its mode and on free memory; what
     /// this code controls is that the memory is a 2 MiB-aligned mapping that asked (`hg`).
+    /// Alignment and the core-dump advice hold on any Linux kernel; only the request for
+    /// huge pages needs one built with them.
     #[cfg(target_os = "linux")]
     #[test]
     fn the_memory_is_aligned_asks_for_huge_pages_and_stays_out_of_core_dumps() {
-        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
-            eprintln!("this kernel has no transparent huge pages: nothing to check");
-            return;
-        }
         let mut memory = HashMemory::default();
         let blocks = memory.blocks(crate::crypto::password::MEMORY_KIB as usize);
         let start = blocks.as_ptr() as usize;
         assert_eq!(start % HUGE_PAGE, 0, "aligned to a huge page");
         let flags = vm_flags_at(start + blocks.len() * 512).expect("the mapping is in smaps");
         let has = |wanted: &str| flags.split_whitespace().any(|flag| flag == wanted);
-        assert!(has("hg"), "advised MADV_HUGEPAGE: VmFlags {flags}");
         assert!(has("dd"), "kept out of core dumps: VmFlags {flags}");
+        if std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            assert!(has("hg"), "advised MADV_HUGEPAGE: VmFlags {flags}");
+        } else {
+            eprintln!("this kernel has no transparent huge pages: `hg` not checked");
+        }
     }
 }

@@ -14,7 +14,8 @@ pub const MEMORY_KIB: u32 = 19_456;
 pub const ITERATIONS: u32 = 2;
 pub const PARALLELISM: u32 = 1;
 
-fn hasher() -> Argon2<'static> {
+/// Argon2id with gatehouse's parameters, as every new hash is made.
+pub fn hasher() -> Argon2<'static> {
     #[allow(clippy::expect_used)]
     let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None)
         .expect("constant argon2 parameters are valid");

@@ -19,7 +19,6 @@ pub struct Attempt<'a> {
 
 /// The rows an attempt in progress holds; settle it with `succeeded` or keep it as a failure.
 #[derive(Debug)]
-#[must_use = "a successful attempt left unsettled counts as a failure"]
 pub struct Pending {
     row_ids: Vec<String>,
 }
