@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Where a server's CPU goes per operation, by component, from a perf profile with call stacks.
+
+Reads `perf script -F tid,ip,sym` output on stdin (a profile recorded with
+`--call-graph dwarf`), names each sample after the innermost frame that matches a component
+below (the generic ones, the runtime and the rest of the HTTP dispatcher, only when nothing
+else matches) and prints each component's share of the samples and its samples per 1000
+samples of RS256 signing. Signing costs the same in gatehouse and in the benchmark's least
+server, so the second column compares the two servers per token, whatever their throughput.
+
+    perf record -e cpu-clock -F 999 --call-graph dwarf,32768 -p PID -o cc.data -- sleep 20
+    perf script -i cc.data -F tid,ip,sym --no-inline | python3 benches/perf/components.py
+
+PID is the gatehouse process the benchmark started, or the least server's
+(`pgrep -f -- --least-server`), while `cargo bench --bench load -- --only client_credentials
+--baselines --sqlite-only --seconds 20` drives them.
+"""
+import collections
+import re
+import sys
+
+SPECIFIC = [
+    ("RS256 signing (aws-lc-rs)", r"KeyPair::sign|Shared::sign|EVP_DigestSign|pkey_rsa_sign"),
+    ("audit writer and SQLite writer threads", r"audit::write_rows|DedicatedWriter::run"),
+    ("log flusher thread", r"line_buffer::LineBuffer::run"),
+    ("audit event: log line and queued row", r"audit::AuditEvent::record"),
+    ("claims, jti, JWT encoding", r"tokens::sign_access_with|oauth::token::client_credentials"),
+    ("form and Basic auth parsing", r"http::token::read_request"),
+    ("JSON answer and its headers", r"http::token::answer"),
+    ("client secret check and client rate", r"check_client_secret"),
+    ("metrics", r"gatehouse::metrics::"),
+    ("request span (tracing-actix-web)", r"RootSpanBuilder|TracingLoggerMiddleware|TracingResponse.*::poll"),
+    ("handler, the rest", r"handler_service"),
+    ("CORS middleware", r"CorsMiddleware"),
+    ("body deadline middleware", r"body_timeout"),
+    ("routing and other middleware", r"ConditionMiddleware|Resource<T>.*register|AppInitService|request_id"),
+    ("HTTP: writing the response (send, loopback delivery)", r"poll_flush"),
+    ("HTTP: reading and parsing the request", r"poll_request"),
+]
+GENERIC = [
+    ("HTTP: dispatcher, the rest", r"Dispatcher"),
+    ("runtime (tokio, actix-server)", r"tokio::|actix_server|actix_rt"),
+]
+SPECIFIC = [(name, re.compile(p)) for name, p in SPECIFIC]
+GENERIC = [(name, re.compile(p)) for name, p in GENERIC]
+SIGNING = SPECIFIC[0][0]
+
+
+def component(frames):
+    for rules in (SPECIFIC, GENERIC):
+        for frame in frames:
+            for name, pattern in rules:
+                if pattern.search(frame):
+                    return name
+    return "other"
+
+
+def main():
+    counts = collections.Counter()
+    frames = []
+    for line in sys.stdin:
+        if line.startswith(("\t", " ")):
+            parts = line.strip().split(" ", 1)
+            if len(parts) == 2:
+                frames.append(parts[1])
+        else:
+            if frames:
+                counts[component(frames)] += 1
+            frames = []
+    if frames:
+        counts[component(frames)] += 1
+    total = sum(counts.values())
+    signing = counts[SIGNING]
+    if not total or not signing:
+        sys.exit("no samples with call stacks, or none in RS256 signing")
+    print(f"{total} samples, {signing} in signing")
+    print(f"{'share':>7}  {'per 1000 signing':>16}  component")
+    for name, n in counts.most_common():
+        print(f"{100 * n / total:6.2f}%  {1000 * n / signing:16.1f}  {name}")
+    print(f"{'':>7}  {1000 * total / signing:16.1f}  all")
+
+
+if __name__ == "__main__":
+    main()
