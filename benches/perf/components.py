@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Where a server's CPU goes per operation, by component, from a perf profile with call stacks.
+r"""Where a server's CPU goes per operation, by component, from a perf profile with call stacks.
 
 Reads `perf script -F tid,ip,sym` output on stdin (a profile recorded with
 `--call-graph dwarf`), names each sample after the innermost frame that matches a component
@@ -8,12 +8,22 @@ else matches) and prints each component's share of the samples and its samples p
 samples of RS256 signing. Signing costs the same in gatehouse and in the benchmark's least
 server, so the second column compares the two servers per token, whatever their throughput.
 
-    perf record -e cpu-clock -F 999 --call-graph dwarf,32768 -p PID -o cc.data -- sleep 20
+    cargo bench --bench load -- --only client_credentials --baselines --sqlite-only \
+        --runs 1 --seconds 12 &
+    # once the scenario has started, for each server:
+    perf record -e cpu-clock -F 499 --call-graph dwarf,32768 -p PID -o cc.data
+    # stop it (Ctrl-C) when the benchmark ends, then:
     perf script -i cc.data -F tid,ip,sym --no-inline | python3 benches/perf/components.py
 
-PID is the gatehouse process the benchmark started, or the least server's
-(`pgrep -f -- --least-server`), while `cargo bench --bench load -- --only client_credentials
---baselines --sqlite-only --seconds 20` drives them.
+PID is the least server's (`pgrep -f -- --least-server`) or gatehouse's: the benchmark starts
+gatehouse several times before the scenario (a key, then the timed starts), so take the
+newest that has run for a second (`pgrep -n -x gatehouse`). Each server serves only in its
+turns, so recording it for the whole run takes only its own work.
+
+Release builds carry no debug info, and LTO inlines small functions into their callers: a
+component whose functions were all inlined counts under its caller (often "handler, the
+rest"). `CARGO_PROFILE_RELEASE_DEBUG=line-tables-only` keeps more frames, at the cost of a
+rebuild.
 """
 import collections
 import re
@@ -33,7 +43,7 @@ SPECIFIC = [
     ("handler, the rest", r"handler_service"),
     ("CORS middleware", r"CorsMiddleware"),
     ("body deadline middleware", r"body_timeout"),
-    ("routing and other middleware", r"ConditionMiddleware|Resource<T>.*register|AppInitService|request_id"),
+    ("routing and other middleware", r"ConditionMiddleware|Resource<T>.*register|AppInitService|http::request_id"),
     ("HTTP: writing the response (send, loopback delivery)", r"poll_flush"),
     ("HTTP: reading and parsing the request", r"poll_request"),
 ]
@@ -57,17 +67,20 @@ def component(frames):
 
 def main():
     counts = collections.Counter()
-    frames = []
+    frames = None
     for line in sys.stdin:
-        if line.startswith(("\t", " ")):
+        if line.startswith("\t"):
             parts = line.strip().split(" ", 1)
-            if len(parts) == 2:
+            if frames is not None and len(parts) == 2:
                 frames.append(parts[1])
-        else:
-            if frames:
+        elif line.strip():
+            # A sample's first line: its thread id and, when perf recorded no call stack
+            # for it, the address and symbol of where it was.
+            if frames is not None:
                 counts[component(frames)] += 1
-            frames = []
-    if frames:
+            parts = line.split(None, 2)
+            frames = [parts[2].strip()] if len(parts) == 3 else []
+    if frames is not None:
         counts[component(frames)] += 1
     total = sum(counts.values())
     signing = counts[SIGNING]
