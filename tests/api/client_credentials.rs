@@ -158,7 +158,7 @@ fn requests_that_present_the_same_secret_together_share_one_hash() {
     };
     let before = hashes();
     // Every third racer presents a wrong secret of its own.
-    let wrong = |n: usize| (n % 3 == 0).then(|| format!("wrong-secret-{n}"));
+    let wrong = |n: usize| n.is_multiple_of(3).then(|| format!("wrong-secret-{n}"));
     let statuses = race(12, |n| {
         let secret = wrong(n).unwrap_or_else(|| SERVICE_SECRET.to_owned());
         app.token(
