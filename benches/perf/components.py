@@ -17,8 +17,8 @@ server, so the second column compares the two servers per token, whatever their 
 
 PID is the least server's (`pgrep -f -- --least-server`) or gatehouse's: the benchmark starts
 gatehouse several times before the scenario (a key, then the timed starts), so take the
-newest that has run for a second (`pgrep -n -x gatehouse`). Each server serves only in its
-turns, so recording it for the whole run takes only its own work.
+newest (`pgrep -n -x gatehouse`) once the scenario's turns have begun. Each server serves
+only in its turns, so recording it for the whole run takes only its own work.
 
 Release builds carry no debug info, and LTO inlines small functions into their callers: a
 component whose functions were all inlined counts under its caller (often "handler, the
