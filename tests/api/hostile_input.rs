@@ -2134,8 +2134,8 @@ fn random_corpus_gets_no_5xx_postgres() {
     }
 }
 
-/// A protocol endpoint refuses other methods in its JSON terms, naming POST; every GET
-/// route answers HEAD as it answers GET, without the body (RFC 9110 9.3.2).
+/// A protocol endpoint refuses other methods in its JSON terms, naming POST, and a page
+/// with a form refuses them naming GET and POST; every GET route answers HEAD as it answers GET, without the body (RFC 9110 9.3.2).
 #[test]
 fn other_methods_are_refused_and_head_is_get_without_a_body() {
     let app = OAuthServer::start(TestDb::create(Backend::Sqlite).unwrap());
@@ -2148,6 +2148,19 @@ fn other_methods_are_refused_and_head_is_get_without_a_body() {
                 response.json()["error"],
                 "invalid_request",
                 "{method} {path}"
+            );
+        }
+    }
+    // A page that takes GET and POST refuses any other method as such, not as a missing
+    // page.
+    for path in ["/login", "/logout", "/consent"] {
+        for method in ["PUT", "DELETE"] {
+            let response = send(&app, method, path.as_bytes(), &[], b"");
+            assert_eq!(response.status, 405, "{method} {path}: {}", response.text());
+            let allow = response.header("allow").unwrap_or_default();
+            assert!(
+                allow.contains("GET") && allow.contains("POST"),
+                "{method} {path}: Allow {allow:?}"
             );
         }
     }
