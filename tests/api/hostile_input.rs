@@ -2135,7 +2135,8 @@ fn random_corpus_gets_no_5xx_postgres() {
 }
 
 /// A protocol endpoint refuses other methods in its JSON terms, naming POST, and a page
-/// with a form refuses them naming GET and POST; every GET route answers HEAD as it answers GET, without the body (RFC 9110 9.3.2).
+/// with a form refuses them naming GET and POST; every GET route answers HEAD as it
+/// answers GET, without the body (RFC 9110 9.3.2).
 #[test]
 fn other_methods_are_refused_and_head_is_get_without_a_body() {
     let app = OAuthServer::start(TestDb::create(Backend::Sqlite).unwrap());
