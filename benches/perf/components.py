@@ -15,6 +15,10 @@ server, so the second column compares the two servers per token, whatever their 
     # stop it (Ctrl-C) when the benchmark ends, then:
     perf script -i cc.data -F tid,ip,sym --no-inline | python3 benches/perf/components.py
 
+The same commands with `--only flow` (and no `--sqlite-only` to reach PostgreSQL, whose turns
+come after SQLite's) give the authorization-code flow's groups: the database client, the
+blocking-pool hop, oxide-auth and the two handlers.
+
 PID is the least server's (`pgrep -f -- --least-server`) or gatehouse's: the benchmark starts
 gatehouse several times before the scenario (a key, then the timed starts), so take the
 newest (`pgrep -n -x gatehouse`) once the scenario's turns have begun. Each server serves
@@ -31,6 +35,8 @@ import sys
 
 SPECIFIC = [
     ("RS256 signing (aws-lc-rs)", r"KeyPair::sign|Shared::sign|EVP_DigestSign|pkey_rsa_sign"),
+    # The scenario's setup (its logins) when the recording began before the turns.
+    ("argon2id (setup logins)", r"argon2::"),
     ("audit writer and SQLite writer threads", r"audit::write_rows|DedicatedWriter::run"),
     ("log flusher thread", r"line_buffer::LineBuffer::run"),
     ("audit event: log line and queued row", r"audit::AuditEvent::record"),
@@ -38,6 +44,12 @@ SPECIFIC = [
     ("form and Basic auth parsing", r"http::token::read_request"),
     ("JSON answer and its headers", r"http::token::answer"),
     ("client secret check and client rate", r"check_client_secret"),
+    # The flows that read or write the database (refresh, authorization code, password).
+    ("database client (diesel, libpq, r2d2)", r"diesel::|pq_|PQ[a-z]|libpq|r2d2::"),
+    ("oxide-auth", r"oxide_auth::"),
+    ("sealed authorization code", r"sealed_code"),
+    ("/authorize handler, the rest", r"http::authorize::"),
+    ("/token handler, the rest", r"http::token::"),
     ("metrics", r"gatehouse::metrics::"),
     ("request span (tracing-actix-web)", r"RootSpanBuilder|TracingLoggerMiddleware|TracingResponse.*::poll"),
     ("handler, the rest", r"handler_service"),
@@ -46,6 +58,9 @@ SPECIFIC = [
     ("routing and other middleware", r"ConditionMiddleware|Resource<T>.*register|AppInitService|http::request_id"),
     ("HTTP: writing the response (send, loopback delivery)", r"poll_flush"),
     ("HTTP: reading and parsing the request", r"poll_request"),
+    # What a blocking-pool task does that no group above names, and the thread switches of
+    # the hop there and back.
+    ("blocking-pool hop and the task's own work", r"run_blocking|spawn_blocking|blocking::pool"),
 ]
 GENERIC = [
     ("HTTP: dispatcher, the rest", r"Dispatcher"),
