@@ -119,6 +119,7 @@ impl Application {
         let introspections = http::IntrospectionCache::new(settings.tokens.introspection_cache_ttl);
         let state = AppState {
             metadata: http::build_metadata(&settings),
+            jwks_cache_control: http::jwks_cache_control(&settings),
             settings: Arc::new(settings),
             pool: prepared.pool,
             clients: Arc::new(prepared.clients),

@@ -35,8 +35,9 @@ import sys
 
 SPECIFIC = [
     ("RS256 signing (aws-lc-rs)", r"KeyPair::sign|Shared::sign|EVP_DigestSign|pkey_rsa_sign"),
-    # The scenario's setup (its logins) when the recording began before the turns.
-    ("argon2id (setup logins)", r"argon2::"),
+    # The password grant's own work; in the other scenarios, their setup's logins when the
+    # recording began before the turns.
+    ("argon2id (password checks, or the setup's logins)", r"argon2::"),
     ("audit writer and SQLite writer threads", r"audit::write_rows|DedicatedWriter::run"),
     ("log flusher thread", r"line_buffer::LineBuffer::run"),
     ("audit event: log line and queued row", r"audit::AuditEvent::record"),

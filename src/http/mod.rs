@@ -45,6 +45,7 @@ pub struct AppState {
     pub clients: Arc<crate::oauth::client::ClientRegistry>,
     pub keys: Arc<KeyRing>,
     pub metadata: web::Bytes,
+    pub jwks_cache_control: actix_web::http::header::HeaderValue,
     pub csrf_mac: Arc<Mac>,
     pub secret_cache: Arc<SecretCache>,
     pub client_rate: Arc<crate::ratelimit::ClientRateLimiter>,
@@ -173,4 +174,4 @@ pub fn routes(cfg: &mut web::ServiceConfig, route_settings: &RouteSettings) {
 pub use body_timeout::limit_body_time;
 pub use metrics::track_requests;
 pub use request_id::echo_request_id;
-pub use well_known::build_metadata;
+pub use well_known::{build_metadata, jwks_cache_control};

@@ -1,22 +1,15 @@
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::AppState;
 use crate::config::Settings;
 
-/// Serves the prepared JWK Set; a matching `If-None-Match` gets 304. Caches may keep it for
-/// one key refresh interval, the same bound within which instances pick up a rotation.
+/// Serves the prepared JWK Set; a matching `If-None-Match` gets 304.
 pub async fn jwks(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let keys = state.keys.current();
     let jwks = &keys.jwks;
-    let max_age = state
-        .settings
-        .keys
-        .refresh_interval
-        .as_secs()
-        .clamp(1, 3600);
-    let cache_control = format!("public, max-age={max_age}");
+    let cache_control = state.jwks_cache_control.clone();
     let not_modified = req
         .headers()
         .get(header::IF_NONE_MATCH)
@@ -36,6 +29,15 @@ pub async fn jwks(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
         .insert_header((header::ETAG, jwks.etag.clone()))
         .insert_header((header::CACHE_CONTROL, cache_control))
         .body(jwks.body.clone())
+}
+
+/// The JWK Set's `Cache-Control`, built once: caches may keep it for one key refresh
+/// interval, the same bound within which instances pick up a rotation.
+pub fn jwks_cache_control(settings: &Settings) -> HeaderValue {
+    let max_age = settings.keys.refresh_interval.as_secs().clamp(1, 3600);
+    // Digits after ASCII text: always a valid header value.
+    HeaderValue::try_from(format!("public, max-age={max_age}"))
+        .unwrap_or(HeaderValue::from_static("no-cache"))
 }
 
 pub async fn metadata(state: web::Data<AppState>) -> HttpResponse {
