@@ -36,9 +36,9 @@ pub fn resolve(
     let client_id = client.map_or("", |client| client.id.as_str());
     let live = session_store::find_live(conn, &digest_secret(cookie), now_unix(), client_id)?;
     Ok(live.map(|live| Owner {
-        user_id: live.user.id,
-        username: live.user.username,
-        authenticated_at: live.session.authenticated_at,
+        user_id: live.user_id,
+        username: live.username,
+        authenticated_at: live.authenticated_at,
         consent: client.map(|client| ConsentRead {
             client_id: client.id.clone(),
             scope: live.consented_scope,

@@ -3,7 +3,6 @@
 use diesel::prelude::*;
 
 use super::schema::{browser_sessions, consents, users};
-use super::users::UserRow;
 use super::{DbConnection, StorageResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -25,10 +24,13 @@ pub fn insert(conn: &mut DbConnection, session: &SessionRow) -> StorageResult<()
     })
 }
 
-/// A live session as read for /authorize.
+/// A live session as read for /authorize: only what the flow uses. The user's password
+/// hash and the session's bookkeeping stay in the database, so that every /authorize does
+/// not carry a password hash over the wire and decode columns nobody reads.
 pub struct LiveSession {
-    pub session: SessionRow,
-    pub user: UserRow,
+    pub user_id: String,
+    pub username: String,
+    pub authenticated_at: i64,
     /// The scope the user consented to for the client the request names, read in the same
     /// query: the consent check then costs no second round trip.
     pub consented_scope: Option<String>,
@@ -42,7 +44,7 @@ pub fn find_live(
     now: i64,
     client_id: &str,
 ) -> StorageResult<Option<LiveSession>> {
-    let found: Option<(SessionRow, UserRow, Option<String>)> =
+    let found: Option<(String, String, i64, Option<String>)> =
         super::on_native_connection!(conn, |c| {
             browser_sessions::table
                 .inner_join(users::table.on(users::id.eq(browser_sessions::user_id)))
@@ -55,18 +57,22 @@ pub fn find_live(
                 .filter(browser_sessions::expires_at.gt(now))
                 .filter(users::disabled.eq(false))
                 .select((
-                    SessionRow::as_select(),
-                    UserRow::as_select(),
+                    browser_sessions::user_id,
+                    users::username,
+                    browser_sessions::authenticated_at,
                     consents::scope.nullable(),
                 ))
                 .get_result(c)
                 .optional()
         })?;
-    Ok(found.map(|(session, user, consented_scope)| LiveSession {
-        session,
-        user,
-        consented_scope,
-    }))
+    Ok(found.map(
+        |(user_id, username, authenticated_at, consented_scope)| LiveSession {
+            user_id,
+            username,
+            authenticated_at,
+            consented_scope,
+        },
+    ))
 }
 
 pub fn delete(conn: &mut DbConnection, id_hash: &str) -> StorageResult<()> {

@@ -959,9 +959,16 @@ fn a_live_session_is_read_with_the_consent_for_the_named_client(db: TestDb) {
     let read = |conn: &mut _, client_id: &str| {
         sessions::find_live(conn, "session", now, client_id)
             .unwrap()
-            .map(|live| (live.user.id, live.consented_scope))
+            .map(|live| (live.user_id, live.consented_scope))
     };
     assert_eq!(read(&mut conn, "demo"), Some((user_id.clone(), None)));
+    let live = sessions::find_live(&mut conn, "session", now, "demo")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (live.username.as_str(), live.authenticated_at),
+        ("reader", now)
+    );
     consents::remember(
         &mut conn,
         &ConsentRow {
