@@ -26,7 +26,9 @@ pub fn insert(conn: &mut DbConnection, session: &SessionRow) -> StorageResult<()
 
 /// A live session as read for /authorize: only what the flow uses. The user's password
 /// hash and the session's bookkeeping stay in the database, so that every /authorize does
-/// not carry a password hash over the wire and decode columns nobody reads.
+/// not carry a password hash over the wire and decode columns nobody reads. The fields
+/// are in the order `find_live` selects them.
+#[derive(Debug, Queryable)]
 pub struct LiveSession {
     pub user_id: String,
     pub username: String,
@@ -44,35 +46,27 @@ pub fn find_live(
     now: i64,
     client_id: &str,
 ) -> StorageResult<Option<LiveSession>> {
-    let found: Option<(String, String, i64, Option<String>)> =
-        super::on_native_connection!(conn, |c| {
-            browser_sessions::table
-                .inner_join(users::table.on(users::id.eq(browser_sessions::user_id)))
-                .left_join(
-                    consents::table.on(consents::user_id
-                        .eq(browser_sessions::user_id)
-                        .and(consents::client_id.eq(client_id))),
-                )
-                .filter(browser_sessions::id_hash.eq(id_hash))
-                .filter(browser_sessions::expires_at.gt(now))
-                .filter(users::disabled.eq(false))
-                .select((
-                    browser_sessions::user_id,
-                    users::username,
-                    browser_sessions::authenticated_at,
-                    consents::scope.nullable(),
-                ))
-                .get_result(c)
-                .optional()
-        })?;
-    Ok(found.map(
-        |(user_id, username, authenticated_at, consented_scope)| LiveSession {
-            user_id,
-            username,
-            authenticated_at,
-            consented_scope,
-        },
-    ))
+    let found = super::on_native_connection!(conn, |c| {
+        browser_sessions::table
+            .inner_join(users::table.on(users::id.eq(browser_sessions::user_id)))
+            .left_join(
+                consents::table.on(consents::user_id
+                    .eq(browser_sessions::user_id)
+                    .and(consents::client_id.eq(client_id))),
+            )
+            .filter(browser_sessions::id_hash.eq(id_hash))
+            .filter(browser_sessions::expires_at.gt(now))
+            .filter(users::disabled.eq(false))
+            .select((
+                browser_sessions::user_id,
+                users::username,
+                browser_sessions::authenticated_at,
+                consents::scope.nullable(),
+            ))
+            .get_result::<LiveSession>(c)
+            .optional()
+    })?;
+    Ok(found)
 }
 
 pub fn delete(conn: &mut DbConnection, id_hash: &str) -> StorageResult<()> {
